@@ -1,0 +1,57 @@
+"""Settings read from the environment (and a .env file), one place for every knob."""
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/voiceappoint"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOICEAPPOINT_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL, validation_alias=AliasChoices("DATABASE_URL", "VOICEAPPOINT_DATABASE_URL")
+    )
+    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "VOICEAPPOINT_REDIS_URL"))
+    # Every Redis key of this deployment (queues, results) starts with it; tests use their own.
+    redis_key_prefix: str = ""
+
+    env: str = "development"
+    secret_key: str = "dev-secret-change-me"
+    public_url: str = "http://127.0.0.1:8000"
+    log_level: str = "INFO"
+
+    # Booking
+    default_slot_step_minutes: int = 15
+    max_availability_days: int = 62
+    booking_wait_max_seconds: float = 20.0
+    intake_sweep_after_seconds: int = 60
+
+    stripe_api_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+    sendgrid_api_key: str = ""
+    sendgrid_api_base: str = ""
+    sendgrid_webhook_public_key: str = ""
+    email_from: str = "bookings@voiceappoint.local"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_api_base: str = ""
+    sms_from: str = ""
+    vapi_secret: str = ""
+    vapi_api_key: str = ""
+    vapi_api_base: str = ""
+    flower_user: str = "admin"
+    flower_password: str = "admin"
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Celery tasks: thin adapters that open a unit of work and call one core function."""
