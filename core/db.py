@@ -69,7 +69,6 @@ class UnitOfWork:
         self.tenant_id = uuid.UUID(str(tenant_id)) if tenant_id else None
         self.user_id = uuid.UUID(str(user_id)) if user_id else None
         self._after_commit: list[Callable[[], Any]] = []
-        self._committed = False
         self.session: Session
 
     def __enter__(self) -> UnitOfWork:
@@ -79,8 +78,7 @@ class UnitOfWork:
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
-            if not self._committed:
-                self.session.rollback()
+            self.session.rollback()  # whatever was not committed is dropped
         finally:
             self.session.close()
 
@@ -103,7 +101,7 @@ class UnitOfWork:
 
     def commit(self) -> None:
         self.session.commit()
-        self._committed = True
+        self._apply_context()  # the settings were transaction-local; the next transaction needs them too
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
@@ -121,7 +119,9 @@ class UnitOfWork:
             raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code) from None
         row = self.session.get(model, key)
         row_tenant = getattr(row, "tenant_id", None)
-        if row is None or (self.tenant_id is not None and row_tenant is not None and row_tenant != self.tenant_id):
+        if row is None or (
+            self.tenant_id is not None and row_tenant is not None and row_tenant != self.tenant_id
+        ):
             raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code)
         if getattr(row, "deleted_at", None) is not None:
             raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code)

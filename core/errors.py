@@ -51,3 +51,8 @@ class LimitReached(DomainError):
 
 class IllegalTransition(Conflict):
     code = "illegal_status_change"
+
+
+class Unauthorized(DomainError):
+    code = "unauthorized"
+    http_status = 401
