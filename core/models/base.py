@@ -1,0 +1,64 @@
+"""Declarative base and the column helpers every model module uses.
+
+The naming convention reproduces PostgreSQL's own default names (users_pkey, users_email_key,
+tenant_users_tenant_id_fkey), so a constraint has the same name whether a migration named it
+explicitly or let PostgreSQL pick. Check and exclusion constraints are always named explicitly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Date, DateTime, MetaData, Numeric, String, Time, Uuid, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "fk": "%(table_name)s_%(column_0_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        uuid.UUID: Uuid(),
+        datetime: DateTime(timezone=True),
+        date: Date(),
+        time: Time(),
+        Decimal: Numeric(10, 2),
+        str: String(),
+    }
+
+
+def uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+
+
+def created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def updated_at() -> Mapped[datetime]:
+    # Kept current by the set_updated_at / update_updated_at_column triggers (revision 010).
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def version() -> Mapped[int]:
+    return mapped_column(nullable=False, server_default=text("1"))
+
+
+def flag(default: bool) -> Mapped[bool]:
+    return mapped_column(nullable=False, server_default=text("true" if default else "false"))
+
+
+def jsonb_object(default: str = "'{}'::jsonb", *, name: str | None = None) -> Mapped[Any]:
+    """A NOT NULL JSONB column with a server default (the seed's `JSONB DEFAULT '{}'`)."""
+    if name is None:
+        return mapped_column(JSONB, nullable=False, server_default=text(default))
+    return mapped_column(name, JSONB, nullable=False, server_default=text(default))
