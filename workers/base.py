@@ -1,0 +1,125 @@
+"""The base class of every task: late acknowledgement, time limits, and retries for transient errors only.
+
+What is transient: the database or Redis being unreachable, a connection dropped mid-transaction, a
+deadlock or serialization failure (psycopg reports those as OperationalError too), and any
+`TransientError` a task raises (provider 5xx/429 wrappers will derive from it or be added to
+TRANSIENT_ERRORS). A DomainError is a final outcome: the task records it on its job and is never retried,
+and neither is anything else (a bug does not get better by running it again).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.exceptions
+from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy import exc as sa_exc
+
+from core.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+
+class TransientError(Exception):
+    """Raise it (or a subclass) when the same call may well succeed later.
+
+    `retry_after` (seconds) is honoured as the retry delay, e.g. from a provider's Retry-After header.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, DomainError):
+        return False
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    # Any DBAPI error raised because the connection died (SQLAlchemy marks the connection invalidated).
+    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+class JobTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+    # The soft limit raises SoftTimeLimitExceeded inside the task (its transaction rolls back); the hard
+    # limit kills the process. Both only apply under the prefork pool. Slower tasks set their own.
+    soft_time_limit = 30
+    time_limit = 40
+
+    # Retry policy, applied by __call__ below to transient errors only. Celery's own `autoretry_for`
+    # matches on exception classes alone and cannot tell a dropped connection from a constraint violation.
+    max_retries = 8
+    retry_backoff = True
+    retry_backoff_max = 300
+    retry_jitter = True
+    # A Retry-After longer than this is cut short: a message waiting for its ETA must come back before
+    # the broker's visibility timeout (workers.celery_app.VISIBILITY_TIMEOUT_SECONDS) would redeliver it.
+    retry_after_max = 1800
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except DomainError:
+            raise
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            # retry() raises Retry, or the original error once max_retries is spent.
+            raise self.retry(exc=error, countdown=self.retry_countdown(error))  # noqa: B904
+
+    def retry_countdown(self, error: BaseException) -> float:
+        """Seconds before the next attempt: the error's Retry-After, else exponential backoff with jitter."""
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return min(max(float(retry_after), 0.0), float(self.retry_after_max))
+        return get_exponential_backoff_interval(
+            factor=1,
+            retries=self.request.retries or 0,
+            maximum=self.retry_backoff_max,
+            full_jitter=self.retry_jitter,
+        )
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        logger.warning(
+            "task %s[%s] retry %s/%s after transient error: %r",
+            self.name,
+            task_id,
+            (self.request.retries or 0) + 1,
+            self.max_retries,
+            exc,
+            extra={"task_id": task_id},
+        )
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, DomainError):
+            # An expected outcome (slot taken, not found...): no traceback, the job row says the rest.
+            logger.info(
+                "task %s[%s] ended with domain error %s: %s",
+                self.name,
+                task_id,
+                exc.code,
+                exc.message,
+                extra={"task_id": task_id},
+            )
+            return
+        logger.error(
+            "task %s[%s] failed: %r",
+            self.name,
+            task_id,
+            exc,
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"task_id": task_id},
+        )

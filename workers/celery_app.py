@@ -1,0 +1,116 @@
+"""The Celery app and all of its configuration.
+
+    celery -A workers.celery_app worker -Q realtime,bookings,webhooks,notifications,scheduled
+    celery -A workers.celery_app beat
+    celery -A workers.celery_app flower
+
+Creating the app connects to nothing: the broker is only contacted when a task is sent or a worker starts.
+
+Queues (one route per family, so operators can run a worker per queue):
+    realtime       voice tool calls and bookings someone is waiting for; also diagnostics.*, because a
+                   health probe should answer on the lane that must never be backed up
+    bookings       booking / reschedule / cancel jobs (the default queue)
+    webhooks       Stripe, Vapi reports, Twilio and SendGrid events
+    notifications  email and SMS sends
+    scheduled      Beat jobs (see beat_schedule.py)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from beat_schedule import BEAT_SCHEDULE
+from core.config import Settings, get_settings
+from workers import signals  # noqa: F401  (connects logging, per-process DB engines, log context)
+
+QUEUE_NAMES = ("realtime", "bookings", "webhooks", "notifications", "scheduled")
+DEFAULT_QUEUE = "bookings"
+
+TASK_ROUTES = {
+    "realtime.*": {"queue": "realtime"},
+    "bookings.*": {"queue": "bookings"},
+    "webhooks.*": {"queue": "webhooks"},
+    "notifications.*": {"queue": "notifications"},
+    "scheduled.*": {"queue": "scheduled"},
+    "diagnostics.*": {"queue": "realtime"},
+}
+
+TASK_MODULES = ["tasks.bookings", "tasks.scheduled", "tasks.diagnostics"]
+
+# A message a worker has taken but not acknowledged (acks_late) goes back to its queue after this long,
+# and so does a message held for its ETA/countdown. It must stay above the longest task time limit
+# (workers.base.JobTask: 40 s) and the longest retry delay (300 s backoff, 1800 s Retry-After), or
+# Redis would hand a still-running or still-waiting task to a second worker.
+VISIBILITY_TIMEOUT_SECONDS = 2 * 60 * 60
+
+RESULT_EXPIRES_SECONDS = 24 * 60 * 60
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting of the project, derived from our Settings."""
+    broker_transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    result_backend_transport_options: dict[str, Any] = {}
+    if settings.redis_key_prefix:
+        # Every broker key (queues, bindings, unacked sets, event and control channels) and every result
+        # key starts with the prefix, so deployments or test runs sharing one Redis never meet.
+        broker_transport_options["global_keyprefix"] = settings.redis_key_prefix
+        result_backend_transport_options["global_keyprefix"] = settings.redis_key_prefix
+
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": broker_transport_options,
+        "result_backend_transport_options": result_backend_transport_options,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload from anyone who can write to Redis would be code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Take one message at a time: a long booking never holds others hostage in a busy process's buffer.
+        "worker_prefetch_multiplier": 1,
+        # Acknowledge after the task ran; a worker that dies mid-task gets the message redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # On a broker connection loss, stop running acks_late tasks instead of finishing them: the broker
+        # redelivers them anyway, and our handlers are idempotent. (Celery 6 makes this the default.)
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Flower builds its view from events: the sent event comes from the publisher, the rest from workers.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": RESULT_EXPIRES_SECONDS,
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES],
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_default_exchange": DEFAULT_QUEUE,
+        "task_default_routing_key": DEFAULT_QUEUE,
+        "task_routes": TASK_ROUTES,
+        "beat_schedule": BEAT_SCHEDULE,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:
+    """A configured app; tests and the benchmark build one for their own database and key prefix.
+
+    Without explicit settings the configuration is read when the app first needs it (first task sent,
+    worker start), not at import: a test session sets its key prefix in the environment after modules
+    were imported, and the module-level `app` must still use that prefix.
+    """
+    celery = Celery("voiceappoint", include=TASK_MODULES, set_as_current=set_as_current)
+    if settings is not None:
+        celery.config_from_object(celery_config(settings))
+    else:
+
+        @celery.on_configure.connect(weak=False)
+        def _configure_from_settings(sender: Celery, **_: Any) -> None:
+            sender.config_from_object(celery_config(get_settings()))
+
+    return celery
+
+
+app = create_app()
