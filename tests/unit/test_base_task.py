@@ -1,0 +1,138 @@
+"""The retry policy of JobTask, run eagerly (in this process, no broker): what is retried and what is not."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from unittest import mock
+
+import pytest
+import redis.exceptions
+from celery import Celery
+from sqlalchemy import exc as sa_exc
+
+from core.errors import NotFound, SlotUnavailable
+from workers.base import JobTask, TransientError, is_transient
+from workers.celery_app import VISIBILITY_TIMEOUT_SECONDS
+
+app = Celery("test_base_task", set_as_current=False)
+app.conf.update(task_always_eager=True, task_eager_propagates=False, broker_url="memory://")
+
+
+def database_gone() -> Exception:
+    return sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+ERRORS: dict[str, Callable[[], Exception]] = {
+    "operational": database_gone,
+    "interface": lambda: sa_exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")),
+    "invalidated": lambda: sa_exc.DBAPIError(
+        "SELECT 1", {}, Exception("terminating connection"), connection_invalidated=True
+    ),
+    "integrity": lambda: sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key value")),
+    "redis": lambda: redis.exceptions.ConnectionError("Connection refused"),
+    "transient": lambda: TransientError("provider answered 503"),
+    "slot_taken": lambda: SlotUnavailable("10:00 is taken", alternatives=[]),
+    "not_found": lambda: NotFound("no such service"),
+    "bug": lambda: ValueError("a bug"),
+}
+
+attempts: list[int] = []
+
+
+@app.task(bind=True, base=JobTask, name="unit.fails_then_succeeds")
+def fails_then_succeeds(self, error: str, failures: int) -> dict:
+    attempts.append(self.request.retries)
+    if len(attempts) <= failures:
+        raise ERRORS[error]()
+    return {"ok": True, "attempts": len(attempts)}
+
+
+@pytest.fixture(autouse=True)
+def fresh_attempts():
+    attempts.clear()
+    yield
+    attempts.clear()
+
+
+@pytest.mark.parametrize("error", ["operational", "interface", "invalidated", "redis", "transient"])
+def test_a_transient_error_is_retried_until_the_task_succeeds(error):
+    result = fails_then_succeeds.apply(args=(error, 2))
+
+    assert result.successful(), result.traceback
+    assert result.get() == {"ok": True, "attempts": 3}
+    assert attempts == [0, 1, 2]
+
+
+@pytest.mark.parametrize("error", ["slot_taken", "not_found", "integrity", "bug"])
+def test_a_domain_error_or_a_bug_is_not_retried(error):
+    result = fails_then_succeeds.apply(args=(error, 1))
+
+    assert result.failed()
+    assert isinstance(result.result, type(ERRORS[error]()))
+    assert attempts == [0]
+
+
+def test_retries_stop_after_max_retries_with_the_original_error():
+    result = fails_then_succeeds.apply(args=("operational", 100))
+
+    assert result.failed()
+    assert isinstance(result.result, sa_exc.OperationalError)
+    assert len(attempts) == JobTask.max_retries + 1 == 9
+
+
+def test_each_retry_is_delayed_by_a_jittered_exponential_backoff():
+    with mock.patch.object(fails_then_succeeds, "retry", wraps=fails_then_succeeds.retry) as retry:
+        fails_then_succeeds.apply(args=("operational", 4))
+
+    countdowns = [call.kwargs["countdown"] for call in retry.call_args_list]
+    assert len(countdowns) == 4
+    for retries, countdown in enumerate(countdowns):
+        assert 0 <= countdown <= 2**retries
+
+
+def test_backoff_is_capped_and_retry_after_is_honoured():
+    fails_then_succeeds.push_request(retries=20)
+    try:
+        samples = [fails_then_succeeds.retry_countdown(database_gone()) for _ in range(200)]
+        assert max(samples) <= JobTask.retry_backoff_max == 300
+        assert min(samples) >= 0
+        assert len(set(samples)) > 1, "full jitter spreads retries out"
+
+        assert fails_then_succeeds.retry_countdown(TransientError("429", retry_after=7)) == 7
+        assert fails_then_succeeds.retry_countdown(TransientError("429", retry_after=10**6)) == 1800
+    finally:
+        fails_then_succeeds.pop_request()
+
+
+def test_what_counts_as_transient():
+    assert is_transient(database_gone())
+    assert is_transient(ERRORS["invalidated"]())
+    assert not is_transient(sa_exc.DBAPIError("SELECT 1", {}, Exception("syntax error")))
+    assert not is_transient(ERRORS["integrity"]())
+    assert not is_transient(ERRORS["slot_taken"]())
+
+
+def test_delivery_guarantees_and_limits_fit_the_broker_visibility_timeout():
+    assert JobTask.acks_late is True
+    assert JobTask.reject_on_worker_lost is True
+    assert 0 < JobTask.soft_time_limit < JobTask.time_limit
+    # Anything longer would let Redis hand a running or waiting task to a second worker.
+    assert (
+        max(JobTask.time_limit, JobTask.retry_backoff_max, JobTask.retry_after_max)
+        < VISIBILITY_TIMEOUT_SECONDS
+    )
+
+
+def test_a_failure_is_logged_with_its_task_id(caplog):
+    with caplog.at_level(logging.INFO, logger="workers.base"):
+        failed = fails_then_succeeds.apply(args=("bug", 1), task_id="task-bug-1")
+        ended = fails_then_succeeds.apply(args=("slot_taken", 5), task_id="task-slot-1")
+
+    assert failed.failed() and ended.failed()
+    by_task = {record.task_id: record for record in caplog.records if hasattr(record, "task_id")}
+    assert by_task["task-bug-1"].levelno == logging.ERROR
+    assert by_task["task-bug-1"].exc_info is not None
+    # A domain error is an expected outcome: recorded quietly, without a traceback.
+    assert by_task["task-slot-1"].levelno == logging.INFO
+    assert "slot_taken" in by_task["task-slot-1"].getMessage()
