@@ -8,12 +8,16 @@ arguments override any column. Datetimes must be timezone-aware.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+from sqlalchemy import null
 from sqlalchemy.dialects.postgresql import Range
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.models import (
@@ -214,7 +218,8 @@ def make_schedule(
             day_of_week=day_of_week,
             start_time=_time(start),
             end_time=_time(end),
-            effective_from=effective_from,
+            # null(): a plain None would let the server default (CURRENT_DATE) in.
+            effective_from=effective_from if effective_from is not None else null(),
             effective_until=effective_until,
             **columns,
         ),
@@ -232,6 +237,7 @@ def make_block(
     **columns: Any,
 ) -> ResourceBlock:
     """A block [start, end); with an RRULE ('FREQ=WEEKLY;BYDAY=MO') that interval is the first occurrence."""
+    columns.setdefault("is_recurring", rrule is not None)
     return _save(
         session,
         ResourceBlock(
@@ -239,7 +245,6 @@ def make_block(
             start_datetime=_aware(start, "start"),
             end_datetime=_aware(end, "end"),
             block_type=block_type,
-            is_recurring=rrule is not None,
             recurrence_rule=rrule,
             **columns,
         ),
@@ -339,3 +344,27 @@ def make_notification_template(
         session,
         NotificationTemplate(tenant_id=tenant.id if tenant else None, type=type, channel=channel, **columns),
     )
+
+
+# SQLSTATEs of the integrity errors the schema raises.
+CHECK_VIOLATION = "23514"
+UNIQUE_VIOLATION = "23505"
+EXCLUSION_VIOLATION = "23P01"
+NOT_NULL_VIOLATION = "23502"
+FOREIGN_KEY_VIOLATION = "23503"
+
+
+@contextmanager
+def violates(session: Session, constraint: str | None, sqlstate: str) -> Iterator[None]:
+    """The block must fail on exactly this constraint; a savepoint keeps the test's transaction usable.
+
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        make_appointment(db, ...)
+    """
+    with pytest.raises(IntegrityError) as caught, session.begin_nested():
+        yield
+        session.flush()
+    error = caught.value.orig
+    assert error.sqlstate == sqlstate, error
+    if constraint is not None:
+        assert error.diag.constraint_name == constraint, error

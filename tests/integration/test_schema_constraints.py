@@ -1,0 +1,490 @@
+"""Every CHECK, unique, partial-unique and exclusion constraint of the schema, each shown to bite."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import null, select, text, update
+from sqlalchemy.dialects.postgresql import Range
+
+from core.models import (
+    ApiKey,
+    Appointment,
+    AppointmentResource,
+    AuditLog,
+    BusinessMetric,
+    Client,
+    IntakeJob,
+    Notification,
+    Resource,
+    ResourceBlock,
+    Service,
+    Tenant,
+    UserSession,
+    VapiCallLog,
+    VapiConfiguration,
+)
+from tests.factories import (
+    CHECK_VIOLATION,
+    EXCLUSION_VIOLATION,
+    NOT_NULL_VIOLATION,
+    UNIQUE_VIOLATION,
+    link_service_resource,
+    make_appointment,
+    make_block,
+    make_client,
+    make_notification_template,
+    make_payment,
+    make_plan,
+    make_resource,
+    make_schedule,
+    make_service,
+    make_subscription,
+    make_tenant,
+    make_tenant_user,
+    make_user,
+    violates,
+)
+
+T0 = datetime(2030, 3, 4, 10, 0, tzinfo=UTC)  # a Monday, far from any real "now"
+
+
+def _setup(db):
+    tenant = make_tenant(db)
+    service = make_service(db, tenant, duration_minutes=30)
+    client = make_client(db, tenant)
+    return tenant, service, client
+
+
+def _allocation(appointment, resource, start, end, during=None, **columns):
+    return AppointmentResource(
+        appointment_id=appointment.id,
+        resource_id=resource.id,
+        allocated_start=start,
+        allocated_end=end,
+        allocated_during=during if during is not None else Range(start, end, bounds="[)"),
+        **columns,
+    )
+
+
+def _notification(db, **columns):
+    values = {"recipient_type": "client", "channel": "email", "body": "Hello"}
+    values.update(columns)
+    db.add(Notification(**values))
+
+
+def _intake_job(db, tenant, **columns):
+    values = {"tenant_id": tenant.id, "kind": "booking", "request_hash": "0" * 64, "payload": {}}
+    values.update(columns)
+    db.add(IntakeJob(**values))
+
+
+def _bad_allocation(db, during_for):
+    tenant, service, client = _setup(db)
+    resource = make_resource(db, tenant)
+    appointment = make_appointment(db, tenant, service, client, T0)
+    end = T0 + timedelta(minutes=30)
+    db.add(_allocation(appointment, resource, T0, end, during=during_for(T0, end)))
+
+
+# One violating write per CHECK constraint: (constraint name, function doing the write).
+CHECK_CASES = {
+    "users_email_format": lambda db: make_user(db, email="not-an-email"),
+    "users_phone_format": lambda db: make_user(db, phone="0600 123 456"),
+    "tenants_slug_format": lambda db: make_tenant(db, slug="Not A Slug"),
+    "tenants_business_type_valid": lambda db: make_tenant(db, business_type="casino"),
+    "tenants_subscription_status_valid": lambda db: make_tenant(db, subscription_status="free"),
+    "tenant_users_role_valid": lambda db: make_tenant_user(db, make_tenant(db), make_user(db), role="god"),
+    "subscriptions_status_valid": lambda db: make_subscription(db, make_tenant(db), status="paused"),
+    "subscriptions_billing_period_valid": lambda db: make_subscription(
+        db, make_tenant(db), billing_period="weekly"
+    ),
+    "subscriptions_period_valid": lambda db: make_subscription(
+        db, make_tenant(db), current_period_start=T0, current_period_end=T0
+    ),
+    "payments_status_valid": lambda db: make_payment(
+        db, make_subscription(db, make_tenant(db)), status="lost"
+    ),
+    "payments_amount_positive": lambda db: make_payment(
+        db, make_subscription(db, make_tenant(db)), amount=Decimal("0.00")
+    ),
+    "notification_templates_type_valid": lambda db: make_notification_template(
+        db, make_tenant(db), type="spam"
+    ),
+    "notification_templates_channel_valid": lambda db: make_notification_template(
+        db, make_tenant(db), channel="fax"
+    ),
+    "notifications_status_valid": lambda db: _notification(db, status="lost"),
+    "notifications_recipient_type_valid": lambda db: _notification(db, recipient_type="robot"),
+    "notifications_channel_valid": lambda db: _notification(db, channel="fax"),
+    "notifications_type_valid": lambda db: _notification(db, notification_type="spam"),
+    "notifications_attempts_non_negative": lambda db: _notification(db, attempts=-1),
+    "services_duration_positive": lambda db: make_service(db, make_tenant(db), duration_minutes=0),
+    "services_price_non_negative": lambda db: make_service(db, make_tenant(db), base_price=Decimal("-1")),
+    "services_buffer_non_negative": lambda db: make_service(db, make_tenant(db), buffer_time_minutes=-5),
+    "resources_type_valid": lambda db: make_resource(db, make_tenant(db), "robot"),
+    "resources_capacity_positive": lambda db: make_resource(db, make_tenant(db), "room", 0),
+    "clients_phone_format": lambda db: make_client(db, make_tenant(db), phone="phone"),
+    "appointments_status_valid": lambda db: make_appointment(db, *_setup(db), T0, status="maybe"),
+    "appointments_payment_status_valid": lambda db: make_appointment(
+        db, *_setup(db), T0, payment_status="owed"
+    ),
+    "appointments_end_after_start": lambda db: make_appointment(db, *_setup(db), T0, end=T0),
+    "service_resources_quantity_positive": lambda db: link_service_resource(
+        db, make_service(db, tenant := make_tenant(db)), make_resource(db, tenant), quantity_required=0
+    ),
+    "appointment_resources_end_after_start": lambda db: _bad_allocation_end_before_start(db),
+    "appointment_resources_during_valid": lambda db: _bad_allocation(
+        db, lambda start, end: Range(start + timedelta(minutes=1), end, bounds="[)")
+    ),
+    "appointment_resources_units_positive": lambda db: make_appointment(
+        db, *(setup := _setup(db)), T0, resources=[make_resource(db, setup[0])], units=0
+    ),
+    "resource_schedules_day_valid": lambda db: make_schedule(
+        db, make_resource(db, make_tenant(db)), 7, "09:00", "17:00"
+    ),
+    "resource_schedules_end_after_start": lambda db: make_schedule(
+        db, make_resource(db, make_tenant(db)), 1, "17:00", "09:00"
+    ),
+    "resource_schedules_effective_range_valid": lambda db: make_schedule(
+        db,
+        make_resource(db, make_tenant(db)),
+        1,
+        "09:00",
+        "17:00",
+        effective_from=date(2030, 2, 1),
+        effective_until=date(2030, 1, 31),
+    ),
+    "resource_blocks_type_valid": lambda db: make_block(
+        db, make_resource(db, make_tenant(db)), T0, T0 + timedelta(hours=1), block_type="nap"
+    ),
+    "resource_blocks_end_after_start": lambda db: make_block(db, make_resource(db, make_tenant(db)), T0, T0),
+    "resource_blocks_recurrence_consistent": lambda db: make_block(
+        db, make_resource(db, make_tenant(db)), T0, T0 + timedelta(hours=1), is_recurring=True
+    ),
+    "audit_logs_action_valid": lambda db: db.add(AuditLog(action="HACK", table_name="appointments")),
+    "business_metrics_type_valid": lambda db: db.add(
+        BusinessMetric(tenant_id=make_tenant(db).id, metric_date=date(2030, 1, 1), metric_type="hourly")
+    ),
+    "intake_jobs_kind_valid": lambda db: _intake_job(db, make_tenant(db), kind="refund"),
+    "intake_jobs_status_valid": lambda db: _intake_job(db, make_tenant(db), status="lost"),
+}
+
+
+def _bad_allocation_end_before_start(db):
+    tenant, service, client = _setup(db)
+    appointment = make_appointment(db, tenant, service, client, T0)
+    # Both checks would fail on a reversed range; an empty-looking allocation isolates end_after_start.
+    db.add(
+        _allocation(
+            appointment,
+            make_resource(db, tenant),
+            T0,
+            T0,
+            during=Range(T0, T0 + timedelta(minutes=5), bounds="[)"),
+        )
+    )
+
+
+@pytest.mark.parametrize("constraint", sorted(CHECK_CASES))
+def test_check_constraint_rejects_a_violating_row(db, constraint):
+    with violates(db, constraint, CHECK_VIOLATION):
+        CHECK_CASES[constraint](db)
+
+
+def test_every_check_constraint_has_a_case(db):
+    in_database = set(
+        db.execute(
+            text(
+                "SELECT c.conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
+                " WHERE c.contype = 'c' AND n.nspname = 'public' AND c.conrelid <> 0"
+            )
+        ).scalars()
+    )
+    assert in_database - set(CHECK_CASES) == set(), "add a violating case for each new CHECK"
+    assert set(CHECK_CASES) - in_database == set()
+
+
+@pytest.mark.parametrize(
+    "during",
+    [
+        pytest.param(
+            lambda start, end: Range(start, end - timedelta(minutes=1), bounds="[)"), id="ends-early"
+        ),
+        pytest.param(lambda start, end: Range(start, end, bounds="[]"), id="closed-upper"),
+        pytest.param(lambda start, end: Range(start, end, bounds="()"), id="open-lower"),
+        pytest.param(lambda start, end: Range(start, None, bounds="[)"), id="unbounded"),
+    ],
+)
+def test_allocated_during_must_be_the_half_open_allocation(db, during):
+    with violates(db, "appointment_resources_during_valid", CHECK_VIOLATION):
+        _bad_allocation(db, during)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda db: make_user(db, email="first.last+tag@sub.example.org", phone="34600111222"),
+        lambda db: make_client(db, make_tenant(db), phone="+14155550100", email=None),
+        lambda db: make_tenant(db, slug="bella-hair-salon-2"),
+        lambda db: make_block(
+            db, make_resource(db, make_tenant(db)), T0, T0 + timedelta(hours=1), "FREQ=WEEKLY;BYDAY=MO"
+        ),
+    ],
+)
+def test_valid_values_pass_the_checks(db, build):
+    build(db)
+    db.flush()
+
+
+def test_tightened_not_null_columns(db):
+    with violates(db, None, NOT_NULL_VIOLATION):
+        make_tenant(db, timezone=null())  # None would let the server default in
+    with violates(db, None, NOT_NULL_VIOLATION):
+        make_service(db, make_tenant(db), buffer_time_minutes=null())
+    with violates(db, None, NOT_NULL_VIOLATION):
+        make_appointment(db, *_setup(db), T0, status=null())
+
+
+# --- unique constraints -------------------------------------------------------------------------
+
+
+def test_user_email_and_tenant_slug_are_unique(db):
+    user = make_user(db)
+    with violates(db, "users_email_key", UNIQUE_VIOLATION):
+        make_user(db, email=user.email)
+    tenant = make_tenant(db)
+    with violates(db, "tenants_slug_key", UNIQUE_VIOLATION):
+        make_tenant(db, slug=tenant.slug)
+
+
+def test_membership_and_service_resource_pairs_are_unique(db):
+    tenant, user = make_tenant(db), make_user(db)
+    make_tenant_user(db, tenant, user)
+    with violates(db, "tenant_users_tenant_id_user_id_key", UNIQUE_VIOLATION):
+        make_tenant_user(db, tenant, user, role="staff")
+    service, resource = make_service(db, tenant), make_resource(db, tenant)
+    link_service_resource(db, service, resource)
+    with violates(db, "service_resources_service_id_resource_id_key", UNIQUE_VIOLATION):
+        link_service_resource(db, service, resource, is_required=False)
+
+
+def test_external_ids_are_unique(db):
+    tenant = make_tenant(db)
+    user = make_user(db)
+    subscription = make_subscription(db, tenant, stripe_subscription_id="sub_123")
+    with violates(db, "subscriptions_stripe_subscription_id_key", UNIQUE_VIOLATION):
+        make_subscription(db, tenant, subscription.plan, stripe_subscription_id="sub_123")
+    db.add(UserSession(user_id=user.id, token_jti="jti-1", expires_at=T0))
+    db.flush()
+    with violates(db, "user_sessions_token_jti_key", UNIQUE_VIOLATION):
+        db.add(UserSession(user_id=user.id, token_jti="jti-1", expires_at=T0))
+    db.add(VapiConfiguration(tenant_id=tenant.id))
+    db.flush()
+    with violates(db, "vapi_configurations_tenant_id_key", UNIQUE_VIOLATION):
+        db.add(VapiConfiguration(tenant_id=tenant.id))
+    db.add(VapiCallLog(tenant_id=tenant.id, vapi_call_id="call-1"))
+    db.flush()
+    with violates(db, "vapi_call_logs_vapi_call_id_key", UNIQUE_VIOLATION):
+        db.add(VapiCallLog(tenant_id=tenant.id, vapi_call_id="call-1"))
+    db.add(ApiKey(tenant_id=tenant.id, name="app", key_prefix="va_live_abcd", key_hash="h"))
+    db.flush()
+    with violates(db, "api_keys_key_prefix_key", UNIQUE_VIOLATION):
+        db.add(ApiKey(tenant_id=tenant.id, name="other", key_prefix="va_live_abcd", key_hash="h2"))
+    _notification(db, dedupe_key="reminder:1")
+    db.flush()
+    with violates(db, "notifications_dedupe_key_key", UNIQUE_VIOLATION):
+        _notification(db, dedupe_key="reminder:1")
+    db.add(BusinessMetric(tenant_id=tenant.id, metric_date=date(2030, 1, 1), metric_type="daily"))
+    db.flush()
+    with violates(db, "business_metrics_tenant_id_metric_date_metric_type_key", UNIQUE_VIOLATION):
+        db.add(BusinessMetric(tenant_id=tenant.id, metric_date=date(2030, 1, 1), metric_type="daily"))
+
+
+def test_booking_reference_is_unique(db):
+    tenant, service, client = _setup(db)
+    make_appointment(db, tenant, service, client, T0, booking_reference="REF-1")
+    with violates(db, "appointments_booking_reference_key", UNIQUE_VIOLATION):
+        make_appointment(db, tenant, service, client, T0 + timedelta(days=1), booking_reference="REF-1")
+
+
+def test_idempotency_key_is_unique_per_tenant_and_may_be_absent(db):
+    tenant, other = make_tenant(db), make_tenant(db)
+    _intake_job(db, tenant, idempotency_key="key-1")
+    _intake_job(db, other, idempotency_key="key-1")
+    _intake_job(db, tenant, idempotency_key=None)
+    _intake_job(db, tenant, idempotency_key=None)
+    db.flush()
+    with violates(db, "intake_jobs_tenant_id_idempotency_key_key", UNIQUE_VIOLATION):
+        _intake_job(db, tenant, idempotency_key="key-1")
+
+
+@pytest.mark.parametrize(
+    "column, index",
+    [("email", "clients_email_unique_per_tenant"), ("phone", "clients_phone_unique_per_tenant")],
+)
+def test_client_email_and_phone_are_unique_among_live_clients_of_a_tenant(db, column, index):
+    tenant = make_tenant(db)
+    client = make_client(db, tenant)
+    value = getattr(client, column)
+    with violates(db, index, UNIQUE_VIOLATION):
+        make_client(db, tenant, **{column: value})
+    make_client(db, make_tenant(db), **{column: value})  # another tenant may have the same client
+
+    db.execute(update(Client).where(Client.id == client.id).values(deleted_at=T0))
+    replacement = make_client(db, tenant, **{column: value})  # a soft-deleted client no longer blocks it
+    assert getattr(replacement, column) == value
+
+
+def test_service_slug_is_unique_among_live_services_of_a_tenant(db):
+    tenant = make_tenant(db)
+    service = make_service(db, tenant, slug="haircut")
+    with violates(db, "services_tenant_id_slug_key", UNIQUE_VIOLATION):
+        make_service(db, tenant, slug="haircut")
+    make_service(db, make_tenant(db), slug="haircut")
+    make_service(db, tenant, slug=None)
+    make_service(db, tenant, slug=None)
+    db.execute(update(Service).where(Service.id == service.id).values(deleted_at=T0))
+    make_service(db, tenant, slug="haircut")
+
+
+# --- the double-booking guard -------------------------------------------------------------------
+
+
+def _booking(db, tenant, service, client, resource, start, minutes=30, **kwargs):
+    return make_appointment(
+        db, tenant, service, client, start, start + timedelta(minutes=minutes), resources=[resource], **kwargs
+    )
+
+
+def test_overlapping_allocations_of_one_resource_are_rejected(db):
+    tenant, service, client = _setup(db)
+    chair = make_resource(db, tenant, "room", 1)
+    _booking(db, tenant, service, client, chair, T0)
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, chair, T0 + timedelta(minutes=29))
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, chair, T0 - timedelta(minutes=10), minutes=60)
+
+
+def test_touching_half_open_allocations_and_other_resources_are_allowed(db):
+    tenant, service, client = _setup(db)
+    chair, other_chair = make_resource(db, tenant, "room"), make_resource(db, tenant, "room")
+    _booking(db, tenant, service, client, chair, T0)
+    _booking(db, tenant, service, client, chair, T0 + timedelta(minutes=30))
+    _booking(db, tenant, service, client, chair, T0 - timedelta(minutes=30))
+    _booking(db, tenant, service, client, other_chair, T0)
+    count = db.scalar(
+        select(text("count(*)"))
+        .select_from(AppointmentResource)
+        .where(AppointmentResource.resource_id == chair.id)
+    )
+    assert count == 3
+
+
+def test_the_buffer_is_part_of_the_occupied_interval(db):
+    tenant, _, client = _setup(db)
+    service = make_service(db, tenant, duration_minutes=30, buffer_time_minutes=15)
+    chair = make_resource(db, tenant)
+    _booking(db, tenant, service, client, chair, T0)  # occupies [10:00, 10:45)
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, chair, T0 + timedelta(minutes=30))
+    _booking(db, tenant, service, client, chair, T0 + timedelta(minutes=45))
+
+
+def test_inactive_allocations_do_not_hold_the_resource(db):
+    tenant, service, client = _setup(db)
+    chair = make_resource(db, tenant)
+    cancelled = _booking(db, tenant, service, client, chair, T0, status="cancelled")
+    _booking(db, tenant, service, client, chair, T0)
+    # Reviving the cancelled allocation would double-book: refused.
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        db.execute(
+            update(AppointmentResource)
+            .where(AppointmentResource.appointment_id == cancelled.id)
+            .values(active=True)
+        )
+
+
+def test_non_exclusive_allocations_may_overlap(db):
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 4)
+    for _ in range(3):
+        booking = _booking(db, tenant, service, client, room, T0, units=1)
+    db.refresh(booking)
+    assert booking.resources[0].exclusive is False
+
+
+def test_resource_blocks_of_one_resource_may_not_overlap(db):
+    tenant = make_tenant(db)
+    resource, other = make_resource(db, tenant), make_resource(db, tenant)
+    block = make_block(db, resource, T0, T0 + timedelta(hours=2))
+    with violates(db, "resource_blocks_no_overlap", EXCLUSION_VIOLATION):
+        make_block(db, resource, T0 + timedelta(hours=1), T0 + timedelta(hours=3))
+    with violates(db, "resource_blocks_no_overlap", EXCLUSION_VIOLATION):
+        make_block(
+            db, resource, T0, T0 + timedelta(hours=2), "FREQ=DAILY"
+        )  # same start: the seed's unique index
+    make_block(db, resource, T0 + timedelta(hours=2), T0 + timedelta(hours=3))  # touching is fine
+    make_block(db, other, T0, T0 + timedelta(hours=2))  # another resource is fine
+    db.execute(update(ResourceBlock).where(ResourceBlock.id == block.id).values(deleted_at=T0))
+    make_block(
+        db, resource, T0 + timedelta(minutes=30), T0 + timedelta(hours=1)
+    )  # a deleted block does not count
+
+
+# --- foreign key actions worth relying on -------------------------------------------------------
+
+
+def test_deleting_an_appointment_removes_its_allocations_and_unlinks_notifications_and_jobs(db):
+    tenant, service, client = _setup(db)
+    chair = make_resource(db, tenant)
+    appointment = _booking(db, tenant, service, client, chair, T0)
+    _notification(db, tenant_id=tenant.id, appointment_id=appointment.id, dedupe_key=f"n-{uuid.uuid4()}")
+    _intake_job(db, tenant, appointment_id=appointment.id)
+    db.flush()
+    db.execute(text("DELETE FROM appointments WHERE id = :id"), {"id": appointment.id})
+    assert (
+        db.scalar(
+            text("SELECT count(*) FROM appointment_resources WHERE resource_id = :id"), {"id": chair.id}
+        )
+        == 0
+    )
+    assert (
+        db.scalar(
+            text("SELECT count(*) FROM notifications WHERE tenant_id = :id AND appointment_id IS NULL"),
+            {"id": tenant.id},
+        )
+        == 1
+    )
+    assert (
+        db.scalar(
+            text("SELECT count(*) FROM intake_jobs WHERE tenant_id = :id AND appointment_id IS NULL"),
+            {"id": tenant.id},
+        )
+        == 1
+    )
+
+
+def test_deleting_a_resource_removes_its_schedules_and_blocks(db):
+    tenant = make_tenant(db)
+    resource = make_resource(db, tenant)
+    make_schedule(db, resource, 1, "09:00", "17:00")
+    make_block(db, resource, T0, T0 + timedelta(hours=1))
+    db.execute(text("DELETE FROM resources WHERE id = :id"), {"id": resource.id})
+    for table in ("resource_schedules", "resource_blocks"):
+        assert (
+            db.scalar(text(f"SELECT count(*) FROM {table} WHERE resource_id = :id"), {"id": resource.id}) == 0
+        )
+
+
+def test_plans_are_just_rows(db):
+    # Keeps the factories honest: a plan with the seed's "unlimited" marker is valid.
+    plan = make_plan(db, max_services=-1, max_resources=-1)
+    assert plan.id is not None
+    assert db.get(Tenant, make_tenant(db).id) is not None
+    assert db.get(Resource, make_resource(db, make_tenant(db)).id) is not None
+    assert db.scalar(select(Appointment).limit(0)) is None
