@@ -30,16 +30,16 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
 
 
 def get_engine() -> Engine:
-    global _engine, _session_factory
+    global _engine
     if _engine is None:
         _engine = make_engine()
-        _session_factory = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 
 
 def session_factory() -> sessionmaker[Session]:
-    get_engine()
-    assert _session_factory is not None
+    global _session_factory
+    if _session_factory is None:
+        _session_factory = sessionmaker(get_engine(), expire_on_commit=False)
     return _session_factory
 
 

@@ -1,0 +1,75 @@
+"""API keys for upstream apps.
+
+A key is `va_live_<prefix>_<secret>`. The prefix finds the row; the whole key is compared by its SHA-256
+digest. Keys carry 256 bits of randomness, so a fast hash is enough (argon2 is for human passwords).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from core.db import UnitOfWork
+from core.errors import Unauthorized
+from core.models import ApiKey, Tenant
+
+KEY_SCHEME = "va_live_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key(tenant_id: uuid.UUID, name: str) -> tuple[ApiKey, str]:
+    """A key row to store and the key itself, which only the caller ever sees."""
+    prefix = secrets.token_hex(6)
+    key = f"{KEY_SCHEME}{prefix}_{secrets.token_urlsafe(32)}"
+    return ApiKey(tenant_id=tenant_id, name=name, key_prefix=prefix, key_hash=_digest(key)), key
+
+
+def create_api_key(uow: UnitOfWork, tenant_id: uuid.UUID, name: str) -> str:
+    """Store a new key for the tenant and return it; it is never shown again."""
+    row, key = new_api_key(tenant_id, name)
+    uow.session.add(row)
+    uow.session.flush()
+    return key
+
+
+def tenant_for_api_key(uow: UnitOfWork, presented: str | None, now: datetime) -> uuid.UUID:
+    """The tenant a presented key belongs to, or Unauthorized."""
+    if not presented:
+        raise Unauthorized(
+            "An API key is required: send 'Authorization: Bearer va_live_...'.", code="missing_api_key"
+        )
+    parts = presented[len(KEY_SCHEME) :].split("_", 1) if presented.startswith(KEY_SCHEME) else []
+    if len(parts) != 2:
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    api_key = uow.session.scalar(select(ApiKey).where(ApiKey.key_prefix == parts[0]))
+    if (
+        api_key is None
+        or api_key.revoked_at is not None
+        or not hmac.compare_digest(api_key.key_hash, _digest(presented))
+    ):
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    tenant = uow.session.get(Tenant, api_key.tenant_id)
+    if tenant is None or tenant.deleted_at is not None:
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        # Coarse on purpose: one write a minute per key, not one per request.
+        uow.session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))
+    return api_key.tenant_id
+
+
+def revoke_api_key(uow: UnitOfWork, key_prefix: str, now: datetime) -> bool:
+    result = uow.session.execute(
+        update(ApiKey)
+        .where(ApiKey.key_prefix == key_prefix, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return result.rowcount == 1
