@@ -1,0 +1,579 @@
+"""Free slots of a service: when it can be booked and which resources would serve each slot.
+
+Two layers:
+
+* The pure layer (`compute_slots`, `evaluate_slot`, `nearest_slots`, `expand_block`) works on plain frozen
+  dataclasses (`ServiceCalendar` and its parts) and knows nothing of the database. Every time rule lives here.
+* The database layer (`find_slots`, `check_slot`, `candidate_resource_ids`, `nearest_alternatives`) loads that
+  plain data for one service and one UTC window with a handful of set-based queries and hands it to the pure
+  layer. It reads current rows every time (no cache): the booking engineer calls `check_slot` inside the
+  booking transaction, after locking the resources.
+
+Time rules (DESIGN §4). The slot grid is local wall-clock time in the tenant's zone, anchored at local
+midnight, one slot start every `slot_step_minutes`. A slot [start, start + duration) must lie inside the
+service's days and hours and inside a working window of every resource that serves it, both measured on the
+wall clock of the slot's local date; it must not overlap a block of those resources; and its occupied interval
+[start, start + duration + buffer) must leave room in each resource: the units of the active allocations
+overlapping it plus the units the service needs must not exceed the resource's capacity (NULL means 1). The
+buffer may run past closing time and over a block; it only keeps the next client away. A local time that does
+not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered once, at its first
+occurrence. Durations are real elapsed time. Intervals are half-open.
+
+Resources (DESIGN §5). Every `service_resources` row with `is_required` is needed; the rows without it are
+interchangeable candidates, one of which serves the slot: the client's choice when given, else the lowest
+`preference_order`, else the candidate with the fewest booked minutes that local day, else the lowest id.
+A service with no linked resources offers no slots. An inactive or deleted required resource means no slots;
+inactive or deleted candidates are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from itertools import accumulate
+from zoneinfo import ZoneInfo
+
+from dateutil.rrule import rrulestr
+
+from core.errors import InvalidRequest, SlotUnavailable
+
+log = logging.getLogger(__name__)
+
+ZERO = timedelta(0)
+ONE_DAY = timedelta(days=1)
+
+# Why a slot cannot be booked, as `SlotUnavailable` codes.
+OUTSIDE_HOURS = "outside_hours"
+SLOT_TAKEN = "slot_taken"
+
+Interval = tuple[datetime, datetime]
+
+
+# --- the public results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    start: datetime  # aware, UTC
+    end: datetime  # aware, UTC: start + duration (the buffer is not part of the client's slot)
+    resource_ids: tuple[uuid.UUID, ...]  # the resources that would serve it, sorted by id
+
+
+@dataclass(frozen=True)
+class Availability:
+    timezone: str
+    service_id: uuid.UUID
+    slots: list[Slot]
+
+
+# --- the plain input of the pure layer -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceRules:
+    """A service's own time rules, with the column names of `services` (plus the tenant's slot step)."""
+
+    duration_minutes: int
+    buffer_time_minutes: int = 0
+    # Day numbers, 0 = Sunday ... 6 = Saturday. None: every day.
+    available_days: tuple[int, ...] | None = (1, 2, 3, 4, 5)
+    # {"start": "HH:MM", "end": "HH:MM"}, local wall clock; "24:00" is the end of the day. None: all day.
+    available_hours: Mapping[str, str] | None = field(default=None, hash=False)
+    min_advance_booking_hours: int = 0
+    max_advance_booking_days: int | None = None  # None: no limit
+    slot_step_minutes: int = 15
+
+
+@dataclass(frozen=True)
+class ResourceNeed:
+    """One `service_resources` row."""
+
+    resource_id: uuid.UUID
+    quantity: int = 1
+    is_required: bool = True
+    preference_order: int = 0
+
+
+@dataclass(frozen=True)
+class WorkingWindow:
+    """One `resource_schedules` row: a local wall-clock window on one day of the week."""
+
+    day_of_week: int  # 0 = Sunday ... 6 = Saturday
+    start_time: time
+    end_time: time
+    effective_from: date | None = None  # inclusive; None: since always
+    effective_until: date | None = None  # inclusive; None: for ever
+
+
+@dataclass(frozen=True)
+class ResourceCalendar:
+    """What one resource has on its calendar around the window being planned."""
+
+    resource_id: uuid.UUID
+    capacity: int | None = None  # None means 1
+    windows: tuple[WorkingWindow, ...] = ()
+    blocks: tuple[Interval, ...] = ()  # already expanded (see `expand_block`), aware datetimes
+    # Active allocations: (start, end, units), `end` including that appointment's buffer.
+    allocations: tuple[tuple[datetime, datetime, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceCalendar:
+    """Everything the pure layer needs to plan one service."""
+
+    service_id: uuid.UUID
+    timezone: str  # IANA name
+    rules: ServiceRules
+    needs: tuple[ResourceNeed, ...]
+    # A needed resource missing from here has no working hours (it is inactive, or was never scheduled).
+    resources: tuple[ResourceCalendar, ...] = ()
+
+
+# --- the pure layer --------------------------------------------------------------------------------------
+
+
+def compute_slots(
+    calendar: ServiceCalendar,
+    now: datetime,
+    date_from: date,
+    date_to: date,
+    resource_ids: Collection[uuid.UUID] = (),
+) -> list[Slot]:
+    """The free slots starting on the local dates date_from..date_to (both included), in time order.
+
+    `resource_ids` restricts them to slots served by all of those resources (a client's chosen stylist);
+    a resource that does not serve the service raises InvalidRequest("resource_not_eligible").
+    """
+    return _Planner(calendar, now, resource_ids).slots(date_from, date_to)
+
+
+def evaluate_slot(
+    calendar: ServiceCalendar,
+    start: datetime,
+    now: datetime,
+    resource_ids: Collection[uuid.UUID] = (),
+) -> Slot:
+    """The slot starting exactly at `start`, or the precise reason it cannot be booked.
+
+    Raises InvalidRequest ("off_grid", "resource_not_eligible", "invalid_start") for a request that can never
+    be right, and SlotUnavailable ("too_soon", "too_far", "outside_hours", "slot_taken") otherwise.
+    """
+    return _Planner(calendar, now, resource_ids).check(start)
+
+
+def nearest_slots(
+    calendar: ServiceCalendar,
+    start: datetime,
+    now: datetime,
+    count: int,
+    date_from: date,
+    date_to: date,
+    resource_ids: Collection[uuid.UUID] = (),
+) -> list[Slot]:
+    """The `count` free slots of date_from..date_to closest in time to `start` (ties: the earlier one), in time order."""
+    slots = compute_slots(calendar, now, date_from, date_to, resource_ids)
+    slots.sort(key=lambda slot: (abs(slot.start - start), slot.start))
+    return sorted(slots[:count], key=lambda slot: slot.start)
+
+
+_UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
+
+
+def expand_block(
+    start: datetime,
+    end: datetime,
+    recurrence_rule: str | None,
+    tz: ZoneInfo,
+    window_start: datetime,
+    window_end: datetime,
+) -> list[Interval]:
+    """The occurrences of a block that overlap [window_start, window_end), as UTC intervals.
+
+    The first occurrence is [start, end). A recurring block repeats per its RFC 5545 RRULE on the tenant's
+    wall clock (a weekly 13:00-14:00 lunch stays at 13:00 local across DST), each occurrence lasting
+    end - start. A rule that cannot be read blocks the whole window: better no slots than a double booking.
+    """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if not recurrence_rule:
+        return [(start, end)] if start < window_end and end > window_start else []
+    length = end - start
+    try:
+        occurrences = _occurrence_starts(start, length, recurrence_rule, tz, window_start, window_end)
+    except (ValueError, TypeError, OverflowError):
+        log.error("unreadable recurrence_rule %r: blocking the whole window", recurrence_rule)
+        return [(window_start, window_end)]
+    return [(s, s + length) for s in occurrences if s < window_end and s + length > window_start]
+
+
+def _occurrence_starts(
+    start: datetime, length: timedelta, rule: str, tz: ZoneInfo, window_start: datetime, window_end: datetime
+) -> list[datetime]:
+    first_local = start.astimezone(tz).replace(tzinfo=None)
+    # The rule runs on naive local wall-clock times; a UTC UNTIL is turned into local time to match.
+    rule = _UNTIL_UTC.sub(
+        lambda m: (
+            "UNTIL="
+            + datetime.strptime(m.group(1), "%Y%m%dT%H%M%S")
+            .replace(tzinfo=UTC)
+            .astimezone(tz)
+            .strftime("%Y%m%dT%H%M%S")
+        ),
+        rule.strip(),
+    )
+    recurrence = rrulestr(rule, dtstart=first_local, forceset=True)
+    # Wall-clock bounds are not monotonic across DST, so search a day wider and filter in UTC.
+    low = (window_start - length).astimezone(tz).replace(tzinfo=None) - ONE_DAY
+    high = window_end.astimezone(tz).replace(tzinfo=None) + ONE_DAY
+    starts = {start}  # RFC 5545: the first occurrence counts even when it does not match the rule
+    for local in recurrence.between(low, high, inc=True):
+        starts.add(local.replace(tzinfo=tz).astimezone(UTC))
+    return sorted(starts)
+
+
+def day_number(day: date) -> int:
+    """0 = Sunday ... 6 = Saturday, as in resource_schedules.day_of_week and services.available_days."""
+    return (day.weekday() + 1) % 7
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The UTC instant at which the local date `day` begins (for a midnight in a gap: the gap's end)."""
+    return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+
+
+def _since_midnight(value: time) -> timedelta:
+    return timedelta(
+        hours=value.hour, minutes=value.minute, seconds=value.second, microseconds=value.microsecond
+    )
+
+
+def _parse_clock(text: str) -> timedelta:
+    parts = [int(part) for part in str(text).split(":")]
+    if not 2 <= len(parts) <= 3 or not 0 <= parts[1] < 60:
+        raise ValueError(f"not a HH:MM time: {text!r}")
+    offset = timedelta(hours=parts[0], minutes=parts[1], seconds=parts[2] if len(parts) == 3 else 0)
+    if not ZERO <= offset <= ONE_DAY:
+        raise ValueError(f"not a time of day: {text!r}")
+    return offset
+
+
+def _merge_touching(windows: Iterable[tuple[timedelta, timedelta]]) -> list[tuple[timedelta, timedelta]]:
+    """Closed wall-clock windows merged when they overlap or touch (09-13 and 13-17 is one 09-17 shift)."""
+    merged: list[list[timedelta]] = []
+    for lo, hi in sorted(windows):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _intersect(
+    a: list[tuple[timedelta, timedelta]], b: list[tuple[timedelta, timedelta]]
+) -> list[tuple[timedelta, timedelta]]:
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _merge_open(spans: Iterable[Interval]) -> tuple[list[datetime], list[datetime]]:
+    """Open intervals (lo, hi) merged when they overlap; touching ones stay apart (their meeting point is free)."""
+    los: list[datetime] = []
+    his: list[datetime] = []
+    for lo, hi in sorted(spans):
+        if los and lo < his[-1]:
+            if hi > his[-1]:
+                his[-1] = hi
+        else:
+            los.append(lo)
+            his.append(hi)
+    return los, his
+
+
+def _inside(windows: list[tuple[timedelta, timedelta]], lo: timedelta, hi: timedelta) -> bool:
+    return any(w_lo <= lo and hi <= w_hi for w_lo, w_hi in windows)
+
+
+class _Forbidden:
+    """Slot starts that a set of busy intervals rules out, as merged open intervals: one bisect per question.
+
+    A slot starting at s with length L overlaps a busy [a, b) exactly when a - L < s < b.
+    """
+
+    __slots__ = ("los", "his")
+
+    def __init__(self, spans: Iterable[Interval]):
+        self.los, self.his = _merge_open(spans)
+
+    def __contains__(self, start: datetime) -> bool:
+        i = bisect_left(self.los, start) - 1
+        return i >= 0 and start < self.his[i]
+
+
+class _Resource:
+    """One needed resource's calendar, arranged so that each slot question costs a few bisects."""
+
+    def __init__(
+        self, need: ResourceNeed, calendar: ResourceCalendar, length: timedelta, occupied: timedelta
+    ):
+        self.id = need.resource_id
+        self.need = need
+        capacity = 1 if calendar.capacity is None else calendar.capacity
+        self.impossible = need.quantity > capacity
+        self.headroom = capacity - need.quantity  # units other appointments may hold while this one runs
+        self.windows = calendar.windows
+        self._windows_on: dict[date, list[tuple[timedelta, timedelta]]] = {}
+        allocations = sorted((s, e, u) for s, e, u in calendar.allocations if u > 0)
+        self.block_spans = [(a - length, b) for a, b in calendar.blocks]
+        if self.headroom <= 0:
+            # Exclusive for this service: any overlapping allocation rules the slot out.
+            self.alloc_spans = [(a - occupied, b) for a, b, _ in allocations]
+            self.counting = False
+        else:
+            # Shared: count the units overlapping [s, e) as all units minus those ending by s minus those
+            # starting at or after e (an allocation cannot be both, it has e > s).
+            self.alloc_spans = []
+            self.counting = True
+            by_end = sorted((e, u) for _, e, u in allocations)
+            self._ends = [e for e, _ in by_end]
+            self._units_ended = [0, *accumulate(u for _, u in by_end)]
+            self._starts = [s for s, _, _ in allocations]
+            self._units_started = [0, *accumulate(u for _, _, u in allocations)]
+            self._total = self._units_started[-1]
+        self.forbidden = _Forbidden(self.block_spans + self.alloc_spans)
+        # For "least booked that day": allocation starts and the running total of booked time.
+        self._booked_starts = [s for s, _, _ in allocations]
+        self._booked_total = [ZERO, *accumulate(e - s for s, e, _ in allocations)]
+
+    def windows_on(self, day: date) -> list[tuple[timedelta, timedelta]]:
+        windows = self._windows_on.get(day)
+        if windows is None:
+            weekday = day_number(day)
+            windows = _merge_touching(
+                (_since_midnight(w.start_time), _since_midnight(w.end_time))
+                for w in self.windows
+                if w.day_of_week == weekday
+                and (w.effective_from is None or w.effective_from <= day)
+                and (w.effective_until is None or day <= w.effective_until)
+            )
+            self._windows_on[day] = windows
+        return windows
+
+    def has_room(self, start: datetime, occupied_end: datetime) -> bool:
+        """Capacity for shared resources; exclusive ones are answered by `forbidden`."""
+        if not self.counting:
+            return True
+        ended = self._units_ended[bisect_right(self._ends, start)]
+        later = self._total - self._units_started[bisect_left(self._starts, occupied_end)]
+        return self._total - ended - later <= self.headroom
+
+    def free(self, start: datetime, occupied_end: datetime) -> bool:
+        return not self.impossible and start not in self.forbidden and self.has_room(start, occupied_end)
+
+    def booked_between(self, lo: datetime, hi: datetime) -> timedelta:
+        """Booked time of the allocations starting in [lo, hi)."""
+        i, j = bisect_left(self._booked_starts, lo), bisect_left(self._booked_starts, hi)
+        return self._booked_total[j] - self._booked_total[i]
+
+
+class _Day:
+    """One local date: its midnight, and its UTC offset when that does not change within reach of a slot."""
+
+    __slots__ = ("day", "midnight", "offset")
+
+    def __init__(self, day: date, tz: ZoneInfo, length: timedelta):
+        self.day = day
+        self.midnight = datetime.combine(day, time())
+        offsets = {(self.midnight + k * ONE_DAY).replace(tzinfo=tz).utcoffset() for k in range(3)}
+        # With one offset from this midnight to two days later, wall clock and UTC differ by a constant for
+        # every slot of the day; otherwise (a DST change, or a slot longer than a day) convert each time.
+        self.offset = offsets.pop() if len(offsets) == 1 and length < ONE_DAY else None
+
+
+class _Planner:
+    def __init__(self, calendar: ServiceCalendar, now: datetime, resource_ids: Collection[uuid.UUID] = ()):
+        if now.tzinfo is None:
+            raise ValueError("now must be an aware datetime")
+        rules = calendar.rules
+        self.calendar = calendar
+        self.tz = ZoneInfo(calendar.timezone)
+        self.length = timedelta(minutes=rules.duration_minutes)
+        self.buffer = timedelta(minutes=rules.buffer_time_minutes or 0)
+        occupied = self.length + self.buffer
+        step = rules.slot_step_minutes
+        if not isinstance(step, int) or not 0 < step <= 1440:
+            raise ValueError(f"slot_step_minutes must be 1..1440, not {step!r}")
+        self.step = timedelta(minutes=step)
+        self.days = None if rules.available_days is None else frozenset(int(d) for d in rules.available_days)
+        hours = rules.available_hours
+        self.hours = (
+            [(_parse_clock(hours["start"]), _parse_clock(hours["end"]))] if hours else [(ZERO, ONE_DAY)]
+        )
+        self.earliest = now + timedelta(hours=rules.min_advance_booking_hours or 0)
+        max_days = rules.max_advance_booking_days
+        self.latest = None if max_days is None else now + timedelta(days=max_days)
+
+        by_id = {resource.resource_id: resource for resource in calendar.resources}
+        resources = [
+            _Resource(
+                need, by_id.get(need.resource_id) or ResourceCalendar(need.resource_id), self.length, occupied
+            )
+            for need in calendar.needs
+        ]
+        self.required = [r for r in resources if r.need.is_required]
+        candidates = {r.id: r for r in resources if not r.need.is_required}
+
+        wanted = set(resource_ids or ())
+        eligible = {r.id for r in resources}
+        unknown = sorted(wanted - eligible)
+        if unknown:
+            raise InvalidRequest(
+                f"Resource {unknown[0]} does not serve this service.", code="resource_not_eligible"
+            )
+        chosen = sorted(wanted & candidates.keys())
+        if len(chosen) > 1:
+            raise InvalidRequest(
+                "Only one of the interchangeable resources serves an appointment; choose one.",
+                code="resource_not_eligible",
+            )
+        # A client's choice among the candidates is the only candidate considered.
+        self.candidates = [candidates[chosen[0]]] if chosen else list(candidates.values())
+        self.bookable = bool(resources) and not any(r.impossible for r in self.required)
+
+        # The required resources are asked once per slot: their exclusive calendars fold into one lookup.
+        self.required_forbidden = _Forbidden(
+            span for r in self.required for span in (r.block_spans + r.alloc_spans)
+        )
+        self.required_counting = [r for r in self.required if r.counting]
+        self.required_ids = tuple(sorted(r.id for r in self.required))
+        self._ids_with = {c.id: tuple(sorted((*self.required_ids, c.id))) for c in self.candidates}
+        self._days: dict[date, _Day] = {}
+        self._order: dict[date, list[_Resource]] = {}
+
+    # -- one day at a time --
+
+    def _day(self, day: date) -> _Day:
+        found = self._days.get(day)
+        if found is None:
+            found = self._days[day] = _Day(day, self.tz, self.length)
+        return found
+
+    def _opening(self, day: date) -> list[tuple[timedelta, timedelta]]:
+        """The wall-clock windows in which the service and every required resource are open that day."""
+        if self.days is not None and day_number(day) not in self.days:
+            return []
+        windows = self.hours
+        for resource in self.required:
+            windows = _intersect(windows, resource.windows_on(day))
+            if not windows:
+                break
+        return windows
+
+    def _candidates_on(self, day: date) -> list[_Resource]:
+        order = self._order.get(day)
+        if order is None:
+            if len(self.candidates) > 1:
+                lo, hi = local_midnight(day, self.tz), local_midnight(day + ONE_DAY, self.tz)
+                order = sorted(
+                    self.candidates,
+                    key=lambda r: (r.need.preference_order, r.booked_between(lo, hi), r.id),
+                )
+            else:
+                order = self.candidates
+            self._order[day] = order
+        return order
+
+    def _wall_to_utc(self, day: _Day, wall: timedelta) -> tuple[datetime, timedelta] | None:
+        """UTC start and wall-clock end (from the day's midnight) of a slot starting at `wall`; None in a gap."""
+        local = day.midnight + wall
+        if day.offset is not None:
+            return (local - day.offset).replace(tzinfo=UTC), wall + self.length
+        start = local.replace(tzinfo=self.tz).astimezone(UTC)  # fold=0: the first occurrence
+        if start.astimezone(self.tz).replace(tzinfo=None) != local:
+            return None  # the clock jumped over this time
+        end_local = (start + self.length).astimezone(self.tz).replace(tzinfo=None)
+        return start, end_local - day.midnight
+
+    def _serve(
+        self, day: date, wall: timedelta, end_wall: timedelta, start: datetime
+    ) -> tuple[tuple[uuid.UUID, ...] | None, str]:
+        """The resources serving this slot, or None and why not (the opening hours are checked by the caller)."""
+        occupied_end = start + self.length + self.buffer
+        if start in self.required_forbidden:
+            return None, SLOT_TAKEN
+        for resource in self.required_counting:
+            if not resource.has_room(start, occupied_end):
+                return None, SLOT_TAKEN
+        if not self.candidates:
+            return self.required_ids, ""
+        reason = OUTSIDE_HOURS
+        for candidate in self._candidates_on(day):
+            if not _inside(candidate.windows_on(day), wall, end_wall):
+                continue
+            if candidate.free(start, occupied_end):
+                return self._ids_with[candidate.id], ""
+            reason = SLOT_TAKEN
+        return None, reason
+
+    def slots(self, date_from: date, date_to: date) -> list[Slot]:
+        found: list[Slot] = []
+        if not self.bookable:
+            return found
+        step, earliest, latest = self.step, self.earliest, self.latest
+        day = date_from
+        while day <= date_to:
+            clock = self._day(day)
+            for open_at, close_at in self._opening(day):
+                wall = -((-open_at) // step) * step  # the first grid time at or after opening
+                while wall < close_at:
+                    converted = self._wall_to_utc(clock, wall)
+                    if converted is not None:
+                        start, end_wall = converted
+                        if latest is not None and start > latest:
+                            return found  # the grid runs forward in time: nothing later qualifies
+                        if start >= earliest and end_wall <= close_at:
+                            ids, _ = self._serve(day, wall, end_wall, start)
+                            if ids is not None:
+                                found.append(Slot(start, start + self.length, ids))
+                    wall += step
+            day += ONE_DAY
+        return found
+
+    def check(self, start: datetime) -> Slot:
+        if start.tzinfo is None:
+            raise InvalidRequest("The start needs a UTC offset.", code="invalid_start")
+        start = start.astimezone(UTC)
+        local = start.astimezone(self.tz)
+        clock = self._day(local.date())
+        wall = local.replace(tzinfo=None) - clock.midnight
+        converted = self._wall_to_utc(clock, wall)
+        if wall % self.step or converted is None or converted[0] != start:
+            # Off the grid, or the second pass through a fall-back hour (offered once, the first time).
+            raise InvalidRequest(
+                f"{local:%H:%M} is not on the {self.step.seconds // 60}-minute slot grid.", code="off_grid"
+            )
+        if start < self.earliest:
+            raise SlotUnavailable("That time is too soon to book.", code="too_soon")
+        if self.latest is not None and start > self.latest:
+            raise SlotUnavailable("That time is too far ahead to book.", code="too_far")
+        end_wall = converted[1]
+        if not self.bookable or not _inside(self._opening(clock.day), wall, end_wall):
+            raise SlotUnavailable("The service is not offered at that time.", code=OUTSIDE_HOURS)
+        ids, reason = self._serve(clock.day, wall, end_wall, start)
+        if ids is None:
+            if reason == OUTSIDE_HOURS:
+                raise SlotUnavailable("Nobody who provides the service works at that time.", code=reason)
+            raise SlotUnavailable("That time is already taken.", code=reason)
+        return Slot(start, start + self.length, ids)

@@ -1,0 +1,698 @@
+"""The pure availability layer on fixed data: no database.
+
+Dates: 2027-03-01 is a Monday. Europe/Madrid springs forward on 2027-03-28 (02:00 -> 03:00) and falls back
+on 2027-10-31 (03:00 -> 02:00); America/New_York on 2027-03-14 (02:00 -> 03:00) and 2027-11-07 (02:00 -> 01:00).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from core.availability import (
+    ResourceCalendar,
+    ResourceNeed,
+    ServiceCalendar,
+    ServiceRules,
+    Slot,
+    WorkingWindow,
+    compute_slots,
+    day_number,
+    evaluate_slot,
+    expand_block,
+    nearest_slots,
+)
+from core.errors import InvalidRequest, SlotUnavailable
+
+MADRID = "Europe/Madrid"
+NEW_YORK = "America/New_York"
+SERVICE = uuid.UUID(int=100)
+STYLIST = uuid.UUID(int=1)
+STYLIST_2 = uuid.UUID(int=2)
+CHAIR = uuid.UUID(int=3)
+ROOM = uuid.UUID(int=4)
+ALL_DAYS = (0, 1, 2, 3, 4, 5, 6)
+MONDAY = date(2027, 3, 1)
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def at(tz: str, y: int, mo: int, d: int, h: int, mi: int = 0, fold: int = 0) -> datetime:
+    """A local wall-clock time as an aware UTC datetime."""
+    return datetime(y, mo, d, h, mi, fold=fold, tzinfo=ZoneInfo(tz)).astimezone(UTC)
+
+
+def windows(start: str, end: str, days=ALL_DAYS, **effective) -> tuple[WorkingWindow, ...]:
+    return tuple(
+        WorkingWindow(day, time.fromisoformat(start), time.fromisoformat(end), **effective) for day in days
+    )
+
+
+def rules(**overrides) -> ServiceRules:
+    values = {
+        "duration_minutes": 60,
+        "buffer_time_minutes": 0,
+        "available_days": ALL_DAYS,
+        "available_hours": {"start": "09:00", "end": "18:00"},
+        "min_advance_booking_hours": 0,
+        "max_advance_booking_days": None,
+        "slot_step_minutes": 15,
+    }
+    values.update(overrides)
+    return ServiceRules(**values)
+
+
+def calendar(resources, needs=None, tz=MADRID, **rule_overrides) -> ServiceCalendar:
+    if needs is None:
+        needs = tuple(ResourceNeed(r.resource_id) for r in resources)
+    return ServiceCalendar(SERVICE, tz, rules(**rule_overrides), tuple(needs), tuple(resources))
+
+
+def local_starts(slots: list[Slot], tz: str = MADRID) -> list[str]:
+    zone = ZoneInfo(tz)
+    return [slot.start.astimezone(zone).strftime("%H:%M") for slot in slots]
+
+
+def slots_on(cal: ServiceCalendar, day: date, now: datetime = LONG_AGO, **kwargs) -> list[Slot]:
+    return compute_slots(cal, now, day, day, **kwargs)
+
+
+def reason(cal: ServiceCalendar, start: datetime, now: datetime = LONG_AGO, **kwargs) -> str:
+    with pytest.raises((SlotUnavailable, InvalidRequest)) as raised:
+        evaluate_slot(cal, start, now, **kwargs)
+    return raised.value.code
+
+
+# --- the grid, the service's own rules, boundaries ------------------------------------------------------
+
+
+def test_a_plain_day_offers_every_step_that_fits_before_closing():
+    cal = calendar([ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"))])
+    slots = slots_on(cal, MONDAY)
+    starts = local_starts(slots)
+    assert starts[0] == "09:00" and starts[-1] == "17:00"
+    assert len(starts) == 33  # 09:00, 09:15 ... 17:00
+    first = slots[0]
+    assert first.start == datetime(2027, 3, 1, 8, 0, tzinfo=UTC)  # CET is UTC+1
+    assert first.end - first.start == timedelta(minutes=60)
+    assert first.resource_ids == (STYLIST,)
+
+
+def test_a_slot_ending_exactly_at_closing_is_offered_one_minute_past_is_not():
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "10:00"))
+    assert local_starts(slots_on(calendar([stylist], duration_minutes=60), MONDAY)) == ["09:00"]
+    assert slots_on(calendar([stylist], duration_minutes=61), MONDAY) == []
+    # The service's own closing time counts the same way.
+    wide = ResourceCalendar(STYLIST, windows=windows("00:00", "23:00"))
+    cal = calendar([wide], available_hours={"start": "09:00", "end": "10:00"})
+    assert local_starts(slots_on(cal, MONDAY)) == ["09:00"]
+    assert slots_on(calendar([wide], available_hours={"start": "09:00", "end": "09:59"}), MONDAY) == []
+
+
+def test_the_service_days_and_hours_restrict_the_resource_hours():
+    stylist = ResourceCalendar(STYLIST, windows=windows("08:00", "20:00"))
+    cal = calendar([stylist], available_days=(1, 3), available_hours={"start": "10:00", "end": "12:00"})
+    week = compute_slots(cal, LONG_AGO, MONDAY, MONDAY + timedelta(days=6))
+    days = {slot.start.astimezone(ZoneInfo(MADRID)).date() for slot in week}
+    assert days == {date(2027, 3, 1), date(2027, 3, 3)}  # Monday and Wednesday only
+    assert local_starts(slots_on(cal, MONDAY)) == ["10:00", "10:15", "10:30", "10:45", "11:00"]
+
+
+def test_the_grid_is_anchored_at_local_midnight():
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:10", "12:00"))
+    cal = calendar([stylist], slot_step_minutes=30, available_hours=None)
+    assert local_starts(slots_on(cal, MONDAY)) == ["09:30", "10:00", "10:30", "11:00"]
+
+
+def test_touching_working_windows_make_one_shift_and_a_gap_splits_them():
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "13:00") + windows("13:00", "15:00"))
+    assert "12:30" in local_starts(slots_on(calendar([stylist]), MONDAY))
+    split = ResourceCalendar(STYLIST, windows=windows("09:00", "13:00") + windows("14:00", "18:00"))
+    starts = local_starts(slots_on(calendar([split]), MONDAY))
+    assert "12:00" in starts and "12:15" not in starts and "13:45" not in starts and "14:00" in starts
+
+
+def test_schedules_apply_only_within_their_effective_dates():
+    stylist = ResourceCalendar(
+        STYLIST,
+        windows=windows("09:00", "12:00", days=(1,), effective_until=date(2027, 3, 7))
+        + windows("14:00", "16:00", days=(1,), effective_from=date(2027, 3, 8)),
+    )
+    cal = calendar([stylist], slot_step_minutes=60)
+    assert local_starts(slots_on(cal, date(2027, 3, 1))) == ["09:00", "10:00", "11:00"]
+    assert local_starts(slots_on(cal, date(2027, 3, 8))) == ["14:00", "15:00"]
+    assert slots_on(cal, date(2027, 3, 2)) == []  # a Tuesday: no schedule at all
+
+
+def test_day_numbers_start_on_sunday():
+    assert [day_number(MONDAY + timedelta(days=k)) for k in range(7)] == [1, 2, 3, 4, 5, 6, 0]
+
+
+# --- daylight saving time ---------------------------------------------------------------------------------
+
+
+def night(tz: str, **overrides) -> ServiceCalendar:
+    stylist = ResourceCalendar(STYLIST, windows=windows("00:00", "06:00"))
+    values = {"available_hours": {"start": "00:00", "end": "06:00"}, "duration_minutes": 30}
+    values.update(overrides)
+    return calendar([stylist], tz=tz, slot_step_minutes=30, **values)
+
+
+def test_madrid_spring_forward_offers_nothing_in_the_gap():
+    slots = slots_on(night(MADRID), date(2027, 3, 28))
+    starts = local_starts(slots)
+    assert starts == [
+        "00:00",
+        "00:30",
+        "01:00",
+        "01:30",
+        "03:00",
+        "03:30",
+        "04:00",
+        "04:30",
+        "05:00",
+        "05:30",
+    ]
+    # 01:30 CET is 00:30 UTC; the next wall time that exists, 03:00 CEST, is 01:00 UTC.
+    assert slots[3].start == datetime(2027, 3, 28, 0, 30, tzinfo=UTC)
+    assert slots[4].start == datetime(2027, 3, 28, 1, 0, tzinfo=UTC)
+    assert all(slot.end - slot.start == timedelta(minutes=30) for slot in slots)
+
+
+def test_a_slot_across_the_gap_is_measured_on_the_wall_clock():
+    # 01:30 + 60 real minutes is 03:30 on the wall: inside a window ending at 04:00, not one ending at 03:00.
+    stylist = ResourceCalendar(STYLIST, windows=windows("01:00", "04:00"))
+    cal = calendar([stylist], available_hours=None, slot_step_minutes=30)
+    assert local_starts(slots_on(cal, date(2027, 3, 28))) == ["01:00", "01:30", "03:00"]
+    # 01:00 CET + 60 min is 03:00 CEST on the wall: exactly the end of a window closing at 03:00.
+    short = ResourceCalendar(STYLIST, windows=windows("01:00", "03:00"))
+    cal = calendar([short], available_hours=None, slot_step_minutes=30)
+    assert local_starts(slots_on(cal, date(2027, 3, 28))) == ["01:00"]
+
+
+def test_madrid_fall_back_offers_the_repeated_hour_once():
+    slots = slots_on(night(MADRID), date(2027, 10, 31))
+    starts = local_starts(slots)
+    assert starts == [f"{h:02d}:{m:02d}" for h in range(6) for m in (0, 30)]  # each wall time once
+    utc = [slot.start for slot in slots]
+    assert len(set(utc)) == 12
+    # 02:00 and 02:30 are taken at their first occurrence (CEST, UTC+2): 00:00 and 00:30 UTC.
+    assert datetime(2027, 10, 31, 0, 0, tzinfo=UTC) in utc
+    assert datetime(2027, 10, 31, 0, 30, tzinfo=UTC) in utc
+    # Their second occurrence (CET, UTC+1) is not offered.
+    assert datetime(2027, 10, 31, 1, 0, tzinfo=UTC) not in utc
+    assert datetime(2027, 10, 31, 1, 30, tzinfo=UTC) not in utc
+    assert datetime(2027, 10, 31, 2, 0, tzinfo=UTC) in utc  # 03:00 CET
+
+
+def test_new_york_spring_forward_and_fall_back():
+    spring = slots_on(night(NEW_YORK, duration_minutes=60), date(2027, 3, 14))
+    assert local_starts(spring, NEW_YORK) == [
+        "00:00",
+        "00:30",
+        "01:00",
+        "01:30",
+        "03:00",
+        "03:30",
+        "04:00",
+        "04:30",
+        "05:00",
+    ]
+    assert spring[3].start == datetime(2027, 3, 14, 6, 30, tzinfo=UTC)  # 01:30 EST
+    assert spring[3].end == datetime(2027, 3, 14, 7, 30, tzinfo=UTC)  # 03:30 EDT: one real hour later
+
+    fall = slots_on(night(NEW_YORK, duration_minutes=60), date(2027, 11, 7))
+    utc = [slot.start.hour * 60 + slot.start.minute for slot in fall]
+    # 00:00 EDT = 04:00Z ... 01:30 EDT = 05:30Z, then 02:00 EST = 07:00Z: 06:00Z-06:59Z (01:xx EST) is skipped.
+    assert local_starts(fall, NEW_YORK) == [
+        "00:00",
+        "00:30",
+        "01:00",
+        "01:30",
+        "02:00",
+        "02:30",
+        "03:00",
+        "03:30",
+        "04:00",
+        "04:30",
+        "05:00",
+    ]
+    assert utc[:5] == [4 * 60, 4 * 60 + 30, 5 * 60, 5 * 60 + 30, 7 * 60]
+
+
+def test_check_slot_refuses_the_second_pass_through_the_fall_back_hour():
+    cal = night(MADRID)
+    first = evaluate_slot(cal, at(MADRID, 2027, 10, 31, 2, 30, fold=0), LONG_AGO)
+    assert first.start == datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
+    assert reason(cal, at(MADRID, 2027, 10, 31, 2, 30, fold=1)) == "off_grid"
+
+
+# --- buffers, blocks --------------------------------------------------------------------------------------
+
+
+def test_touching_intervals_do_not_collide_and_the_buffer_keeps_the_next_client_away():
+    busy = (at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11), 1)
+    stylist = ResourceCalendar(STYLIST, windows=windows("08:00", "18:00"), allocations=(busy,))
+    no_buffer = local_starts(slots_on(calendar([stylist], available_hours=None), MONDAY))
+    assert "09:00" in no_buffer and "11:00" in no_buffer  # [09,10) and [11,12) touch [10,11)
+    assert "09:15" not in no_buffer and "10:45" not in no_buffer
+
+    # Our own buffer: a 09:00 slot would occupy [09:00, 10:15), so 08:45 is the latest before.
+    buffered = local_starts(
+        slots_on(calendar([stylist], available_hours=None, buffer_time_minutes=15), MONDAY)
+    )
+    assert "08:45" in buffered and "09:00" not in buffered and "11:00" in buffered
+
+    # Their buffer is inside their allocation: [10:00, 11:15) keeps 11:00 away, 11:15 is free.
+    theirs = (at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11, 15), 1)
+    stylist = ResourceCalendar(STYLIST, windows=windows("08:00", "18:00"), allocations=(theirs,))
+    starts = local_starts(slots_on(calendar([stylist], available_hours=None), MONDAY))
+    assert "11:00" not in starts and "11:15" in starts
+
+
+def test_the_buffer_may_run_past_closing_time():
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "12:00"))
+    starts = local_starts(slots_on(calendar([stylist], buffer_time_minutes=30), MONDAY))
+    assert starts[-1] == "11:00"
+    slot = slots_on(calendar([stylist], buffer_time_minutes=30), MONDAY)[-1]
+    assert slot.end == at(MADRID, 2027, 3, 1, 12)  # the client's slot does not include the buffer
+
+
+def test_a_one_off_block_removes_the_slots_it_overlaps():
+    block = (at(MADRID, 2027, 3, 1, 12), at(MADRID, 2027, 3, 1, 13))
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"), blocks=(block,))
+    starts = local_starts(slots_on(calendar([stylist], buffer_time_minutes=30), MONDAY))
+    assert "11:00" in starts  # ends when the block starts (its buffer may overlap the block)
+    assert "11:15" not in starts and "12:45" not in starts
+    assert "13:00" in starts
+
+
+def test_a_weekly_lunch_stays_at_one_oclock_local_across_dst():
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 22, 13), at(MADRID, 2027, 3, 22, 14))  # Monday, CET
+    lunches = expand_block(
+        *first, "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR", tz, at(MADRID, 2027, 3, 25, 0), at(MADRID, 2027, 3, 31, 0)
+    )
+    local = [(s.astimezone(tz).strftime("%a %d %H:%M"), e - s) for s, e in lunches]
+    assert local == [
+        ("Thu 25 13:00", timedelta(hours=1)),
+        ("Fri 26 13:00", timedelta(hours=1)),
+        ("Mon 29 13:00", timedelta(hours=1)),  # CEST now: 11:00 UTC instead of 12:00
+        ("Tue 30 13:00", timedelta(hours=1)),
+    ]
+    assert lunches[2][0] == datetime(2027, 3, 29, 11, 0, tzinfo=UTC)
+
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"), blocks=tuple(lunches))
+    cal = calendar([stylist], slot_step_minutes=60)
+    for day in (date(2027, 3, 26), date(2027, 3, 29)):
+        assert local_starts(slots_on(cal, day)) == [
+            "09:00",
+            "10:00",
+            "11:00",
+            "12:00",
+            "14:00",
+            "15:00",
+            "16:00",
+            "17:00",
+        ]
+
+
+def test_a_recurring_block_in_new_york_fall_back_week():
+    tz = ZoneInfo(NEW_YORK)
+    first = (at(NEW_YORK, 2027, 11, 1, 13), at(NEW_YORK, 2027, 11, 1, 14))  # Monday, EDT
+    lunches = expand_block(
+        *first, "FREQ=DAILY", tz, at(NEW_YORK, 2027, 11, 6, 0), at(NEW_YORK, 2027, 11, 9, 0)
+    )
+    assert [s.astimezone(tz).strftime("%d %H:%M") for s, _ in lunches] == ["06 13:00", "07 13:00", "08 13:00"]
+    assert [s.hour for s, _ in lunches] == [17, 18, 18]  # EDT then EST
+
+
+def test_recurrence_rules_until_count_and_a_first_occurrence_off_the_rule():
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 1, 13), at(MADRID, 2027, 3, 1, 14))
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 10, 0))
+    until = expand_block(*first, "FREQ=DAILY;UNTIL=20270303T235959Z", tz, *window)
+    assert [s.astimezone(tz).day for s, _ in until] == [1, 2, 3]
+    counted = expand_block(*first, "RRULE:FREQ=DAILY;COUNT=2", tz, *window)
+    assert [s.astimezone(tz).day for s, _ in counted] == [1, 2]
+    # The first occurrence (a Monday) counts even though the rule says Wednesdays.
+    odd = expand_block(*first, "FREQ=WEEKLY;BYDAY=WE", tz, *window)
+    assert [s.astimezone(tz).day for s, _ in odd] == [1, 3]
+    # Outside the window nothing is returned, and a one-off block is returned as it is.
+    assert expand_block(*first, None, tz, *window) == [first]
+    assert expand_block(*first, None, tz, at(MADRID, 2027, 3, 2, 0), at(MADRID, 2027, 3, 3, 0)) == []
+
+
+def test_an_unreadable_rule_blocks_the_whole_window():
+    tz = ZoneInfo(MADRID)
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 10, 0))
+    first = (at(MADRID, 2027, 3, 1, 13), at(MADRID, 2027, 3, 1, 14))
+    assert expand_block(*first, "FREQ=SOMETIMES", tz, *window) == [window]
+
+
+# --- capacity, several resources, candidates ------------------------------------------------------------
+
+
+def test_capacity_counts_the_units_of_every_overlapping_allocation():
+    ten, eleven = at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11)
+    room = lambda *allocations: ResourceCalendar(  # noqa: E731
+        ROOM, capacity=3, windows=windows("09:00", "18:00"), allocations=allocations
+    )
+    need = lambda quantity: (ResourceNeed(ROOM, quantity=quantity),)  # noqa: E731
+    two_taken = room((ten, eleven, 1), (ten, eleven, 1))
+    assert "10:00" in local_starts(slots_on(calendar([two_taken], needs=need(1)), MONDAY))
+    assert "10:00" not in local_starts(slots_on(calendar([two_taken], needs=need(2)), MONDAY))
+    assert "09:00" in local_starts(slots_on(calendar([two_taken], needs=need(2)), MONDAY))
+    full = room((ten, eleven, 2), (ten, eleven, 1))
+    assert "10:00" not in local_starts(slots_on(calendar([full], needs=need(1)), MONDAY))
+    assert "11:00" in local_starts(slots_on(calendar([full], needs=need(1)), MONDAY))
+    # More units than the resource has: never.
+    assert slots_on(calendar([room()], needs=need(4)), MONDAY) == []
+
+
+def test_capacity_sums_every_allocation_overlapping_the_occupied_interval():
+    # The rule is the booking's rule: overlapping units are summed, even when they do not overlap each other.
+    nine, ten, eleven = (at(MADRID, 2027, 3, 1, h) for h in (9, 10, 11))
+    room = ResourceCalendar(
+        ROOM, capacity=2, windows=windows("09:00", "18:00"), allocations=((nine, ten, 1), (ten, eleven, 1))
+    )
+    starts = local_starts(slots_on(calendar([room]), MONDAY))
+    assert "09:00" in starts and "10:00" in starts  # one allocation each
+    assert "09:30" not in starts  # overlaps both: 1 + 1 + 1 > 2
+
+
+def test_capacity_null_means_one():
+    busy = (at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11), 1)
+    stylist = ResourceCalendar(STYLIST, capacity=None, windows=windows("09:00", "18:00"), allocations=(busy,))
+    assert "10:00" not in local_starts(slots_on(calendar([stylist]), MONDAY))
+
+
+def test_a_stylist_and_a_chair_are_offered_only_where_both_are_free():
+    stylist = ResourceCalendar(
+        STYLIST,
+        windows=windows("09:00", "14:00"),
+        allocations=((at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11), 1),),
+    )
+    chair = ResourceCalendar(
+        CHAIR,
+        windows=windows("10:00", "18:00"),
+        blocks=((at(MADRID, 2027, 3, 1, 12), at(MADRID, 2027, 3, 1, 13)),),
+    )
+    slots = slots_on(calendar([chair, stylist], slot_step_minutes=60), MONDAY)
+    assert local_starts(slots) == ["11:00", "13:00"]  # 09 chair closed, 10 stylist busy, 12 chair blocked
+    assert all(slot.resource_ids == (STYLIST, CHAIR) for slot in slots)  # sorted by id
+
+
+def test_two_stylists_share_one_chair_by_preference_order():
+    s1_busy = (at(MADRID, 2027, 3, 1, 11), at(MADRID, 2027, 3, 1, 12), 1)
+    chair_busy = (at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11), 1)
+    resources = [
+        ResourceCalendar(STYLIST, windows=windows("09:00", "13:00"), allocations=(s1_busy,)),
+        ResourceCalendar(STYLIST_2, windows=windows("09:00", "13:00")),
+        ResourceCalendar(CHAIR, windows=windows("09:00", "13:00"), allocations=(chair_busy,)),
+    ]
+    needs = (
+        ResourceNeed(CHAIR),
+        ResourceNeed(STYLIST_2, is_required=False, preference_order=2),
+        ResourceNeed(STYLIST, is_required=False, preference_order=1),
+    )
+    cal = calendar(resources, needs=needs, slot_step_minutes=60)
+    served = {
+        local: slot.resource_ids
+        for local, slot in zip(local_starts(slots_on(cal, MONDAY)), slots_on(cal, MONDAY), strict=True)
+    }
+    assert served == {
+        "09:00": (STYLIST, CHAIR),  # the preferred stylist
+        "11:00": (STYLIST_2, CHAIR),  # the preferred one is busy
+        "12:00": (STYLIST, CHAIR),
+    }  # 10:00: the chair is taken, whoever the stylist
+    # The client's chosen stylist restricts the slots, and the chair always comes with it.
+    chosen = slots_on(cal, MONDAY, resource_ids=[STYLIST])
+    assert local_starts(chosen) == ["09:00", "12:00"]
+    assert evaluate_slot(cal, at(MADRID, 2027, 3, 1, 9), LONG_AGO, [STYLIST_2]).resource_ids == (
+        STYLIST_2,
+        CHAIR,
+    )
+    assert reason(cal, at(MADRID, 2027, 3, 1, 11), resource_ids=[STYLIST]) == "slot_taken"  # no silent swap
+    assert reason(cal, at(MADRID, 2027, 3, 1, 10)) == "slot_taken"
+
+
+def test_equal_preference_goes_to_the_least_booked_that_day():
+    morning = [(at(MADRID, 2027, 3, 1, h), at(MADRID, 2027, 3, 1, h + 1), 1) for h in (8,)]
+    busy_day = [(at(MADRID, 2027, 3, 1, h), at(MADRID, 2027, 3, 1, h + 1), 1) for h in (15, 16, 17)]
+    resources = [
+        ResourceCalendar(STYLIST, windows=windows("08:00", "18:00"), allocations=tuple(busy_day)),
+        ResourceCalendar(STYLIST_2, windows=windows("08:00", "18:00"), allocations=tuple(morning)),
+    ]
+    needs = (ResourceNeed(STYLIST, is_required=False), ResourceNeed(STYLIST_2, is_required=False))
+    cal = calendar(resources, needs=needs, slot_step_minutes=60)
+    by_start = dict(zip(local_starts(slots_on(cal, MONDAY)), slots_on(cal, MONDAY), strict=True))
+    assert by_start["10:00"].resource_ids == (STYLIST_2,)  # 1 h booked against 3 h
+    assert by_start["16:00"].resource_ids == (STYLIST_2,)
+    assert evaluate_slot(cal, at(MADRID, 2027, 3, 1, 10), LONG_AGO).resource_ids == (STYLIST_2,)
+    # Another day, nobody is booked: the tie goes to the lower id.
+    tuesday = slots_on(cal, date(2027, 3, 2))
+    assert tuesday[0].resource_ids == (STYLIST,)
+
+
+def test_a_candidate_off_duty_is_skipped_and_the_reason_is_outside_hours_when_nobody_works():
+    resources = [
+        ResourceCalendar(STYLIST, windows=windows("09:00", "12:00")),
+        ResourceCalendar(STYLIST_2, windows=windows("12:00", "15:00")),
+    ]
+    needs = (ResourceNeed(STYLIST, is_required=False), ResourceNeed(STYLIST_2, is_required=False))
+    cal = calendar(resources, needs=needs, slot_step_minutes=60)
+    slots = slots_on(cal, MONDAY)
+    assert [(s, slot.resource_ids) for s, slot in zip(local_starts(slots), slots, strict=True)] == [
+        ("09:00", (STYLIST,)),
+        ("10:00", (STYLIST,)),
+        ("11:00", (STYLIST,)),
+        ("12:00", (STYLIST_2,)),
+        ("13:00", (STYLIST_2,)),
+        ("14:00", (STYLIST_2,)),
+    ]
+    assert reason(cal, at(MADRID, 2027, 3, 1, 16)) == "outside_hours"
+    assert reason(cal, at(MADRID, 2027, 3, 1, 10), resource_ids=[STYLIST_2]) == "outside_hours"
+
+
+def test_no_linked_resources_or_an_unscheduled_required_resource_means_no_slots():
+    assert slots_on(calendar([], needs=()), MONDAY) == []
+    # The loader leaves an inactive required resource without a calendar.
+    lonely = calendar([], needs=(ResourceNeed(STYLIST),))
+    assert slots_on(lonely, MONDAY) == []
+    assert reason(lonely, at(MADRID, 2027, 3, 1, 10)) == "outside_hours"
+
+
+# --- advance limits ---------------------------------------------------------------------------------------
+
+
+def test_min_and_max_advance():
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"))
+    now = at(MADRID, 2027, 3, 1, 8, 50)
+    cal = calendar([stylist], min_advance_booking_hours=2, max_advance_booking_days=1, slot_step_minutes=30)
+    both = compute_slots(cal, now, MONDAY, MONDAY + timedelta(days=3))
+    assert local_starts(both)[0] == "11:00"  # 10:50 is the earliest: 11:00 is the first grid time after
+    assert max(slot.start for slot in both) <= now + timedelta(days=1)
+    assert local_starts([both[-1]]) == ["17:00"]  # Tuesday's slots start at 09:00 > 08:50 + 1 day
+    assert {slot.start.astimezone(ZoneInfo(MADRID)).date() for slot in both} == {MONDAY}
+
+    assert reason(cal, at(MADRID, 2027, 3, 1, 10, 30), now) == "too_soon"
+    assert evaluate_slot(cal, at(MADRID, 2027, 3, 1, 11), now).start == at(MADRID, 2027, 3, 1, 11)
+    assert reason(cal, at(MADRID, 2027, 3, 2, 9), now) == "too_far"
+    exactly = calendar([stylist], min_advance_booking_hours=0, max_advance_booking_days=1)
+    assert evaluate_slot(exactly, at(MADRID, 2027, 3, 2, 9), at(MADRID, 2027, 3, 1, 9)).start == at(
+        MADRID, 2027, 3, 2, 9
+    )
+
+
+# --- check_slot reasons, and agreement with the slot list --------------------------------------------------
+
+
+def test_check_slot_reasons():
+    stylist = ResourceCalendar(
+        STYLIST,
+        windows=windows("09:00", "18:00", days=(1, 2, 3, 4, 5)),
+        allocations=((at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 11), 1),),
+        blocks=((at(MADRID, 2027, 3, 1, 15), at(MADRID, 2027, 3, 1, 16)),),
+    )
+    cal = calendar([stylist], available_days=(1, 2, 3, 4, 5, 6))
+    ok = evaluate_slot(cal, at(MADRID, 2027, 3, 1, 9), LONG_AGO)
+    assert ok == Slot(at(MADRID, 2027, 3, 1, 9), at(MADRID, 2027, 3, 1, 10), (STYLIST,))
+    assert reason(cal, at(MADRID, 2027, 3, 1, 9, 5)) == "off_grid"
+    assert reason(cal, at(MADRID, 2027, 3, 1, 10)) == "slot_taken"
+    assert reason(cal, at(MADRID, 2027, 3, 1, 15, 30)) == "slot_taken"  # blocked
+    assert reason(cal, at(MADRID, 2027, 3, 1, 17, 15)) == "outside_hours"  # would end after 18:00
+    assert reason(cal, at(MADRID, 2027, 3, 6, 10)) == "outside_hours"  # Saturday: the stylist does not work
+    assert reason(cal, at(MADRID, 2027, 3, 7, 10)) == "outside_hours"  # Sunday: the service is closed
+    assert reason(cal, at(MADRID, 2027, 3, 1, 9), resource_ids=[ROOM]) == "resource_not_eligible"
+    with pytest.raises(InvalidRequest) as raised:
+        evaluate_slot(cal, datetime(2027, 3, 1, 9), LONG_AGO)
+    assert raised.value.code == "invalid_start"
+
+
+def test_choosing_two_interchangeable_resources_is_not_allowed():
+    resources = [ResourceCalendar(r, windows=windows("09:00", "18:00")) for r in (STYLIST, STYLIST_2)]
+    needs = tuple(ResourceNeed(r, is_required=False) for r in (STYLIST, STYLIST_2))
+    cal = calendar(resources, needs=needs)
+    assert (
+        reason(cal, at(MADRID, 2027, 3, 1, 9), resource_ids=[STYLIST, STYLIST_2]) == "resource_not_eligible"
+    )
+
+
+# Five local days around each DST change of both zones.
+DST_WEEKS = [
+    (MADRID, date(2027, 3, 26)),
+    (MADRID, date(2027, 10, 29)),
+    (NEW_YORK, date(2027, 3, 12)),
+    (NEW_YORK, date(2027, 11, 5)),
+]
+
+
+def _random_calendar(rng: random.Random, tz: str, first_day: date) -> ServiceCalendar:
+    zone = ZoneInfo(tz)
+    base = datetime.combine(first_day, time(), tzinfo=zone)
+    ids = [uuid.UUID(int=n) for n in range(1, 5)]
+    resources = []
+    for resource_id in ids:
+        shifts = []
+        for day in ALL_DAYS:
+            h = rng.choice([0, 1, 7, 8, 9])
+            shifts += windows(
+                f"{h:02d}:{rng.choice(['00', '30'])}", f"{rng.randint(h + 3, 23):02d}:00", days=(day,)
+            )
+        allocations, blocks = [], []
+        for _ in range(rng.randint(0, 40)):
+            start = base + timedelta(minutes=15 * rng.randint(0, 4 * 24 * 5))
+            allocations.append(
+                (
+                    start.astimezone(UTC),
+                    (start + timedelta(minutes=rng.choice([15, 30, 45, 60, 75]))).astimezone(UTC),
+                    rng.choice([1, 1, 2]),
+                )
+            )
+        for _ in range(rng.randint(0, 3)):
+            start = base + timedelta(minutes=15 * rng.randint(0, 4 * 24 * 5))
+            blocks.append(
+                (
+                    start.astimezone(UTC),
+                    (start + timedelta(minutes=rng.choice([30, 60, 240]))).astimezone(UTC),
+                )
+            )
+        resources.append(
+            ResourceCalendar(
+                resource_id,
+                capacity=rng.choice([None, 1, 2, 3]),
+                windows=shifts,
+                allocations=tuple(allocations),
+                blocks=tuple(blocks),
+            )
+        )
+    quantity = min(rng.choice([1, 2]), resources[1].capacity or 1)
+    needs = [ResourceNeed(ids[0], quantity=1), ResourceNeed(ids[1], quantity=quantity)]
+    needs += [ResourceNeed(r, is_required=False, preference_order=rng.randint(0, 1)) for r in ids[2:]]
+    return ServiceCalendar(
+        SERVICE,
+        tz,
+        rules(
+            duration_minutes=rng.choice([15, 30, 45, 60, 90]),
+            buffer_time_minutes=rng.choice([0, 5, 15]),
+            available_hours={"start": "00:00", "end": "24:00"},
+            slot_step_minutes=rng.choice([15, 30]),
+        ),
+        tuple(needs),
+        tuple(resources),
+    )
+
+
+def _oracle_free(cal: ServiceCalendar, start: datetime, resource_id: uuid.UUID, quantity: int) -> bool:
+    """The rule as written, one allocation at a time."""
+    length = timedelta(minutes=cal.rules.duration_minutes)
+    occupied_end = start + length + timedelta(minutes=cal.rules.buffer_time_minutes)
+    resource = next(r for r in cal.resources if r.resource_id == resource_id)
+    if any(a < start + length and start < b for a, b in resource.blocks):
+        return False
+    used = sum(u for a, b, u in resource.allocations if a < occupied_end and start < b)
+    return used + quantity <= (resource.capacity or 1)
+
+
+def _oracle_works(cal: ServiceCalendar, start: datetime, resource_id: uuid.UUID) -> bool:
+    """Start and end read on the wall clock of the start's local date, against that day's window."""
+    zone = ZoneInfo(cal.timezone)
+    local_start = start.astimezone(zone)
+    local_end = (start + timedelta(minutes=cal.rules.duration_minutes)).astimezone(zone)
+    midnight = datetime.combine(local_start.date(), time())
+    start_wall = local_start.replace(tzinfo=None) - midnight
+    end_wall = local_end.replace(tzinfo=None) - midnight
+    weekday = (local_start.weekday() + 1) % 7
+    resource = next(r for r in cal.resources if r.resource_id == resource_id)
+    return any(
+        w.day_of_week == weekday
+        and timedelta(hours=w.start_time.hour, minutes=w.start_time.minute) <= start_wall
+        and end_wall <= timedelta(hours=w.end_time.hour, minutes=w.end_time.minute)
+        for w in resource.windows
+    )
+
+
+def _oracle_bookable(cal: ServiceCalendar, start: datetime) -> bool:
+    def ok(need: ResourceNeed) -> bool:
+        return _oracle_works(cal, start, need.resource_id) and _oracle_free(
+            cal, start, need.resource_id, need.quantity
+        )
+
+    required = [n for n in cal.needs if n.is_required]
+    candidates = [n for n in cal.needs if not n.is_required]
+    return all(ok(n) for n in required) and any(ok(n) for n in candidates)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_the_fast_sweep_agrees_with_the_rule_written_plainly_and_with_check_slot(seed):
+    rng = random.Random(seed)
+    tz, first_day = DST_WEEKS[seed % len(DST_WEEKS)]
+    cal = _random_calendar(rng, tz, first_day)
+    days = (first_day, first_day + timedelta(days=4))
+    slots = compute_slots(cal, LONG_AGO, *days)
+    offered = {slot.start: slot for slot in slots}
+    assert len(offered) == len(slots) and [s.start for s in slots] == sorted(offered)
+    required = [n for n in cal.needs if n.is_required]
+    for slot in slots:
+        for need in cal.needs:
+            if need.resource_id in slot.resource_ids:
+                assert _oracle_works(cal, slot.start, need.resource_id), (slot, need)
+                assert _oracle_free(cal, slot.start, need.resource_id, need.quantity), (slot, need)
+        assert all(n.resource_id in slot.resource_ids for n in required)
+        assert len(slot.resource_ids) == len(required) + 1
+    # Every quarter hour of the days: check_slot agrees with the list, and the plain rule agrees with both.
+    zone = ZoneInfo(tz)
+    t = datetime.combine(days[0], time(), tzinfo=zone).astimezone(UTC)
+    checked = 0
+    while t < datetime.combine(days[1] + timedelta(days=1), time(), tzinfo=zone).astimezone(UTC):
+        local = t.astimezone(zone)
+        on_grid = (local.hour * 60 + local.minute) % cal.rules.slot_step_minutes == 0
+        second_pass = local.replace(fold=0).astimezone(UTC) != t
+        try:
+            found = evaluate_slot(cal, t, LONG_AGO)
+        except (SlotUnavailable, InvalidRequest) as refused:
+            assert t not in offered, (t, refused.code)
+            assert (on_grid and not second_pass) or refused.code == "off_grid"
+            if refused.code != "off_grid":
+                assert not _oracle_bookable(cal, t), (t, refused.code)
+        else:
+            assert offered.get(t) == found
+            assert on_grid and not second_pass and _oracle_bookable(cal, t)
+            checked += 1
+        t += timedelta(minutes=15)
+    assert checked == len(slots)
+
+
+def test_nearest_slots_look_both_ways():
+    stylist = ResourceCalendar(
+        STYLIST,
+        windows=windows("09:00", "18:00"),
+        allocations=((at(MADRID, 2027, 3, 1, 10), at(MADRID, 2027, 3, 1, 12), 1),),
+    )
+    cal = calendar([stylist], slot_step_minutes=30)
+    near = nearest_slots(cal, at(MADRID, 2027, 3, 1, 11), LONG_AGO, 3, MONDAY, MONDAY)
+    assert local_starts(near) == ["09:00", "12:00", "12:30"]  # 2 h before, 1 h after, 1.5 h after
