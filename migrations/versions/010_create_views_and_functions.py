@@ -56,6 +56,7 @@ $$
 
 # The acting user comes from `SET LOCAL app.user_id` (UnitOfWork does it); an id that is not a
 # user is kept in context rather than failing the audited write on the foreign key.
+# clock_timestamp(), not now(): several changes in one transaction keep their order in the trail.
 AUDIT_TRIGGER_FUNCTION = """
 CREATE FUNCTION audit_trigger_function() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -80,7 +81,7 @@ BEGIN
         acting_email,
         old_row,
         new_row,
-        now(),
+        clock_timestamp(),
         CASE WHEN setting_user IS NOT NULL AND acting_user IS NULL
              THEN jsonb_build_object('unknown_user_id', setting_user)
              ELSE '{}'::jsonb END
