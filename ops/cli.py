@@ -1,0 +1,551 @@
+"""The `voiceappoint` command: set up, run and test the whole back end.
+
+    voiceappoint up        everything at once, for a developer (private PostgreSQL/Redis if none answers)
+    voiceappoint test      lint, import contracts and the test suite, as CI runs them
+    voiceappoint migrate | seed | apikey create | api | worker | beat | flower
+
+Errors an operator can fix (a server that does not answer, a bad setting) are printed as one line and
+exit with status 2; a failing test run exits with 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import click
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from ops.services import (
+    REPO_ROOT,
+    ServiceError,
+    data_dir_from_env,
+    ensure_postgres,
+    ensure_redis,
+    stop_postgres,
+    stop_redis,
+)
+
+QUEUES = "realtime,bookings,webhooks,notifications,scheduled"
+DEMO_TENANT_SLUG = "bella-hair-salon"
+CELERY_APP = "workers.celery_app"
+# Tools of the virtual environment this command runs from (not whatever is first on PATH).
+VENV_BIN = Path(sys.executable).parent
+
+
+class CommandError(Exception):
+    """A problem the operator can fix; printed as one line, exit status 2."""
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="voiceappoint")
+    except (ServiceError, CommandError) as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"bad configuration: {problems}")
+    except (OperationalError, ProgrammingError) as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+        hint = " (has `voiceappoint migrate` run?)" if isinstance(exc, ProgrammingError) else ""
+        _fail(f"database error: {detail}{hint}")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"voiceappoint: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """VoiceAppoint back end: `up` runs everything, `test` checks everything."""
+
+
+# --- services and settings --------------------------------------------------------------------------
+
+
+def _settings():
+    from core.config import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _point_at(database_url: str | None = None, redis_url: str | None = None) -> None:
+    """Make this process and every child it starts use these servers."""
+    from core import db as core_db
+
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+    _settings()
+    core_db.dispose_engine()
+
+
+@contextlib.contextmanager
+def _services(*, with_redis: bool) -> Iterator[tuple[str, str | None]]:
+    """The database (and Redis) URLs to use for the block; private servers are released afterwards."""
+    settings = _settings()
+    data_dir = data_dir_from_env()
+    with contextlib.ExitStack() as cleanup:
+        database_url, started = ensure_postgres(settings.database_url, data_dir)
+        if started:
+            cleanup.callback(_release, stop_postgres, data_dir, "PostgreSQL")
+        redis_url = None
+        if with_redis:
+            redis_url, started = ensure_redis(settings.redis_url, data_dir)
+            if started:
+                cleanup.callback(_release, stop_redis, data_dir, "Redis")
+        _point_at(database_url, redis_url)
+        try:
+            yield database_url, redis_url
+        finally:
+            from core import db as core_db
+
+            core_db.dispose_engine()  # close our connections before the server may stop
+
+
+def _release(stop, data_dir: Path, name: str) -> None:
+    if stop(data_dir):
+        click.echo(f"stopped the private {name}", err=True)
+    else:
+        click.echo(f"left the private {name} running: another voiceappoint command still uses it", err=True)
+
+
+# --- migrate, seed, apikey --------------------------------------------------------------------------
+
+
+def _migrate(database_url: str, downgrade_to: str | None = None) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from ops.database import alembic_config, create_database_if_missing
+
+    database = make_url(database_url).database
+    if create_database_if_missing(database_url):
+        click.echo(f"created database {database}", err=True)
+    config = alembic_config(database_url)
+    if downgrade_to:
+        command.downgrade(config, downgrade_to)
+    else:
+        command.upgrade(config, "head")
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    click.echo(f"database {database} is at revision {revision or 'base (empty)'}", err=True)
+
+
+def _seed(demo: bool) -> None:
+    from core import seed
+    from core.db import UnitOfWork
+
+    with UnitOfWork() as uow:
+        summary = seed.seed_all(uow, demo=demo)
+        uow.commit()
+    click.echo(f"seeded: {summary}", err=True)
+
+
+def _tenant_id(slug: str):
+    from core.db import UnitOfWork
+
+    with UnitOfWork() as uow:
+        tenant_id = uow.session.execute(
+            text("SELECT id FROM tenants WHERE slug = :slug"), {"slug": slug}
+        ).scalar()
+    if tenant_id is None:
+        hint = " (run `voiceappoint seed --demo` first)" if slug == DEMO_TENANT_SLUG else ""
+        raise CommandError(f"no tenant with slug '{slug}'{hint}")
+    return tenant_id
+
+
+def _create_api_key(slug: str, name: str) -> str:
+    try:
+        from core.auth import create_api_key
+    except ImportError as exc:
+        raise CommandError(f"API keys cannot be created yet: {exc}") from None
+    from core.db import UnitOfWork
+
+    tenant_id = _tenant_id(slug)
+    with UnitOfWork(tenant_id=tenant_id) as uow:
+        key = create_api_key(uow, tenant_id, name)
+        uow.commit()
+    return key
+
+
+@cli.command()
+@click.option(
+    "--downgrade", "downgrade_to", metavar="REV", help="Downgrade to this revision instead (e.g. base, -1)."
+)
+def migrate(downgrade_to: str | None) -> None:
+    """Create the database if it is missing and migrate it to the latest revision."""
+    with _services(with_redis=False) as (database_url, _):
+        _migrate(database_url, downgrade_to)
+
+
+@cli.command()
+@click.option(
+    "--demo", is_flag=True, help="Also the demo tenant Bella Hair Salon with its services and staff."
+)
+def seed(demo: bool) -> None:
+    """Insert the plans and system notification templates (idempotent)."""
+    with _services(with_redis=False):
+        _seed(demo)
+
+
+@cli.group()
+def apikey() -> None:
+    """Per-tenant API keys for upstream apps."""
+
+
+@apikey.command("create")
+@click.option("--tenant", "tenant_slug", required=True, metavar="SLUG", help="The tenant's slug.")
+@click.option("--name", default="default", show_default=True, help="What the key is for.")
+def apikey_create(tenant_slug: str, name: str) -> None:
+    """Create an API key and print it. It is shown this once: only its hash is stored."""
+    with _services(with_redis=False):
+        key = _create_api_key(tenant_slug, name)
+    click.echo(key)
+
+
+# --- the long-running processes ---------------------------------------------------------------------
+
+
+def _api_argv(host: str, port: int) -> list[str]:
+    log_level = _settings().log_level.lower()
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+
+
+def _worker_argv(queues: str, concurrency: int | None) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "-Q",
+        queues,
+        "-l",
+        _settings().log_level,
+    ]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    return argv
+
+
+def _beat_argv() -> list[str]:
+    data_dir = data_dir_from_env()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Beat remembers when each job last ran; keep that file in the git-ignored data folder.
+    schedule = data_dir / "celerybeat-schedule"
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "beat",
+        "-s",
+        str(schedule),
+        "-l",
+        _settings().log_level,
+    ]
+
+
+def _flower_argv(address: str, port: int) -> list[str]:
+    settings = _settings()
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        f"--basic-auth={settings.flower_user}:{settings.flower_password}",
+    ]
+
+
+def _exec(argv: list[str]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Run the HTTP API (uvicorn, factory api.app:create_app)."""
+    _exec(_api_argv(host, port))
+
+
+@cli.command()
+@click.option("--queues", "-Q", default=QUEUES, show_default=True, help="Comma-separated queues to consume.")
+@click.option("--concurrency", "-c", type=int, default=None, help="Worker processes (default: one per CPU).")
+def worker(queues: str, concurrency: int | None) -> None:
+    """Run a Celery worker."""
+    _exec(_worker_argv(queues, concurrency))
+
+
+@cli.command()
+def beat() -> None:
+    """Run Celery Beat (the schedule is in beat_schedule.py)."""
+    _exec(_beat_argv())
+
+
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True, type=int)
+def flower(address: str, port: int) -> None:
+    """Run Flower, the Celery monitor, behind basic auth (VOICEAPPOINT_FLOWER_USER/PASSWORD)."""
+    _exec(_flower_argv(address, port))
+
+
+# --- up ---------------------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Runs named child processes, prefixes their output with their name, and stops them all together."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, subprocess.Popen] = {}
+        self._output_lock = threading.Lock()
+
+    def start(self, name: str, argv: list[str]) -> None:
+        # A session of its own: a Ctrl-C in the terminal reaches only us, and we stop the children in order.
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.children[name] = process
+        threading.Thread(target=self._relay, args=(name, process), daemon=True).start()
+
+    def _relay(self, name: str, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for raw in iter(process.stdout.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            with self._output_lock:
+                click.echo(f"{name:<7}| {line}")
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, process in self.children.items():
+            code = process.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def stop_all(self, grace_seconds: float = 15.0) -> None:
+        # Stop in reverse start order (Flower and Beat before the worker, the API last to go is fine too).
+        for name, process in reversed(self.children.items()):
+            if process.poll() is None:
+                click.echo(f"stopping {name} (pid {process.pid})", err=True)
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for name, process in self.children.items():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                click.echo(f"{name} did not stop within {grace_seconds:.0f} s; killing it", err=True)
+            # Kill whatever is left in its process group (a worker's pool processes, say).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_for_port(host: str, port: int, supervisor: Supervisor, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and supervisor.first_exited() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _next_weekday(today: date) -> date:
+    day = today + timedelta(days=1)
+    while day.weekday() >= 5:  # Saturday, Sunday: pick a day María works the whole morning
+        day += timedelta(days=1)
+    return day
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
+    from core import seed
+
+    settings = _settings()
+    zone = ZoneInfo(seed.DEMO_TIMEZONE)
+    day = _next_weekday(datetime.now(zone).date())
+    start = datetime.combine(day, datetime.min.time().replace(hour=10), zone).isoformat()
+    key = api_key or "<run: voiceappoint apikey create --tenant bella-hair-salon>"
+    auth = f'-H "Authorization: Bearer {key}"'
+    booking = (
+        f'{{"service_id": "{seed.DEMO_SERVICE_IDS["haircut"]}", "start": "{start}", '
+        '"client": {"first_name": "Ana", "last_name": "López", "phone": "+34600111222", "email": "ana@example.com"}}'
+    )
+    return "\n".join(
+        [
+            "",
+            "VoiceAppoint is running (Ctrl-C stops everything):",
+            f"  API      {api_url}   (OpenAPI docs at {api_url}/docs)",
+            f"  Flower   {flower_url}   (user '{settings.flower_user}', password from VOICEAPPOINT_FLOWER_PASSWORD)",
+            f"  Database {_without_password(settings.database_url)}",
+            f"  Redis    {_without_password(settings.redis_url)}",
+            f"  Demo tenant '{DEMO_TENANT_SLUG}', API key (shown once, only its hash is stored): {key}",
+            "",
+            "Try:",
+            f'  curl {auth} "{api_url}/v1/availability?service_id={seed.DEMO_SERVICE_IDS["haircut"]}&from={day}&to={day}"',
+            f"  curl {auth} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-{day}' \\",
+            f"       -d '{booking}' {api_url}/v1/bookings",
+            f'  curl {auth} "{api_url}/v1/jobs/<job_id from the answer above>?wait=10"',
+            "",
+        ]
+    )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API and Flower listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="API port.")
+@click.option("--flower-port", default=5555, show_default=True, type=int)
+@click.option("--concurrency", "-c", type=int, default=2, show_default=True, help="Worker processes.")
+def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
+    """Services, migrations, demo data and a demo API key, then the API, a worker, Beat and Flower."""
+    stop_requested: list[int] = []
+
+    def request_stop(signum, _frame) -> None:
+        stop_requested.append(signum)
+
+    previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    supervisor = Supervisor()
+    exit_code = 0
+    try:
+        with _services(with_redis=True) as (database_url, _):
+            _migrate(database_url)
+            _seed(demo=True)
+            try:
+                api_key = _create_api_key(
+                    DEMO_TENANT_SLUG, f"demo key (voiceappoint up {datetime.now():%Y-%m-%d %H:%M})"
+                )
+            except CommandError as exc:
+                click.echo(f"no demo API key: {exc}", err=True)
+                api_key = None
+            if stop_requested:
+                return
+            supervisor.start("api", _api_argv(host, port))
+            supervisor.start("worker", _worker_argv(QUEUES, concurrency))
+            supervisor.start("beat", _beat_argv())
+            supervisor.start("flower", _flower_argv(host, flower_port))
+            if _wait_for_port(host, port, supervisor):
+                click.echo(_banner(f"http://{host}:{port}", f"http://{host}:{flower_port}", api_key))
+            while not stop_requested:
+                exited = supervisor.first_exited()
+                if exited is not None:
+                    name, code = exited
+                    click.echo(f"{name} exited with status {code}; stopping the others", err=True)
+                    exit_code = 1
+                    break
+                time.sleep(0.3)
+            supervisor.stop_all()
+    finally:
+        supervisor.stop_all()  # again, in case we left the block early; a no-op for stopped children
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    sys.exit(exit_code)
+
+
+# --- test -------------------------------------------------------------------------------------------
+
+
+def _pytest_args(user_args: tuple[str, ...]) -> list[str]:
+    args = ["-q"]
+    wants_own_parallelism = any(
+        arg == "-n" or arg.startswith(("-n", "--numprocesses", "--dist")) or arg == "no:xdist"
+        for arg in user_args
+    )
+    if not wants_own_parallelism:
+        args += ["-n", "2"]
+    return args + list(user_args)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def test(pytest_args: tuple[str, ...]) -> None:
+    """Lint (ruff), check the import contracts (import-linter) and run pytest with PYTEST_ARGS.
+
+    Uses the configured PostgreSQL and Redis, or private ones under .data/ when they do not answer.
+    Every step runs even if an earlier one failed; the exit status is 1 if any failed.
+    """
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so private servers are released and the child killed.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with _services(with_redis=True):
+            steps = [
+                ("ruff check", [str(VENV_BIN / "ruff"), "check", "."]),
+                ("ruff format --check", [str(VENV_BIN / "ruff"), "format", "--check", "."]),
+                ("lint-imports", [str(VENV_BIN / "lint-imports")]),
+                ("pytest", [sys.executable, "-m", "pytest", *_pytest_args(pytest_args)]),
+            ]
+            failed = []
+            for name, argv in steps:
+                click.echo(f"==> {name}", err=True)
+                code = subprocess.call(argv, cwd=REPO_ROOT)
+                if name == "pytest" and code == 5:
+                    click.echo("pytest collected no tests: that counts as a failure", err=True)
+                if code != 0:
+                    failed.append(f"{name} (exit {code})")
+        if failed:
+            click.echo(f"FAILED: {', '.join(failed)}", err=True)
+            sys.exit(1)
+        click.echo("all checks passed", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    main()
