@@ -1,5 +1,7 @@
 """Diagnostics: the smallest possible tasks, for smoke tests, health probes and the throughput ceiling."""
 
+import time
+
 from sqlalchemy import text
 
 from core.db import UnitOfWork
@@ -19,3 +21,14 @@ def ping_db() -> dict:
     with UnitOfWork() as uow:
         one, database = uow.session.execute(text("SELECT 1, current_database()")).one()
     return {"ok": one == 1, "database": database}
+
+
+MAX_SLEEP_SECONDS = 20.0
+
+
+@app.task(name="diagnostics.sleep", base=JobTask)
+def sleep(seconds: float) -> dict:
+    """Hold a worker process for a while: crash tests kill it mid-task and watch the task come back."""
+    seconds = min(max(float(seconds), 0.0), MAX_SLEEP_SECONDS)
+    time.sleep(seconds)
+    return {"ok": True, "slept": seconds}
