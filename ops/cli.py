@@ -55,14 +55,20 @@ def main() -> None:
     except (ServiceError, CommandError) as exc:
         _fail(str(exc))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors())
         _fail(f"bad configuration: {problems}")
     except (OperationalError, ProgrammingError) as exc:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
         hint = " (has `voiceappoint migrate` run?)" if isinstance(exc, ProgrammingError) else ""
         _fail(f"database error: {detail}{hint}")
+
+
+def _variable(location: tuple) -> str:
+    """The environment variable behind a settings field (what the operator has to fix)."""
+    field = str(location[0]) if location else "settings"
+    if field.lower() in ("database_url", "redis_url"):
+        return field.upper()
+    return f"VOICEAPPOINT_{field.upper()}"
 
 
 def _fail(message: str) -> None:

@@ -1,0 +1,82 @@
+"""The voiceappoint command's own behaviour: one-line errors, pytest arguments, child supervision."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ops.cli import Supervisor, _pytest_args
+
+
+def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, env=environment, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DATABASE_URL": "mysql://root@127.0.0.1:3306/voiceappoint"}, "must be a PostgreSQL URL"),
+        (
+            {"DATABASE_URL": "postgresql+psycopg://postgres@db.invalid:5432/x"},
+            "cannot resolve host 'db.invalid'",
+        ),
+        ({"VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES": "often"}, "VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES"),
+    ],
+)
+def test_an_operator_error_is_one_line_and_exit_status_2(env, expected):
+    result = _voiceappoint("migrate", **env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voiceappoint: error:")
+    assert expected in lines[0]
+
+
+def test_pytest_runs_quietly_on_two_workers_unless_told_otherwise():
+    assert _pytest_args(()) == ["-q", "-n", "2"]
+    assert _pytest_args(("-k", "seed or ops")) == ["-q", "-n", "2", "-k", "seed or ops"]
+    assert _pytest_args(("-n", "0", "tests/unit")) == ["-q", "-n", "0", "tests/unit"]
+    assert _pytest_args(("-p", "no:xdist")) == ["-q", "-p", "no:xdist"]
+
+
+def test_the_supervisor_notices_a_dead_child_and_stops_the_rest(capsys):
+    supervisor = Supervisor()
+    supervisor.start(
+        "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    )
+    supervisor.start("crasher", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    deadline = time.monotonic() + 20
+    while supervisor.first_exited() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert supervisor.first_exited() == ("crasher", 3)
+
+    started = time.monotonic()
+    supervisor.stop_all(grace_seconds=5)
+    assert supervisor.children["sleeper"].returncode is not None
+    assert time.monotonic() - started < 5
+    time.sleep(0.2)  # let the relay thread print what it read
+    assert "sleeper| up" in capsys.readouterr().out
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period():
+    supervisor = Supervisor()
+    supervisor.start(
+        "stubborn",
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)",
+        ],
+    )
+    time.sleep(0.5)  # let it install its handler
+    started = time.monotonic()
+    supervisor.stop_all(grace_seconds=1)
+    assert supervisor.children["stubborn"].returncode is not None
+    assert time.monotonic() - started < 5
