@@ -1,0 +1,101 @@
+"""The intake API: validates, authenticates, records and enqueues. Booking itself happens in the workers."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.routes import appointments, catalog, health, jobs
+from core import logging as app_logging
+from core.config import get_settings
+
+MAX_BODY_BYTES = 64 * 1024
+
+DESCRIPTION = """
+Book appointments for a VoiceAppoint business.
+
+Authenticate with the business's API key: `Authorization: Bearer va_live_...`.
+Bookings are accepted as jobs (`202`) and processed by workers; poll `GET /v1/jobs/{id}` or pass `?wait=10`.
+Errors are `application/problem+json` with a stable `code`.
+"""
+
+
+class BodySizeLimit:
+    """Rejects a body over the limit with 413, whether or not the client announced its length."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = errors.problem(
+            413,
+            "payload_too_large",
+            "Payload too large",
+            f"Request bodies are limited to {self.limit // 1024} KiB.",
+        )
+        await response(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestId:
+    """Gives every request an id (the caller's X-Request-ID, or a new one), echoed back and logged."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        with app_logging.bound(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app_logging.configure(settings.log_level, json=settings.is_production)
+    app = FastAPI(title="VoiceAppoint intake API", version="1.0.0", description=DESCRIPTION)
+    errors.install(app)
+    for module in (health, catalog, jobs, appointments):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestId)
+    return app

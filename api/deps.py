@@ -1,0 +1,25 @@
+"""Request-scoped dependencies: the caller's tenant (from the API key) and the clock."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import Header
+
+from core import auth
+from core.clock import utcnow
+from core.db import UnitOfWork
+
+
+def authenticated_tenant(authorization: str | None = Header(None, include_in_schema=False)) -> uuid.UUID:
+    """The tenant whose API key is presented as `Authorization: Bearer va_live_...`."""
+    presented = None
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        presented = value.strip() if scheme.lower() == "bearer" else None
+        if presented is None:
+            presented = "invalid"
+    with UnitOfWork() as uow:
+        tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())
+        uow.commit()
+    return tenant_id

@@ -1,0 +1,88 @@
+"""Every error leaves the API as application/problem+json with a stable `code` (DESIGN §6)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE_BASE = "https://docs.voiceappoint.app/errors/"
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def domain_problem(error: DomainError) -> JSONResponse:
+    title = error.code.replace("_", " ").capitalize()
+    return problem(error.http_status, error.code, title, error.message, **error.details)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def on_domain_error(request: Request, error: DomainError) -> JSONResponse:
+        return domain_problem(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_name(tuple(item["loc"])), "message": item["msg"], "type": item["type"]}
+            for item in error.errors()
+        ]
+        unknown = [item["field"] for item in errors if item["type"] == "extra_forbidden"]
+        if unknown and len(unknown) == len(errors):
+            return problem(
+                422,
+                "unknown_field",
+                "Unknown field",
+                f"Unknown field(s): {', '.join(unknown)}.",
+                errors=errors,
+            )
+        detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
+        return problem(422, "validation_error", "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(error.status_code, "http_error")
+        return problem(error.status_code, code, code.replace("_", " ").capitalize(), str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(
+            500, "internal_error", "Internal error", "Something went wrong on our side; please retry."
+        )

@@ -1,0 +1,46 @@
+import uuid
+from datetime import date
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import authenticated_tenant
+from api.schemas import AvailabilityOut, ServicesOut
+from core import availability, catalog
+from core.clock import utcnow
+from core.db import UnitOfWork
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+@router.get("/services", response_model=ServicesOut, summary="The business's bookable services")
+def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+    with UnitOfWork(tenant_id) as uow:
+        return {"services": [service.as_dict() for service in catalog.list_services(uow)]}
+
+
+@router.get(
+    "/availability", response_model=AvailabilityOut, summary="Free slots of a service between two local dates"
+)
+def get_availability(
+    service_id: uuid.UUID,
+    date_from: date = Query(alias="from", description="First local date, included"),
+    date_to: date = Query(alias="to", description="Last local date, included"),
+    resource_id: uuid.UUID | None = None,
+    tenant_id: uuid.UUID = Depends(authenticated_tenant),
+) -> dict:
+    with UnitOfWork(tenant_id) as uow:
+        found = availability.find_slots(uow, service_id, date_from, date_to, utcnow(), resource_id)
+    zone = ZoneInfo(found.timezone)
+    return {
+        "timezone": found.timezone,
+        "service_id": found.service_id,
+        "slots": [
+            {
+                "start": slot.start.astimezone(zone).isoformat(),
+                "end": slot.end.astimezone(zone).isoformat(),
+                "resource_ids": slot.resource_ids,
+            }
+            for slot in found.slots
+        ],
+    }

@@ -1,0 +1,141 @@
+"""Intake jobs: accepted with 202, processed by the workers, observed here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import authenticated_tenant
+from api.queue import enqueue_intake_job
+from api.schemas import BookingIn, CancelIn, JobOut, Problem, RescheduleIn
+from core import intake
+from core.clock import utcnow
+from core.config import get_settings
+from core.db import UnitOfWork
+
+router = APIRouter(prefix="/v1", tags=["bookings"])
+
+WAIT_DESCRIPTION = "Seconds to hold the request until the job ends (at most 20): 201/200 when it succeeded."
+IDEMPOTENCY_DESCRIPTION = (
+    "Repeating a request with the same key returns the first job instead of booking twice."
+)
+ERRORS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}}
+
+
+def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:
+    with UnitOfWork(tenant_id) as uow:
+        job, _ = intake.submit(uow, kind, payload, key, utcnow(), enqueue_intake_job)
+        return job
+
+
+def _read(tenant_id: uuid.UUID, job_id: uuid.UUID) -> intake.JobView:
+    with UnitOfWork(tenant_id) as uow:
+        return intake.get_job(uow, job_id)
+
+
+async def _answer(
+    tenant_id: uuid.UUID, job: intake.JobView, wait: float, success_status: int
+) -> JSONResponse:
+    deadline = time.monotonic() + min(wait, get_settings().booking_wait_max_seconds)
+    delay = 0.02
+    while not job.finished and time.monotonic() < deadline:
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+        job = await run_in_threadpool(_read, tenant_id, job.job_id)
+    body = job.as_dict()
+    headers = {"Location": f"/v1/jobs/{job.job_id}"}
+    if job.status == "succeeded" and wait > 0:
+        return JSONResponse(body, status_code=success_status, headers=headers)
+    if job.status == "failed" and wait > 0:
+        error = job.error or {}
+        status = 409 if error.get("code") in {"slot_taken", "plan_limit_reached"} else 422
+        return JSONResponse(
+            {
+                "type": f"https://docs.voiceappoint.app/errors/{error.get('code')}",
+                "title": "Request failed",
+                "status": status,
+                "detail": error.get("message", ""),
+                **error,
+                "job_id": str(job.job_id),
+            },
+            status_code=status,
+            media_type="application/problem+json",
+            headers=headers,
+        )
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
+async def _accept(
+    tenant_id: uuid.UUID,
+    kind: str,
+    payload: dict[str, Any],
+    key: str | None,
+    wait: float,
+    success_status: int,
+) -> JSONResponse:
+    job = await run_in_threadpool(_submit, tenant_id, kind, payload, key)
+    return await _answer(tenant_id, job, wait, success_status)
+
+
+@router.post(
+    "/bookings", status_code=202, response_model=JobOut, responses=ERRORS, summary="Request a booking"
+)
+async def create_booking(
+    body: BookingIn,
+    wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
+    idempotency_key: str | None = Header(None, max_length=255, description=IDEMPOTENCY_DESCRIPTION),
+    tenant_id: uuid.UUID = Depends(authenticated_tenant),
+) -> JSONResponse:
+    return await _accept(
+        tenant_id, "booking", body.model_dump(mode="json", exclude_none=True), idempotency_key, wait, 201
+    )
+
+
+@router.post(
+    "/appointments/{appointment_id}/reschedule",
+    status_code=202,
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="Move an appointment to another time",
+)
+async def reschedule_appointment(
+    appointment_id: uuid.UUID,
+    body: RescheduleIn,
+    wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
+    idempotency_key: str | None = Header(None, max_length=255, description=IDEMPOTENCY_DESCRIPTION),
+    tenant_id: uuid.UUID = Depends(authenticated_tenant),
+) -> JSONResponse:
+    payload = {"appointment_id": str(appointment_id), **body.model_dump(mode="json", exclude_none=True)}
+    return await _accept(tenant_id, "reschedule", payload, idempotency_key, wait, 200)
+
+
+@router.post(
+    "/appointments/{appointment_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="Cancel an appointment",
+)
+async def cancel_appointment(
+    appointment_id: uuid.UUID,
+    body: CancelIn | None = None,
+    wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
+    idempotency_key: str | None = Header(None, max_length=255, description=IDEMPOTENCY_DESCRIPTION),
+    tenant_id: uuid.UUID = Depends(authenticated_tenant),
+) -> JSONResponse:
+    payload = {
+        "appointment_id": str(appointment_id),
+        **(body.model_dump(mode="json", exclude_none=True) if body else {}),
+    }
+    return await _accept(tenant_id, "cancel", payload, idempotency_key, wait, 200)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS, summary="A job's status and outcome")
+def get_job(job_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+    return _read(tenant_id, job_id).as_dict()

@@ -1,0 +1,142 @@
+"""Request and response bodies. Requests forbid unknown fields so a typo is an error, not a silent no-op."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClientIn(Strict):
+    first_name: str = Field(min_length=1, max_length=100)
+    last_name: str | None = Field(None, max_length=100)
+    phone: str | None = Field(None, max_length=32, description="Any common format; stored in E.164.")
+    email: str | None = Field(None, max_length=255)
+
+
+class BookingIn(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "service_id": "5b1f7a2e-0c39-4f0e-9a57-3f1d2c4b5a60",
+                    "start": "2027-03-30T10:00:00+02:00",
+                    "client": {"first_name": "Lucía", "last_name": "Martín", "phone": "+34 612 345 679"},
+                    "notes": "First visit",
+                }
+            ]
+        },
+    )
+    service_id: uuid.UUID
+    start: AwareDatetime = Field(description="ISO 8601 with offset, on the slot grid")
+    client: ClientIn
+    resource_ids: list[uuid.UUID] | None = Field(
+        None, max_length=10, description="Preferred resources (a stylist)"
+    )
+    notes: str | None = Field(None, max_length=2000)
+
+
+class RescheduleIn(Strict):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"start": "2027-03-31T11:00:00+02:00"}]}
+    )
+    start: AwareDatetime
+    resource_ids: list[uuid.UUID] | None = Field(None, max_length=10)
+
+
+class CancelIn(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "Client is ill"}]})
+    reason: str | None = Field(None, max_length=1000)
+
+
+class SlotOut(BaseModel):
+    start: datetime
+    end: datetime
+    resource_ids: list[uuid.UUID]
+
+
+class AvailabilityOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "timezone": "Europe/Madrid",
+                    "service_id": "5b1f7a2e-0c39-4f0e-9a57-3f1d2c4b5a60",
+                    "slots": [
+                        {
+                            "start": "2027-03-30T10:00:00+02:00",
+                            "end": "2027-03-30T10:45:00+02:00",
+                            "resource_ids": ["a4a3f0d1-7f43-4a6e-8f5e-0b8a0c3e9d11"],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    timezone: str
+    service_id: uuid.UUID
+    slots: list[SlotOut]
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "0d6c3b1e-6f0a-4c47-9e1d-3c2b1a0f9e8d",
+                    "kind": "booking",
+                    "status": "failed",
+                    "links": {"self": "/v1/jobs/0d6c3b1e-6f0a-4c47-9e1d-3c2b1a0f9e8d"},
+                    "error": {
+                        "code": "slot_taken",
+                        "message": "That time is no longer free.",
+                        "alternatives": [
+                            {
+                                "start": "2027-03-30T10:15:00+02:00",
+                                "end": "2027-03-30T11:00:00+02:00",
+                                "resource_ids": [],
+                            }
+                        ],
+                    },
+                }
+            ]
+        }
+    )
+    job_id: uuid.UUID
+    kind: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None = None
+    links: dict[str, str]
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class ServiceOut(BaseModel):
+    service_id: uuid.UUID
+    name: str
+    description: str | None
+    category: str | None
+    duration_minutes: int
+    price: str | None
+    currency: str | None
+    resource_ids: list[uuid.UUID]
+
+
+class ServicesOut(BaseModel):
+    services: list[ServiceOut]
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str

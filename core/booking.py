@@ -1,0 +1,574 @@
+"""Booking, rescheduling, cancelling and the appointment's life cycle.
+
+Allocation follows DESIGN §5: lock every candidate resource in id order (so two bookings cannot
+deadlock), check the slot against the rows as they are now, insert. The exclusion constraint on
+appointment_resources is the last word; its violation becomes `slot_taken`, never a 500.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import Range
+from sqlalchemy.exc import IntegrityError
+
+from core import availability, clients, notifications
+from core.availability import Slot
+from core.clients import ClientDetails
+from core.config import get_settings
+from core.db import UnitOfWork
+from core.errors import (
+    Conflict,
+    IllegalTransition,
+    InvalidRequest,
+    LimitReached,
+    SlotUnavailable,
+    TenantNotAllowed,
+)
+from core.models import (
+    Appointment,
+    AppointmentResource,
+    Client,
+    Resource,
+    Service,
+    ServiceResource,
+    Subscription,
+    SubscriptionPlan,
+    Tenant,
+)
+
+BOOKABLE_TENANT_STATUSES = {"trial", "active", "past_due"}
+LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
+NOT_COUNTED_STATUSES = ("cancelled", "rescheduled")
+ALTERNATIVES = 3
+
+# Readable over the phone: no 0/O, 1/I/L, 5/S or 8/B to confuse.
+REFERENCE_ALPHABET = "2346779ACDEFGHJKMNPQRTUVWXYZ"
+REFERENCE_LENGTH = 6
+
+# The one state machine: status -> the statuses it may change to.
+TRANSITIONS: dict[str, set[str]] = {
+    "scheduled": {"confirmed", "in_progress", "completed", "cancelled", "no_show"},
+    "confirmed": {"in_progress", "completed", "cancelled", "no_show"},
+    "in_progress": {"completed"},
+    "completed": set(),
+    "cancelled": set(),
+    "no_show": set(),
+    "rescheduled": set(),
+}
+# Statuses whose allocation still holds the resources.
+HOLDING_STATUSES = {"scheduled", "confirmed", "in_progress"}
+
+
+@dataclass(frozen=True)
+class BookingRequest:
+    service_id: uuid.UUID
+    start: datetime
+    client: ClientDetails
+    resource_ids: tuple[uuid.UUID, ...] = ()
+    notes: str | None = None
+    booking_method: str = "online"
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> BookingRequest:
+        return cls(
+            service_id=uuid.UUID(payload["service_id"]),
+            start=datetime.fromisoformat(payload["start"]),
+            client=ClientDetails(**payload["client"]),
+            resource_ids=tuple(uuid.UUID(r) for r in payload.get("resource_ids") or ()),
+            notes=payload.get("notes"),
+            booking_method=payload.get("booking_method", "online"),
+        )
+
+
+@dataclass(frozen=True)
+class BookedAppointment:
+    appointment_id: uuid.UUID
+    booking_reference: str
+    status: str
+    start: datetime
+    end: datetime
+    resource_ids: tuple[uuid.UUID, ...]
+    timezone: str
+
+    def as_dict(self) -> dict[str, Any]:
+        zone = ZoneInfo(self.timezone)
+        return {
+            "appointment_id": str(self.appointment_id),
+            "booking_reference": self.booking_reference,
+            "status": self.status,
+            "start": self.start.astimezone(zone).isoformat(),
+            "end": self.end.astimezone(zone).isoformat(),
+            "resource_ids": [str(r) for r in self.resource_ids],
+        }
+
+
+@dataclass(frozen=True)
+class AppointmentView:
+    appointment_id: uuid.UUID
+    booking_reference: str
+    status: str
+    start: datetime
+    end: datetime
+    timezone: str
+    service: dict[str, Any]
+    client: dict[str, Any]
+    resources: list[dict[str, Any]]
+    quoted_price: Decimal | None
+    currency: str | None
+    booking_method: str | None
+    client_notes: str | None
+    cancellation_reason: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        zone = ZoneInfo(self.timezone)
+        return {
+            "appointment_id": str(self.appointment_id),
+            "booking_reference": self.booking_reference,
+            "status": self.status,
+            "start": self.start.astimezone(zone).isoformat(),
+            "end": self.end.astimezone(zone).isoformat(),
+            "timezone": self.timezone,
+            "service": self.service,
+            "client": self.client,
+            "resources": self.resources,
+            "quoted_price": str(self.quoted_price) if self.quoted_price is not None else None,
+            "currency": self.currency,
+            "booking_method": self.booking_method,
+            "client_notes": self.client_notes,
+            "cancellation_reason": self.cancellation_reason,
+        }
+
+
+# --- validation shared by the API (before a job is accepted) and the worker ---------------------------
+
+
+def bookable_tenant(uow: UnitOfWork) -> Tenant:
+    tenant = uow.get(Tenant, uow.tenant_id, code="tenant_not_found", what="Business")
+    if tenant.subscription_status not in BOOKABLE_TENANT_STATUSES:
+        raise TenantNotAllowed(
+            f"{tenant.name} cannot take bookings while its subscription is {tenant.subscription_status}.",
+            code="tenant_inactive",
+        )
+    return tenant
+
+
+def bookable_service(uow: UnitOfWork, service_id: uuid.UUID) -> Service:
+    service = uow.get(Service, service_id, code="service_not_found", what="Service")
+    if not service.is_active:
+        raise InvalidRequest(
+            f"The service {service.name} is not bookable at the moment.", code="service_inactive"
+        )
+    return service
+
+
+def validate_request(uow: UnitOfWork, request: BookingRequest, now: datetime) -> None:
+    """What can be said about a request without looking at the calendar: it is rejected before a job exists."""
+    tenant = bookable_tenant(uow)
+    service = bookable_service(uow, request.service_id)
+    clients.normalise(request.client, tenant)
+    _check_on_grid(tenant, request.start)
+    if request.start <= now:
+        raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
+    eligible = set(availability.candidate_resource_ids(uow, service))
+    unknown = [r for r in request.resource_ids if r not in eligible]
+    if unknown:
+        raise InvalidRequest(
+            f"Resource {unknown[0]} does not provide {service.name}.",
+            code="resource_not_eligible",
+            field="resource_ids",
+        )
+
+
+def _check_on_grid(tenant: Tenant, start: datetime) -> None:
+    if start.tzinfo is None:
+        raise InvalidRequest(
+            "The start needs a UTC offset, e.g. 2027-03-30T10:00:00+02:00.", code="start_without_offset"
+        )
+    step = int((tenant.settings or {}).get("slot_step_minutes") or get_settings().default_slot_step_minutes)
+    local = start.astimezone(ZoneInfo(tenant.timezone))
+    minutes = local.hour * 60 + local.minute
+    if local.second or local.microsecond or minutes % step:
+        raise InvalidRequest(
+            f"Bookings start on a {step}-minute grid; {local.strftime('%H:%M')} is not on it.",
+            code="off_grid",
+            field="start",
+        )
+
+
+# --- booking ------------------------------------------------------------------------------------------
+
+
+def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
+    validate_request(uow, request, now)
+    tenant = uow.get(Tenant, uow.tenant_id)
+    service = uow.get(Service, request.service_id)
+    _enforce_monthly_limit(uow, tenant, request.start)
+    client = clients.find_or_create(uow, tenant, request.client)
+    appointment = Appointment(
+        id=uuid.uuid4(),
+        tenant_id=tenant.id,
+        service_id=service.id,
+        client_id=client.id,
+        scheduled_start=request.start,
+        scheduled_end=request.start + timedelta(minutes=service.duration_minutes),
+        status="scheduled" if service.requires_confirmation else "confirmed",
+        status_changed_at=now,
+        booking_method=request.booking_method,
+        booking_reference=_new_reference(uow),
+        quoted_price=service.base_price,
+        client_notes=request.notes,
+    )
+    uow.session.add(appointment)
+    slot = _allocate(uow, tenant, service, appointment, request.start, now, request.resource_ids)
+    client.total_appointments = (client.total_appointments or 0) + 1
+    client.last_appointment_date = appointment.scheduled_start
+    uow.session.flush()
+    notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_confirmed")
+    return _booked(appointment, slot.resource_ids, tenant)
+
+
+def _allocate(
+    uow: UnitOfWork,
+    tenant: Tenant,
+    service: Service,
+    appointment: Appointment,
+    start: datetime,
+    now: datetime,
+    resource_ids: tuple[uuid.UUID, ...],
+) -> Slot:
+    candidates = availability.candidate_resource_ids(uow, service)
+    # The fixed lock order is what keeps two bookings from deadlocking on the same resources.
+    uow.session.execute(
+        select(Resource.id).where(Resource.id.in_(candidates)).order_by(Resource.id).with_for_update()
+    )
+    try:
+        slot = availability.check_slot(uow, service, start, now, resource_ids or None)
+    except SlotUnavailable as unavailable:
+        raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
+    capacities = dict(
+        uow.session.execute(
+            select(Resource.id, Resource.capacity).where(Resource.id.in_(slot.resource_ids))
+        ).all()
+    )
+    units = dict(
+        uow.session.execute(
+            select(ServiceResource.resource_id, ServiceResource.quantity_required).where(
+                ServiceResource.service_id == service.id
+            )
+        ).all()
+    )
+    occupied_until = slot.end + timedelta(minutes=service.buffer_time_minutes or 0)
+    for resource_id in slot.resource_ids:
+        capacity = capacities.get(resource_id) or 1
+        uow.session.add(
+            AppointmentResource(
+                appointment_id=appointment.id,
+                resource_id=resource_id,
+                allocated_start=slot.start,
+                allocated_end=slot.end,
+                allocated_during=Range(slot.start, occupied_until, bounds="[)"),
+                units=units.get(resource_id) or 1,
+                exclusive=capacity == 1,
+                active=True,
+            )
+        )
+    try:
+        with uow.session.begin_nested():
+            uow.session.flush()
+    except IntegrityError as error:
+        if getattr(error.orig, "sqlstate", None) == "23P01":
+            raise _with_alternatives(
+                uow,
+                service,
+                start,
+                now,
+                resource_ids,
+                SlotUnavailable("That time was just taken.", code="slot_taken"),
+            ) from None
+        raise
+    return slot
+
+
+def _with_alternatives(
+    uow: UnitOfWork,
+    service: Service,
+    start: datetime,
+    now: datetime,
+    resource_ids: tuple[uuid.UUID, ...],
+    unavailable: SlotUnavailable,
+) -> SlotUnavailable:
+    alternatives = availability.nearest_alternatives(
+        uow, service, start, now, ALTERNATIVES, resource_ids or None
+    )
+    timezone = ZoneInfo(uow.get(Tenant, uow.tenant_id).timezone)
+    return SlotUnavailable(
+        unavailable.message,
+        code=unavailable.code,
+        alternatives=[
+            {
+                "start": slot.start.astimezone(timezone).isoformat(),
+                "end": slot.end.astimezone(timezone).isoformat(),
+                "resource_ids": [str(r) for r in slot.resource_ids],
+            }
+            for slot in alternatives
+        ],
+    )
+
+
+def _new_reference(uow: UnitOfWork) -> str:
+    while True:
+        reference = "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(REFERENCE_LENGTH))
+        if (
+            uow.session.scalar(select(Appointment.id).where(Appointment.booking_reference == reference))
+            is None
+        ):
+            return reference
+
+
+def _plan_limit(uow: UnitOfWork, tenant: Tenant) -> int | None:
+    """The tenant's monthly appointment allowance; None when unlimited or when it has no live plan."""
+    limit = uow.session.scalar(
+        select(SubscriptionPlan.max_appointments_per_month)
+        .join(Subscription, Subscription.plan_id == SubscriptionPlan.id)
+        .where(Subscription.tenant_id == tenant.id, Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES))
+        .order_by(Subscription.current_period_end.desc())
+        .limit(1)
+    )
+    return None if limit is None or limit < 0 else limit
+
+
+def _enforce_monthly_limit(uow: UnitOfWork, tenant: Tenant, start: datetime) -> None:
+    limit = _plan_limit(uow, tenant)
+    if limit is None:
+        return
+    # Two bookings must not both take the last unit: serialise the count per tenant, only for limited plans.
+    uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    zone = ZoneInfo(tenant.timezone)
+    local = start.astimezone(zone)
+    month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    booked = uow.session.scalar(
+        select(func.count(Appointment.id)).where(
+            Appointment.tenant_id == tenant.id,
+            Appointment.deleted_at.is_(None),
+            Appointment.status.not_in(NOT_COUNTED_STATUSES),
+            Appointment.scheduled_start >= month_start,
+            Appointment.scheduled_start < next_month,
+        )
+    )
+    if booked >= limit:
+        raise LimitReached(
+            f"The plan allows {limit} appointments a month and {local.strftime('%B %Y')} is full.",
+            code="plan_limit_reached",
+        )
+
+
+def _booked(
+    appointment: Appointment, resource_ids: tuple[uuid.UUID, ...], tenant: Tenant
+) -> BookedAppointment:
+    return BookedAppointment(
+        appointment_id=appointment.id,
+        booking_reference=appointment.booking_reference,
+        status=appointment.status,
+        start=appointment.scheduled_start,
+        end=appointment.scheduled_end,
+        resource_ids=tuple(sorted(resource_ids)),
+        timezone=tenant.timezone,
+    )
+
+
+# --- changes to an existing appointment ---------------------------------------------------------------
+
+
+def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointment:
+    appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
+    uow.session.refresh(appointment, with_for_update=True)
+    return appointment
+
+
+def _check_change_window(service: Service, appointment: Appointment, now: datetime, action: str) -> None:
+    if not service.allows_cancellation:
+        raise Conflict(
+            f"{service.name} appointments cannot be {action}d online; please call the business.",
+            code=f"{action}_not_allowed",
+        )
+    window = timedelta(hours=service.cancellation_policy_hours or 0)
+    if appointment.scheduled_start - now < window:
+        raise Conflict(
+            f"Appointments can be {action}d up to {service.cancellation_policy_hours} hours before they start.",
+            code=f"{action}_window_passed",
+        )
+
+
+def _release(uow: UnitOfWork, appointment: Appointment) -> None:
+    uow.session.execute(
+        update(AppointmentResource)
+        .where(AppointmentResource.appointment_id == appointment.id, AppointmentResource.active.is_(True))
+        .values(active=False)
+    )
+
+
+def reschedule(
+    uow: UnitOfWork,
+    appointment_id: uuid.UUID,
+    new_start: datetime,
+    now: datetime,
+    resource_ids: tuple[uuid.UUID, ...] = (),
+) -> BookedAppointment:
+    """Move an appointment: the old allocation is released and the new one taken in one transaction,
+    so a failed move leaves the appointment exactly where it was."""
+    tenant = bookable_tenant(uow)
+    appointment = _locked_appointment(uow, appointment_id)
+    if appointment.status not in ("scheduled", "confirmed"):
+        raise IllegalTransition(
+            f"A {appointment.status} appointment cannot be rescheduled.", code="illegal_status_change"
+        )
+    service = uow.get(Service, appointment.service_id)
+    _check_change_window(service, appointment, now, "reschedule")
+    _check_on_grid(tenant, new_start)
+    if new_start <= now:
+        raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
+    previous_start = appointment.scheduled_start
+    _release(uow, appointment)
+    appointment.scheduled_start = new_start
+    appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
+    slot = _allocate(uow, tenant, service, appointment, new_start, now, resource_ids)
+    history = list((appointment.metadata_ or {}).get("reschedules", []))
+    history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
+    appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
+    uow.session.flush()
+    client = uow.session.get(Client, appointment.client_id)
+    notifications.queue_for_appointment(
+        uow, tenant, client, service, appointment, "appointment_confirmed", notifications.event_suffix(now)
+    )
+    return _booked(appointment, slot.resource_ids, tenant)
+
+
+def change_status(
+    uow: UnitOfWork,
+    appointment_id: uuid.UUID,
+    new_status: str,
+    now: datetime,
+    reason: str | None = None,
+) -> BookedAppointment:
+    appointment = _locked_appointment(uow, appointment_id)
+    allowed = TRANSITIONS.get(appointment.status, set())
+    if new_status not in allowed:
+        raise IllegalTransition(
+            f"A {appointment.status} appointment cannot become {new_status}.", code="illegal_status_change"
+        )
+    appointment.status = new_status
+    appointment.status_changed_at = now
+    appointment.status_changed_by = uow.user_id
+    if new_status == "in_progress":
+        appointment.actual_start = now
+    if new_status == "completed":
+        appointment.actual_start = appointment.actual_start or appointment.scheduled_start
+        appointment.actual_end = now if now > appointment.actual_start else appointment.scheduled_end
+        if appointment.final_price is None:
+            appointment.final_price = appointment.quoted_price
+    if new_status == "cancelled":
+        appointment.cancellation_reason = reason
+    if new_status not in HOLDING_STATUSES:
+        _release(uow, appointment)
+    uow.session.flush()
+    tenant = uow.get(Tenant, appointment.tenant_id)
+    resource_ids = uow.session.scalars(
+        select(AppointmentResource.resource_id).where(AppointmentResource.appointment_id == appointment.id)
+    ).all()
+    return _booked(appointment, tuple(set(resource_ids)), tenant)
+
+
+def cancel(
+    uow: UnitOfWork, appointment_id: uuid.UUID, reason: str | None, now: datetime
+) -> BookedAppointment:
+    """A client's cancellation: honours the service's policy and tells the client."""
+    appointment = _locked_appointment(uow, appointment_id)
+    service = uow.get(Service, appointment.service_id)
+    if appointment.status not in ("scheduled", "confirmed"):
+        raise IllegalTransition(
+            f"A {appointment.status} appointment cannot be cancelled.", code="illegal_status_change"
+        )
+    _check_change_window(service, appointment, now, "cancel")
+    result = change_status(uow, appointment_id, "cancelled", now, reason=reason)
+    tenant = uow.get(Tenant, appointment.tenant_id)
+    client = uow.session.get(Client, appointment.client_id)
+    notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_cancelled")
+    return result
+
+
+def confirm(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
+    return change_status(uow, appointment_id, "confirmed", now)
+
+
+def start(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
+    return change_status(uow, appointment_id, "in_progress", now)
+
+
+def complete(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
+    return change_status(uow, appointment_id, "completed", now)
+
+
+def mark_no_show(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
+    return change_status(uow, appointment_id, "no_show", now)
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentView:
+    appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
+    tenant = uow.get(Tenant, appointment.tenant_id)
+    service = uow.session.get(Service, appointment.service_id)
+    client = uow.session.get(Client, appointment.client_id)
+    allocations = uow.session.execute(
+        select(AppointmentResource, Resource)
+        .join(Resource, Resource.id == AppointmentResource.resource_id)
+        .where(AppointmentResource.appointment_id == appointment.id)
+        .order_by(AppointmentResource.active.desc(), Resource.id)
+    ).all()
+    current = [(allocation, resource) for allocation, resource in allocations if allocation.active]
+    shown = current or _latest(allocations)
+    return AppointmentView(
+        appointment_id=appointment.id,
+        booking_reference=appointment.booking_reference,
+        status=appointment.status,
+        start=appointment.scheduled_start,
+        end=appointment.scheduled_end,
+        timezone=tenant.timezone,
+        service={
+            "service_id": str(service.id),
+            "name": service.name,
+            "duration_minutes": service.duration_minutes,
+        },
+        client={
+            "client_id": str(client.id),
+            "first_name": client.first_name,
+            "last_name": client.last_name,
+            "phone": client.phone,
+            "email": client.email,
+        },
+        resources=[{"resource_id": str(r.id), "name": r.name, "type": r.type} for _, r in shown],
+        quoted_price=appointment.quoted_price,
+        currency=service.price_currency,
+        booking_method=appointment.booking_method,
+        client_notes=appointment.client_notes,
+        cancellation_reason=appointment.cancellation_reason,
+    )
+
+
+def _latest(allocations: list) -> list:
+    """For a released appointment, the resources of its last allocation."""
+    if not allocations:
+        return []
+    last_start = max(allocation.allocated_start for allocation, _ in allocations)
+    return [(a, r) for a, r in allocations if a.allocated_start == last_start]

@@ -1,0 +1,110 @@
+"""Clients of a business: found by phone or email, created once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from core.db import UnitOfWork
+from core.errors import InvalidRequest
+from core.models import Client, Tenant
+
+EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+
+@dataclass(frozen=True)
+class ClientDetails:
+    first_name: str
+    last_name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    preferred_language: str | None = None
+
+
+def normalise_phone(raw: str, default_region: str | None) -> str:
+    """E.164 form of a phone number; numbers without a country code are read in the business's country."""
+    try:
+        number = phonenumbers.parse(raw, (default_region or "ES").upper())
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_valid_number(number):
+        raise InvalidRequest(
+            f"'{raw}' is not a valid phone number.", code="invalid_phone", field="client.phone"
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(raw: str) -> str:
+    email = raw.strip().lower()
+    if not EMAIL_PATTERN.match(email):
+        raise InvalidRequest(
+            f"'{raw}' is not a valid email address.", code="invalid_email", field="client.email"
+        )
+    return email
+
+
+def normalise(details: ClientDetails, tenant: Tenant) -> ClientDetails:
+    """The details as they are stored; raises InvalidRequest for a bad phone or email."""
+    first_name = details.first_name.strip()
+    if not first_name:
+        raise InvalidRequest(
+            "The client's first name is required.", code="invalid_name", field="client.first_name"
+        )
+    phone = normalise_phone(details.phone, tenant.country) if details.phone else None
+    email = normalise_email(details.email) if details.email else None
+    if phone is None and email is None:
+        raise InvalidRequest(
+            "A phone number or an email address is needed to confirm the booking.", code="contact_required"
+        )
+    return ClientDetails(
+        first_name=first_name,
+        last_name=(details.last_name or "").strip() or None,
+        phone=phone,
+        email=email,
+        preferred_language=details.preferred_language or tenant.locale,
+    )
+
+
+def find_or_create(uow: UnitOfWork, tenant: Tenant, details: ClientDetails) -> Client:
+    """The tenant's existing client with this phone (else email), or a new one.
+
+    Two bookings for the same new client can race to create it; the partial unique indexes decide,
+    and the loser reads the winner's row.
+    """
+    details = normalise(details, tenant)
+    client = _find(uow, tenant, details)
+    if client is not None:
+        return client
+    client = Client(
+        tenant_id=tenant.id,
+        first_name=details.first_name,
+        last_name=details.last_name,
+        phone=details.phone,
+        email=details.email,
+        preferred_language=details.preferred_language,
+        communication_preferences={"email": details.email is not None, "sms": details.phone is not None},
+        source="booking",
+    )
+    try:
+        with uow.session.begin_nested():
+            uow.session.add(client)
+    except IntegrityError:
+        client = _find(uow, tenant, details)
+        if client is None:
+            raise
+    return client
+
+
+def _find(uow: UnitOfWork, tenant: Tenant, details: ClientDetails) -> Client | None:
+    live = select(Client).where(Client.tenant_id == tenant.id, Client.deleted_at.is_(None))
+    if details.phone:
+        client = uow.session.scalar(live.where(Client.phone == details.phone))
+        if client is not None:
+            return client
+    if details.email:
+        return uow.session.scalar(live.where(Client.email == details.email))
+    return None

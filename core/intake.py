@@ -1,0 +1,245 @@
+"""Intake jobs: every booking, reschedule or cancel request is recorded before it is queued.
+
+The life cycle (DESIGN §3): `submit` writes the row and, only after the commit, hands the id to the
+queue. `run` processes it once (a second delivery finds the outcome and returns it) and writes the
+outcome in the same transaction as the booking. `claim_stale` lets the sweeper re-queue jobs that the
+queue lost, so an accepted request is never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from core import booking
+from core.db import UnitOfWork
+from core.errors import Conflict, DomainError, NotFound
+from core.models import Appointment, IntakeJob
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[uuid.UUID, str], None]
+FINISHED = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    validate: Callable[[UnitOfWork, dict[str, Any], datetime], None]
+    handle: Callable[[UnitOfWork, dict[str, Any], datetime], booking.BookedAppointment]
+
+
+def _validate_booking(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> None:
+    booking.validate_request(uow, booking.BookingRequest.from_payload(payload), now)
+
+
+def _handle_booking(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+    return booking.book(uow, booking.BookingRequest.from_payload(payload), now)
+
+
+def _validate_change(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> None:
+    uow.get(Appointment, payload["appointment_id"], code="appointment_not_found", what="Appointment")
+
+
+def _handle_reschedule(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+    return booking.reschedule(
+        uow,
+        uuid.UUID(payload["appointment_id"]),
+        datetime.fromisoformat(payload["start"]),
+        now,
+        tuple(uuid.UUID(r) for r in payload.get("resource_ids") or ()),
+    )
+
+
+def _handle_cancel(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+    return booking.cancel(uow, uuid.UUID(payload["appointment_id"]), payload.get("reason"), now)
+
+
+KINDS: dict[str, JobKind] = {
+    "booking": JobKind(_validate_booking, _handle_booking),
+    "vapi_booking": JobKind(_validate_booking, _handle_booking),
+    "reschedule": JobKind(_validate_change, _handle_reschedule),
+    "cancel": JobKind(_validate_change, _handle_cancel),
+}
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: uuid.UUID
+    kind: str
+    status: str
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, job: IntakeJob) -> JobView:
+        return cls(job.id, job.kind, job.status, job.result, job.error, job.created_at, job.finished_at)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "job_id": str(self.job_id),
+            "kind": self.kind,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "links": {"self": f"/v1/jobs/{self.job_id}"},
+        }
+        if self.result is not None:
+            body["result"] = self.result
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+def request_hash(kind: str, payload: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit(
+    uow: UnitOfWork,
+    kind: str,
+    payload: dict[str, Any],
+    idempotency_key: str | None,
+    now: datetime,
+    enqueue: Enqueue,
+    queue: str = "bookings",
+) -> tuple[JobView, bool]:
+    """Record a job and commit it; queue it after the commit. Returns (job, created).
+
+    A repeated idempotency key with the same request returns the first job; with another request it
+    is a conflict. Invalid requests raise before anything is written.
+    """
+    KINDS[kind].validate(uow, payload, now)
+    digest = request_hash(kind, payload)
+    job_id = uow.session.scalar(
+        insert(IntakeJob)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=uow.tenant_id,
+            kind=kind,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            payload=payload,
+            status="queued",
+            enqueued_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(IntakeJob.id)
+    )
+    if job_id is None:
+        existing = uow.session.scalar(
+            select(IntakeJob).where(
+                IntakeJob.tenant_id == uow.tenant_id, IntakeJob.idempotency_key == idempotency_key
+            )
+        )
+        if existing.request_hash != digest:
+            raise Conflict(
+                "This Idempotency-Key was already used for a different request.",
+                code="idempotency_key_reused",
+            )
+        return JobView.from_row(existing), False
+    uow.after_commit(lambda: _enqueue_safely(enqueue, job_id, queue))
+    uow.commit()
+    return get_job(uow, job_id), True
+
+
+def _enqueue_safely(enqueue: Enqueue, job_id: uuid.UUID, queue: str) -> None:
+    # The job is committed: if the broker is down now, the sweeper queues it later.
+    try:
+        enqueue(job_id, queue)
+    except Exception:
+        log.warning("could not enqueue job %s; the sweeper will retry", job_id, exc_info=True)
+
+
+def get_job(uow: UnitOfWork, job_id: uuid.UUID | str) -> JobView:
+    job = uow.get(IntakeJob, job_id, code="job_not_found", what="Job")
+    uow.session.refresh(job)
+    return JobView.from_row(job)
+
+
+def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, Any]:
+    """Process one job. The booking and the job's outcome commit together; a domain error is an
+    outcome (the job fails with its code), anything else propagates for the worker to retry."""
+    started = uow.session.scalar(
+        update(IntakeJob)
+        .where(IntakeJob.id == uuid.UUID(str(job_id)), IntakeJob.status.in_(("queued", "running")))
+        .values(status="running", started_at=now, attempts=IntakeJob.attempts + 1)
+        .returning(IntakeJob.id)
+    )
+    uow.commit()  # visible as `running` to whoever polls the job
+    job = uow.session.get(IntakeJob, uuid.UUID(str(job_id)), with_for_update=True, populate_existing=True)
+    if job is None:
+        raise NotFound(f"Job {job_id} does not exist", code="job_not_found")
+    if started is None or job.status in FINISHED:
+        return JobView.from_row(job).as_dict()
+    uow.set_tenant(job.tenant_id)
+    try:
+        with uow.session.begin_nested():
+            booked = KINDS[job.kind].handle(uow, job.payload, now)
+    except DomainError as error:
+        job.status, job.error = "failed", error.as_dict()
+    else:
+        job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
+    job.finished_at = now
+    uow.session.flush()
+    view = JobView.from_row(job).as_dict()
+    uow.commit()
+    return view
+
+
+def fail_unexpectedly(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> None:
+    """The worker gave up on a job for a reason that is not a domain outcome (a bug, retries exhausted)."""
+    uow.session.execute(
+        update(IntakeJob)
+        .where(IntakeJob.id == uuid.UUID(str(job_id)), IntakeJob.status.not_in(FINISHED))
+        .values(
+            status="failed",
+            finished_at=now,
+            error={
+                "code": "internal_error",
+                "message": "The request could not be processed; please try again.",
+            },
+        )
+    )
+    uow.commit()
+
+
+def claim_stale(
+    uow: UnitOfWork, now: datetime, queued_for: timedelta, running_for: timedelta, limit: int = 500
+) -> list[tuple[uuid.UUID, str]]:
+    """Jobs the queue seems to have lost, marked as re-enqueued now so that a second sweeper skips them."""
+    stale = (
+        select(IntakeJob.id)
+        .where(
+            or_(
+                (IntakeJob.status == "queued") & (IntakeJob.enqueued_at < now - queued_for),
+                (IntakeJob.status == "running") & (IntakeJob.enqueued_at < now - running_for),
+            )
+        )
+        .order_by(IntakeJob.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = uow.session.execute(
+        update(IntakeJob)
+        .where(IntakeJob.id.in_(stale.scalar_subquery()))
+        .values(enqueued_at=now)
+        .returning(IntakeJob.id, IntakeJob.queue)
+    ).all()
+    return [(row.id, row.queue) for row in rows]

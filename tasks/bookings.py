@@ -1,0 +1,21 @@
+"""Booking jobs: one task processes any intake job (booking, reschedule, cancel) by its id."""
+
+from core import intake
+from core.clock import utcnow
+from core.db import UnitOfWork
+from workers.base import JobTask
+from workers.celery_app import app
+
+
+class IntakeJobTask(JobTask):
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        # Retries are exhausted or the error is not transient: the job must not stay `running` forever.
+        with UnitOfWork() as uow:
+            intake.fail_unexpectedly(uow, args[0], utcnow())
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+@app.task(name="bookings.process", base=IntakeJobTask)
+def process(job_id: str) -> dict:
+    with UnitOfWork() as uow:
+        return intake.run(uow, job_id, now=utcnow())

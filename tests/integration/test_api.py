@@ -1,0 +1,174 @@
+"""The intake API in process (TestClient) on the real database: authentication, validation and
+problem+json errors. Nothing a rejected request sends may leave a row behind."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.app import create_app
+from core.models import Client, IntakeJob
+from tests.scenarios import build_salon
+from workers.celery_app import app as celery_app
+
+NOW = datetime.now(UTC)
+DAY = (NOW + timedelta(days=2)).date()
+
+
+@pytest.fixture
+def salon(db):
+    return build_salon(db, with_api_key=True)
+
+
+@pytest.fixture
+def client(db, redis_prefix, salon):
+    # Jobs this module accepts go to this run's own key prefix, never to a shared queue.
+    assert celery_app.conf.broker_transport_options.get("global_keyprefix") == redis_prefix
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as test_client:
+        yield test_client
+
+
+def booking_body(salon, **changes):
+    body = {
+        "service_id": str(salon.haircut.id),
+        "start": salon.at(DAY, "10:00").isoformat(),
+        "client": {"first_name": "Lucía", "phone": "612 345 678"},
+    }
+    body.update(changes)
+    return body
+
+
+def rows(db, model, salon):
+    return db.scalar(select(func.count()).select_from(model).where(model.tenant_id == salon.tenant.id))
+
+
+def assert_problem(response, status, code):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == code
+    assert problem["status"] == status
+    assert problem["title"] and problem["detail"] and problem["type"].endswith(code)
+    return problem
+
+
+def test_health_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    spec = client.get("/openapi.json").json()
+    assert "/v1/bookings" in spec["paths"]
+    assert spec["components"]["schemas"]["BookingIn"]["examples"]
+
+
+def test_ready_checks_the_database_and_the_broker(client):
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_services_lists_the_tenants_active_services(client, salon):
+    services = client.get("/v1/services").json()["services"]
+    assert [s["name"] for s in services] == ["Haircut"]
+    assert services[0]["price"] == "25.00"
+    assert set(services[0]["resource_ids"]) == {str(r.id) for r in salon.stylists + salon.chairs}
+
+
+def test_availability_answers_in_the_tenants_time_zone(client, salon):
+    day = (NOW + timedelta(days=2)).date()
+    response = client.get(
+        "/v1/availability",
+        params={"service_id": str(salon.haircut.id), "from": day.isoformat(), "to": day.isoformat()},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["timezone"] == "Europe/Madrid"
+    assert body["slots"][0]["start"] == salon.at(DAY, "09:00").isoformat()
+    assert body["slots"][-1]["end"] == salon.at(DAY, "18:00").isoformat()
+
+
+def test_availability_over_62_days_is_refused(client, salon):
+    response = client.get(
+        "/v1/availability",
+        params={
+            "service_id": str(salon.haircut.id),
+            "from": DAY.isoformat(),
+            "to": (DAY + timedelta(days=62)).isoformat(),
+        },
+    )
+    assert_problem(response, 422, "range_too_long")
+
+
+def test_a_booking_is_accepted_as_a_queued_job(db, client, salon):
+    response = client.post("/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "k-1"})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["links"]["self"] == f"/v1/jobs/{job['job_id']}"
+    assert client.get(f"/v1/jobs/{job['job_id']}").json()["status"] == "queued"
+    stored = db.scalar(select(IntakeJob).where(IntakeJob.id == job["job_id"]))
+    assert stored.payload["client"]["phone"] == "612 345 678" and stored.idempotency_key == "k-1"
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"service_id": "6f1c1c1e-0000-4000-8000-000000000000"}, 404, "service_not_found"),
+        ({"start": "OFF_GRID"}, 422, "off_grid"),
+        ({"start": "NAIVE"}, 422, "validation_error"),
+        ({"client": {"first_name": "Lucía", "phone": "12"}}, 422, "invalid_phone"),
+        ({"client": {"first_name": "Lucía"}}, 422, "contact_required"),
+        ({"colour": "blue"}, 422, "unknown_field"),
+        ({"start": "PAST"}, 422, "start_in_past"),
+        ({"service_id": "not-a-uuid"}, 422, "validation_error"),
+    ],
+)
+def test_bad_bookings_get_a_code_and_leave_no_row(db, client, salon, change, status, code):
+    starts = {
+        "OFF_GRID": salon.at(DAY, "10:07").isoformat(),
+        "NAIVE": salon.at(DAY, "10:00").replace(tzinfo=None).isoformat(),
+        "PAST": salon.at(DAY - timedelta(days=5), "10:00").isoformat(),
+    }
+    if "start" in change:
+        change = {"start": starts[change["start"]]}
+    response = client.post("/v1/bookings", json=booking_body(salon, **change))
+    problem = assert_problem(response, status, code)
+    if code in ("validation_error", "unknown_field"):
+        assert problem["errors"]
+    assert rows(db, IntakeJob, salon) == 0
+    assert rows(db, Client, salon) == 0
+
+
+def test_a_body_over_64_kib_is_refused(db, client, salon):
+    huge = booking_body(salon, notes="x" * (65 * 1024))
+    assert_problem(client.post("/v1/bookings", json=huge), 413, "payload_too_large")
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_a_missing_or_wrong_key_is_refused(db, client, salon):
+    assert_problem(
+        client.post("/v1/bookings", json=booking_body(salon), headers={"Authorization": ""}),
+        401,
+        "missing_api_key",
+    )
+    assert_problem(
+        client.get("/v1/services", headers={"Authorization": "Bearer va_live_abc_def"}),
+        401,
+        "invalid_api_key",
+    )
+    assert_problem(
+        client.get("/v1/services", headers={"Authorization": "Basic Zm9vOmJhcg=="}), 401, "invalid_api_key"
+    )
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_another_tenants_rows_are_not_found(db, client, salon):
+    other = build_salon(db, with_api_key=True)
+    accepted = client.post("/v1/bookings", json=booking_body(salon)).json()
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {other.api_key}"}) as other_client:
+        assert_problem(other_client.get(f"/v1/jobs/{accepted['job_id']}"), 404, "job_not_found")
+        assert_problem(other_client.post("/v1/bookings", json=booking_body(salon)), 404, "service_not_found")
+
+
+def test_unknown_routes_are_problems_too(client):
+    assert_problem(client.get("/v1/nothing-here"), 404, "not_found")

@@ -1,0 +1,285 @@
+"""core.booking on the real database: allocation, clients, limits, changes and the state machine."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from core import booking
+from core.booking import BookingRequest
+from core.clients import ClientDetails
+from core.db import UnitOfWork
+from core.errors import (
+    IllegalTransition,
+    InvalidRequest,
+    LimitReached,
+    NotFound,
+    SlotUnavailable,
+    TenantNotAllowed,
+)
+from core.models import Appointment, AppointmentResource, Client, Notification
+from tests import factories
+from tests.scenarios import build_salon
+
+NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
+DAY = date(2027, 3, 3)
+
+
+@pytest.fixture
+def salon(db):
+    salon = build_salon(db, buffer_time_minutes=5)
+    for locale in ("es", "en"):
+        for channel in ("email", "sms"):
+            factories.make_notification_template(
+                db,
+                salon.tenant,
+                type="appointment_confirmed",
+                channel=channel,
+                locale=locale,
+                subject_template="Cita confirmada" if channel == "email" else None,
+                body_template="{{ client_name }}: {{ service_name }} el {{ appointment_date }} a las {{ appointment_time }} ({{ booking_reference }})",
+            )
+    return salon
+
+
+def request(salon, clock="10:00", phone="612 345 678", email=None, resource_ids=(), **client):
+    return BookingRequest(
+        service_id=salon.haircut.id,
+        start=salon.at(DAY, clock),
+        client=ClientDetails(
+            first_name=client.get("first_name", "Lucía"), last_name="Martín", phone=phone, email=email
+        ),
+        resource_ids=tuple(resource_ids),
+    )
+
+
+def book(salon, req, now=NOW):
+    with UnitOfWork(salon.tenant.id) as uow:
+        booked = booking.book(uow, req, now)
+        uow.commit()
+    return booked
+
+
+def allocations(db, appointment_id, active=None):
+    query = select(AppointmentResource).where(AppointmentResource.appointment_id == appointment_id)
+    if active is not None:
+        query = query.where(AppointmentResource.active.is_(active))
+    return db.scalars(query).all()
+
+
+def test_book_allocates_every_needed_resource_and_queues_the_confirmation(db, salon):
+    booked = book(salon, request(salon, email="Lucia@Example.COM"))
+
+    appointment = db.get(Appointment, booked.appointment_id)
+    assert appointment.scheduled_start == salon.at(DAY, "10:00")
+    assert appointment.scheduled_end == salon.at(DAY, "10:45")
+    assert appointment.quoted_price == 25
+    assert appointment.status == "confirmed"
+    assert len(appointment.booking_reference) == 6 and set(appointment.booking_reference) <= set(
+        booking.REFERENCE_ALPHABET
+    )
+
+    rows = allocations(db, booked.appointment_id)
+    assert {row.resource_id for row in rows} == {salon.stylists[0].id, salon.chairs[0].id}
+    for row in rows:
+        assert row.active and row.exclusive
+        # The buffer belongs to the resource's occupied time, not to the client's appointment.
+        assert row.allocated_during.lower == salon.at(DAY, "10:00")
+        assert row.allocated_during.upper == salon.at(DAY, "10:50")
+
+    client = db.get(Client, appointment.client_id)
+    assert client.phone == "+34612345678"
+    assert client.email == "lucia@example.com"
+
+    sent = db.scalars(select(Notification).where(Notification.appointment_id == appointment.id)).all()
+    assert {n.channel for n in sent} == {"email", "sms"}
+    assert all(n.status == "pending" for n in sent)
+    email = next(n for n in sent if n.channel == "email")
+    assert email.recipient_email == "lucia@example.com"
+    assert appointment.booking_reference in email.body and "10:00" in email.body
+
+
+def test_an_existing_client_is_matched_not_duplicated(db, salon):
+    first = book(salon, request(salon, "10:00", phone="+34 612 345 678"))
+    second = book(salon, request(salon, "12:00", phone="612345678"))
+    third = book(salon, request(salon, "14:00", phone=None, email="x@example.com"))
+    fourth = book(salon, request(salon, "15:00", phone=None, email="X@EXAMPLE.com"))
+
+    def client_of(booked):
+        return db.get(Appointment, booked.appointment_id).client_id
+
+    assert client_of(first) == client_of(second)
+    assert client_of(third) == client_of(fourth) != client_of(first)
+    assert db.scalar(select(func.count()).select_from(Client).where(Client.tenant_id == salon.tenant.id)) == 2
+
+
+def test_a_taken_slot_offers_the_three_nearest_free_alternatives(db, salon):
+    # One chair: the chair is the bottleneck whichever stylist is free.
+    book(salon, request(salon, "10:00"))
+    with pytest.raises(SlotUnavailable) as taken:
+        book(salon, request(salon, "10:15", phone="612 345 679"))
+    assert taken.value.code == "slot_taken"
+    starts = [alt["start"] for alt in taken.value.details["alternatives"]]
+    # 10:00-10:45 plus a 5-minute buffer: the chair is busy until 10:50, so 11:00 is the first later slot.
+    assert starts == ["2027-03-03T09:00:00+01:00", "2027-03-03T11:00:00+01:00", "2027-03-03T11:15:00+01:00"]
+
+
+def test_the_clients_choice_of_stylist_wins_and_otherwise_preference_order(db, salon):
+    chosen = book(salon, request(salon, "10:00", resource_ids=[salon.stylists[1].id]))
+    assert set(chosen.resource_ids) == {salon.stylists[1].id, salon.chairs[0].id}
+    default = book(salon, request(salon, "11:00", phone="612 345 679"))
+    assert set(default.resource_ids) == {salon.stylists[0].id, salon.chairs[0].id}
+
+
+def test_a_resource_that_does_not_provide_the_service_is_refused(db, salon):
+    other = build_salon(db)
+    with pytest.raises(InvalidRequest) as refused:
+        book(salon, request(salon, "10:00", resource_ids=[other.stylists[0].id]))
+    assert refused.value.code == "resource_not_eligible"
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"clock": "10:07"}, "off_grid"),
+        ({"phone": "12"}, "invalid_phone"),
+        ({"phone": None, "email": None}, "contact_required"),
+        ({"email": "not-an-email"}, "invalid_email"),
+    ],
+)
+def test_bad_requests_are_rejected_with_a_code_and_leave_nothing_behind(db, salon, change, code):
+    with pytest.raises(InvalidRequest) as rejected:
+        book(salon, request(salon, **change))
+    assert rejected.value.code == code
+    assert (
+        db.scalar(
+            select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+        )
+        == 0
+    )
+    assert db.scalar(select(func.count()).select_from(Client).where(Client.tenant_id == salon.tenant.id)) == 0
+
+
+def test_a_start_in_the_past_is_rejected(db, salon):
+    with pytest.raises(InvalidRequest) as rejected:
+        book(salon, request(salon, "10:00"), now=salon.at(DAY, "11:00"))
+    assert rejected.value.code == "start_in_past"
+
+
+def test_another_tenants_service_does_not_exist(db, salon):
+    other = build_salon(db)
+    with pytest.raises(NotFound) as missing:
+        book(
+            salon,
+            BookingRequest(other.haircut.id, salon.at(DAY, "10:00"), ClientDetails("A", phone="612345678")),
+        )
+    assert missing.value.code == "service_not_found"
+    with pytest.raises(NotFound):
+        book(
+            salon, BookingRequest(uuid.uuid4(), salon.at(DAY, "10:00"), ClientDetails("A", phone="612345678"))
+        )
+
+
+@pytest.mark.parametrize("status", ["suspended", "cancelled"])
+def test_a_suspended_or_cancelled_business_cannot_book(db, salon, status):
+    salon.tenant.subscription_status = status
+    db.flush()
+    with pytest.raises(TenantNotAllowed) as refused:
+        book(salon, request(salon))
+    assert refused.value.code == "tenant_inactive"
+
+
+def test_the_plans_monthly_limit_counts_the_tenants_local_month(db):
+    salon = build_salon(db, opens="00:00", closes="23:45")
+    plan = factories.make_plan(db, max_appointments_per_month=1)
+    factories.make_subscription(db, salon.tenant, plan, status="active")
+    book(salon, request(salon, "10:00"))
+    with pytest.raises(LimitReached) as full:
+        book(salon, request(salon, "12:00"))
+    assert full.value.code == "plan_limit_reached"
+    # 00:30 on 1 April in Madrid is still 31 March in UTC: it belongs to April, which is empty.
+    april = BookingRequest(
+        salon.haircut.id, salon.at(date(2027, 4, 1), "00:30"), ClientDetails("A", phone="612345678")
+    )
+    assert book(salon, april).appointment_id
+
+
+def test_reschedule_moves_the_allocation_in_one_transaction(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    with UnitOfWork(salon.tenant.id) as uow:
+        moved = booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "10:15"), NOW)
+        uow.commit()
+    assert moved.start == salon.at(DAY, "10:15")
+    assert moved.booking_reference == booked.booking_reference
+    old, new = (
+        allocations(db, booked.appointment_id, active=False),
+        allocations(db, booked.appointment_id, active=True),
+    )
+    assert {row.allocated_start for row in old} == {salon.at(DAY, "10:00")}
+    assert {row.allocated_start for row in new} == {salon.at(DAY, "10:15")}
+    # The old time is free again for someone else.
+    book(salon, request(salon, "09:15", phone="612 345 679"))
+
+
+def test_a_failed_reschedule_leaves_the_appointment_where_it_was(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    book(salon, request(salon, "12:00", phone="612 345 679"))
+    with pytest.raises(SlotUnavailable), UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "12:15"), NOW)
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    assert appointment.scheduled_start == salon.at(DAY, "10:00")
+    assert all(row.active for row in allocations(db, booked.appointment_id))
+
+
+def test_cancel_frees_the_slot_and_keeps_the_history(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    with UnitOfWork(salon.tenant.id) as uow:
+        cancelled = booking.cancel(uow, booked.appointment_id, "Client is ill", NOW)
+        uow.commit()
+    assert cancelled.status == "cancelled"
+    appointment = db.get(Appointment, booked.appointment_id)
+    assert appointment.cancellation_reason == "Client is ill"
+    assert allocations(db, booked.appointment_id) and not allocations(db, booked.appointment_id, active=True)
+    book(salon, request(salon, "10:00", phone="612 345 679"))
+
+
+def test_cancel_honours_the_services_policy(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    late = salon.at(DAY, "10:00") - timedelta(hours=2)
+    with pytest.raises(Exception) as refused, UnitOfWork(salon.tenant.id) as uow:
+        booking.cancel(uow, booked.appointment_id, None, late)
+    assert refused.value.code == "cancel_window_passed"
+    salon.haircut.allows_cancellation = False
+    db.flush()
+    with pytest.raises(Exception) as refused, UnitOfWork(salon.tenant.id) as uow:
+        booking.cancel(uow, booked.appointment_id, None, NOW)
+    assert refused.value.code == "cancel_not_allowed"
+
+
+def test_the_state_machine_completes_a_past_appointment_and_refuses_illegal_changes(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    after = salon.at(DAY, "11:00")
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.start(uow, booked.appointment_id, salon.at(DAY, "10:02"))
+        done = booking.complete(uow, booked.appointment_id, after)
+        uow.commit()
+    assert done.status == "completed"
+    appointment = db.get(Appointment, booked.appointment_id)
+    assert appointment.final_price == 25 and appointment.actual_end == after
+    with pytest.raises(IllegalTransition) as illegal, UnitOfWork(salon.tenant.id) as uow:
+        booking.cancel(uow, booked.appointment_id, None, NOW)
+    assert illegal.value.code == "illegal_status_change"
+    with pytest.raises(IllegalTransition), UnitOfWork(salon.tenant.id) as uow:
+        booking.mark_no_show(uow, booked.appointment_id, after)
+
+
+def test_no_show_releases_the_resources(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.mark_no_show(uow, booked.appointment_id, salon.at(DAY, "10:30"))
+        uow.commit()
+    assert not allocations(db, booked.appointment_id, active=True)
