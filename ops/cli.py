@@ -534,7 +534,7 @@ def test(pytest_args: tuple[str, ...]) -> None:
             steps = [
                 ("ruff check", [str(VENV_BIN / "ruff"), "check", "."]),
                 ("ruff format --check", [str(VENV_BIN / "ruff"), "format", "--check", "."]),
-                ("lint-imports", [str(VENV_BIN / "lint-imports")]),
+                ("lint-imports", [str(VENV_BIN / "lint-imports"), "--no-logo", "--no-cache"]),
                 ("pytest", [sys.executable, "-m", "pytest", *_pytest_args(pytest_args)]),
             ]
             failed = []
