@@ -1,5 +1,9 @@
 """Users, their sessions and login attempts (seed section 1).
 
+As in the seed, except (docs/schema.md): timestamps are timestamptz; created_at/updated_at/version
+and the boolean flags, locale, timezone and password_changed_at are NOT NULL with the seed's defaults.
+Indexes come in 009, the updated_at/version trigger in 010.
+
 Revision ID: 001
 Revises:
 """

@@ -1,5 +1,9 @@
 """Tenants and tenant membership (seed section 2).
 
+As in the seed, except (docs/schema.md): timestamps are timestamptz; timezone, country, locale,
+currency, settings, features, subscription_status, role, permissions, is_primary and the audit
+columns are NOT NULL with the seed's defaults.
+
 Revision ID: 002
 Revises: 001
 """

@@ -1,5 +1,9 @@
 """Subscription plans, subscriptions and payments (seed section 3).
 
+As in the seed, except (docs/schema.md): timestamps are timestamptz; plan limits, currency, flags,
+usage_data and created_at/updated_at are NOT NULL with the seed's defaults. The seed's
+subscriptions_period_valid and payments_amount_positive are added in 009, where the seed puts them.
+
 Revision ID: 003
 Revises: 002
 """

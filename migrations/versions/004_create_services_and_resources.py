@@ -1,4 +1,11 @@
-"""Services, resources and how they relate in time: service_resources, resource_schedules, resource_blocks.
+"""Services and resources, and how resources are scheduled: service_resources, resource_schedules, resource_blocks.
+
+Changes from the seed (docs/schema.md): timestamps are timestamptz; columns with a default are NOT NULL
+(except resource_schedules.effective_from, where NULL means "since always"); UNIQUE(tenant_id, slug) on
+services is a unique index over live rows only; resource_blocks.recurrence_rule is an RFC 5545 RRULE
+string (TEXT) with CHECK is_recurring = (recurrence_rule IS NOT NULL); new checks:
+services_buffer_non_negative, resources_capacity_positive, resource_schedules_effective_range_valid.
+The overlap guard of resource_blocks (an exclusion constraint) comes in 009.
 
 Revision ID: 004
 Revises: 003

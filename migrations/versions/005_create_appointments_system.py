@@ -1,5 +1,11 @@
 """Clients, appointments and the resources allocated to them.
 
+Changes from the seed (docs/schema.md): timestamps are timestamptz; columns with a default are NOT NULL;
+the client email/phone uniqueness per tenant holds among live (not soft-deleted) clients only;
+appointment_resources gains allocated_during (the occupied half-open interval, buffer included),
+active, units and exclusive, with checks tying allocated_during to allocated_start/allocated_end and
+units > 0. The exclusion constraint over allocated_during comes in 009.
+
 Revision ID: 005
 Revises: 004
 """

@@ -1,4 +1,8 @@
-"""Vapi configuration and call logs (vapi_call_logs references appointments, created in 005).
+"""Vapi configuration and call logs (seed section 4).
+
+vapi_call_logs references appointments, created in 005. Changes from the seed (docs/schema.md):
+timestamps are timestamptz; columns with a default are NOT NULL; vapi_call_id is UNIQUE because the
+end-of-call report is upserted by it.
 
 Revision ID: 006
 Revises: 005

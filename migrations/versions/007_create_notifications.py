@@ -1,4 +1,9 @@
-"""Notification templates and the notification queue.
+"""Notification templates and the notification queue (seed section 5).
+
+Changes from the seed (docs/schema.md): timestamps are timestamptz; columns with a default are NOT NULL;
+notifications gain the lead's columns (appointment_id, notification_type, dedupe_key, attempts,
+provider_message_id, updated_at), the status 'sending', and checks on channel, notification_type and
+attempts.
 
 Revision ID: 007
 Revises: 006

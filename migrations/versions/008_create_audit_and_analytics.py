@@ -1,4 +1,7 @@
-"""The audit trail and business metrics.
+"""The audit trail and business metrics (seed section 8).
+
+Changes from the seed (docs/schema.md): timestamps are timestamptz; columns with a default are NOT NULL;
+audit_logs.user_id is ON DELETE SET NULL so the trail outlives a deleted user.
 
 Revision ID: 008
 Revises: 007
