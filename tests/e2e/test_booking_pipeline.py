@@ -1,0 +1,194 @@
+"""The whole pipeline under real concurrency: uvicorn, two real worker processes, PostgreSQL, Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time as clock
+import uuid
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from core.models import Appointment, AppointmentResource, IntakeJob
+from tests.scenarios import build_salon
+
+JOB_TIMEOUT = 120
+
+
+@pytest.fixture
+def salon(committed_engine):
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, stylists=3, chairs=1, with_api_key=True)
+        session.commit()
+        return salon
+
+
+def booking_day(salon) -> datetime:
+    return (datetime.now(salon.zone) + timedelta(days=3)).date()
+
+
+def body(salon, start: datetime, phone: str, resource_ids=()) -> dict:
+    payload = {
+        "service_id": str(salon.haircut.id),
+        "start": start.isoformat(),
+        "client": {"first_name": "Caller", "phone": phone},
+    }
+    if resource_ids:
+        payload["resource_ids"] = [str(r) for r in resource_ids]
+    return payload
+
+
+def post_all(api_server, salon, bodies: list[dict]) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        headers = {"Authorization": f"Bearer {salon.api_key}"}
+        async with httpx.AsyncClient(
+            base_url=api_server.base_url, headers=headers, limits=limits, timeout=60
+        ) as client:
+            return await asyncio.gather(*(client.post("/v1/bookings", json=b) for b in bodies))
+
+    return asyncio.run(run())
+
+
+def wait_for_jobs(engine, job_ids: list[str]) -> list[IntakeJob]:
+    deadline = clock.monotonic() + JOB_TIMEOUT
+    with Session(engine) as session:
+        while True:
+            jobs = session.scalars(select(IntakeJob).where(IntakeJob.id.in_(job_ids))).all()
+            if all(job.status in ("succeeded", "failed") for job in jobs) or clock.monotonic() > deadline:
+                return jobs
+            session.expire_all()
+            clock.sleep(0.2)
+
+
+def overlapping_allocations(engine, tenant_id) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                """
+                SELECT count(*) FROM appointment_resources a
+                JOIN appointment_resources b
+                  ON a.resource_id = b.resource_id AND a.id < b.id AND a.allocated_during && b.allocated_during
+                JOIN resources r ON r.id = a.resource_id
+                WHERE a.active AND b.active AND r.tenant_id = :tenant
+                """
+            ),
+            {"tenant": tenant_id},
+        ).scalar_one()
+
+
+def test_two_hundred_requests_for_one_slot_give_one_appointment(committed_engine, worker, api_server, salon):
+    start = salon.at(booking_day(salon), "10:00")
+    bodies = [body(salon, start, f"+3461200{i:04d}") for i in range(200)]
+
+    responses = post_all(api_server, salon, bodies)
+
+    assert [r.status_code for r in responses] == [202] * 200
+    job_ids = [r.json()["job_id"] for r in responses]
+    assert len(set(job_ids)) == 200
+    jobs = wait_for_jobs(committed_engine, job_ids)
+    succeeded = [job for job in jobs if job.status == "succeeded"]
+    failed = [job for job in jobs if job.status == "failed"]
+    assert len(succeeded) == 1, [job.status for job in jobs if job.status not in ("succeeded", "failed")]
+    assert len(failed) == 199
+    assert {job.error["code"] for job in failed} == {"slot_taken"}
+    assert all(len(job.error["alternatives"]) == 3 for job in failed)
+    assert all(alt["start"] != start.isoformat() for job in failed for alt in job.error["alternatives"])
+
+    with Session(committed_engine) as session:
+        appointments = session.scalars(
+            select(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+        ).all()
+        assert [a.id for a in appointments] == [succeeded[0].appointment_id]
+        assert appointments[0].scheduled_start == start
+    assert overlapping_allocations(committed_engine, salon.tenant.id) == 0
+
+    # The job API tells the same story.
+    with api_server.client(headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        won = client.get(f"/v1/jobs/{succeeded[0].id}").json()
+        assert won["status"] == "succeeded"
+        assert won["result"]["appointment_id"] == str(succeeded[0].appointment_id)
+        lost = client.get(f"/v1/jobs/{failed[0].id}").json()
+        assert lost["error"]["code"] == "slot_taken"
+        appointment = client.get(f"/v1/appointments/{succeeded[0].appointment_id}").json()
+        assert appointment["start"] == start.isoformat()
+        assert {r["resource_id"] for r in appointment["resources"]} >= {str(salon.chairs[0].id)}
+
+
+def test_overlapping_requests_for_stylists_sharing_a_chair_never_double_book(
+    committed_engine, worker, api_server, salon
+):
+    day = booking_day(salon)
+    bodies = []
+    for i in range(90):
+        # 45-minute haircuts starting every 15 minutes: most of them overlap on the one chair.
+        start = salon.at(day, f"{10 + (i % 12) // 4:02d}:{(i % 4) * 15:02d}")
+        stylist = salon.stylists[i % 3].id if i % 2 else None
+        bodies.append(body(salon, start, f"+3461300{i:04d}", [stylist] if stylist else ()))
+
+    responses = post_all(api_server, salon, bodies)
+
+    assert {r.status_code for r in responses} == {202}
+    jobs = wait_for_jobs(committed_engine, [r.json()["job_id"] for r in responses])
+    assert {job.status for job in jobs} <= {"succeeded", "failed"}
+    assert {job.error["code"] for job in jobs if job.status == "failed"} == {"slot_taken"}
+    succeeded = [job for job in jobs if job.status == "succeeded"]
+    # 10:00-13:00 on one chair holds at most four 45-minute haircuts; it must hold at least one.
+    assert 1 <= len(succeeded) <= 4
+    assert overlapping_allocations(committed_engine, salon.tenant.id) == 0
+    with Session(committed_engine) as session:
+        chair_allocations = session.scalar(
+            select(func.count())
+            .select_from(AppointmentResource)
+            .where(
+                AppointmentResource.resource_id == salon.chairs[0].id, AppointmentResource.active.is_(True)
+            )
+        )
+        assert chair_allocations == len(succeeded)
+
+
+def test_a_replayed_idempotency_key_returns_the_first_job(committed_engine, worker, api_server, salon):
+    start = salon.at(booking_day(salon), "15:00")
+    headers = {"Authorization": f"Bearer {salon.api_key}", "Idempotency-Key": f"order-{uuid.uuid4()}"}
+    with api_server.client(headers=headers, timeout=30) as client:
+        first = client.post("/v1/bookings?wait=15", json=body(salon, start, "+34612999001"))
+        replay = client.post("/v1/bookings", json=body(salon, start, "+34612999001"))
+        other = client.post("/v1/bookings", json=body(salon, start, "+34612999002"))
+
+    assert first.status_code == 201, first.text
+    assert first.json()["result"]["start"] == start.isoformat()
+    assert replay.status_code == 202
+    assert replay.json()["job_id"] == first.json()["job_id"]
+    assert replay.json()["status"] == "succeeded"
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+    assert other.json()["code"] == "idempotency_key_reused"
+    with Session(committed_engine) as session:
+        assert (
+            session.scalar(
+                select(func.count()).select_from(IntakeJob).where(IntakeJob.tenant_id == salon.tenant.id)
+            )
+            == 1
+        )
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+            )
+            == 1
+        )
+
+
+def test_wait_answers_a_taken_slot_with_a_problem_and_alternatives(
+    committed_engine, worker, api_server, salon
+):
+    start = salon.at(booking_day(salon), "16:00")
+    with api_server.client(headers={"Authorization": f"Bearer {salon.api_key}"}, timeout=30) as client:
+        assert client.post("/v1/bookings?wait=15", json=body(salon, start, "+34612999003")).status_code == 201
+        taken = client.post("/v1/bookings?wait=15", json=body(salon, start, "+34612999004"))
+    assert taken.status_code == 409
+    assert taken.json()["code"] == "slot_taken"
+    assert len(taken.json()["alternatives"]) == 3
+    assert taken.json()["job_id"]
