@@ -75,11 +75,15 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# Extras that repeat the message in another form (uvicorn's ANSI-coloured copy).
+_REDUNDANT_EXTRAS = frozenset({"color_message"})
+
+
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {
         name: value
         for name, value in record.__dict__.items()
-        if name not in _RECORD_ATTRIBUTES and not name.startswith("_")
+        if name not in _RECORD_ATTRIBUTES and name not in _REDUNDANT_EXTRAS and not name.startswith("_")
     }
 
 
@@ -153,4 +157,9 @@ def configure(level: str | int | None = None, json: bool | None = None, stream: 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # uvicorn installs handlers of its own that would print unstructured lines past ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_logger = logging.getLogger(name)
+        server_logger.handlers.clear()
+        server_logger.propagate = True
     logging.captureWarnings(True)

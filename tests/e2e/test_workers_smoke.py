@@ -175,3 +175,27 @@ def test_tasks_are_routed_to_their_family_queue(celery_client, task_name):
 def test_diagnostics_go_to_realtime_and_unknown_names_to_bookings(celery_client):
     assert celery_client.amqp.router.route({}, "diagnostics.noop")["queue"].name == "realtime"
     assert celery_client.amqp.router.route({}, "unknown.task")["queue"].name == "bookings"
+
+
+def test_the_api_process_is_up_and_reaches_the_database_and_the_broker(api_server):
+    with api_server.client(timeout=10) as client:
+        assert client.get("/health").status_code == 200
+        ready = client.get("/ready")
+    assert ready.status_code == 200, ready.text
+
+
+def test_beat_sends_the_intake_sweep_to_the_workers(worker, processes):
+    beat = processes.start_beat()
+    try:
+        # sweep-intake runs every 30 s, the first time 30 s after Beat starts.
+        def swept() -> bool:
+            return any(
+                "Task scheduled.sweep_intake[" in line and "succeeded" in line
+                for w in worker
+                for line in w.log_text().splitlines()
+            )
+
+        assert eventually(swept, timeout=50, interval=1), beat.log_tail()
+        assert "Sending due task sweep-intake (scheduled.sweep_intake)" in beat.log_text()
+    finally:
+        beat.stop()

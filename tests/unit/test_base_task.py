@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from collections.abc import Callable
 from unittest import mock
@@ -11,6 +13,7 @@ import redis.exceptions
 from celery import Celery
 from sqlalchemy import exc as sa_exc
 
+from core import logging as core_logging
 from core.errors import NotFound, SlotUnavailable
 from workers.base import JobTask, TransientError, is_transient
 from workers.celery_app import VISIBILITY_TIMEOUT_SECONDS
@@ -136,3 +139,21 @@ def test_a_failure_is_logged_with_its_task_id(caplog):
     # A domain error is an expected outcome: recorded quietly, without a traceback.
     assert by_task["task-slot-1"].levelno == logging.INFO
     assert "slot_taken" in by_task["task-slot-1"].getMessage()
+
+
+def test_in_production_a_failure_is_one_json_line_with_the_task_id():
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    try:
+        core_logging.configure("INFO", json=True, stream=stream)
+        fails_then_succeeds.apply(args=("bug", 1), task_id="task-json-1")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failure = next(e for e in entries if e["logger"] == "workers.base")
+    assert failure["level"] == "ERROR"
+    assert failure["task_id"] == "task-json-1"
+    assert "ValueError: a bug" in failure["exc_info"]
