@@ -32,18 +32,31 @@ import logging
 import re
 import uuid
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
 from zoneinfo import ZoneInfo
 
 from dateutil.rrule import rrulestr
+from sqlalchemy import func, or_, select
 
-from core.errors import InvalidRequest, SlotUnavailable
+from core.config import get_settings
+from core.db import UnitOfWork
+from core.errors import InvalidRequest, NotFound, SlotUnavailable
+from core.models import (
+    AppointmentResource,
+    Resource,
+    ResourceBlock,
+    ResourceSchedule,
+    Service,
+    ServiceResource,
+    Tenant,
+)
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TIMEZONE = "Europe/Madrid"  # tenants.timezone's default
 ZERO = timedelta(0)
 ONE_DAY = timedelta(days=1)
 
@@ -577,3 +590,254 @@ class _Planner:
                 raise SlotUnavailable("Nobody who provides the service works at that time.", code=reason)
             raise SlotUnavailable("That time is already taken.", code=reason)
         return Slot(start, start + self.length, ids)
+
+
+# --- the database layer ----------------------------------------------------------------------------------
+# A handful of set-based queries per call, one per kind of data and all resources at once; the pure layer
+# above does the rest. Nothing is cached: check_slot runs inside the booking transaction after the locks.
+
+
+@dataclass(frozen=True)
+class _Context:
+    service: Service
+    tz: ZoneInfo
+    rules: ServiceRules
+
+
+def find_slots(
+    uow: UnitOfWork,
+    service_id: uuid.UUID,
+    date_from: date,
+    date_to: date,
+    now: datetime,
+    resource_id: uuid.UUID | None = None,
+) -> Availability:
+    """The free slots of a service starting on the local dates date_from..date_to (both included).
+
+    `resource_id` keeps only the slots that resource would serve (the client's chosen stylist).
+    """
+    if date_to < date_from:
+        raise InvalidRequest("The range ends before it starts.", code="invalid_range")
+    limit = get_settings().max_availability_days
+    if (date_to - date_from).days + 1 > limit:
+        raise InvalidRequest(f"Ask for at most {limit} days at a time.", code="range_too_long")
+    context = _context(uow, _service_row(uow, service_id))
+    rules, tz = context.rules, context.tz
+    # Only the dates on which a slot could still be booked are loaded.
+    first = max(date_from, (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date())
+    last = date_to
+    if rules.max_advance_booking_days is not None:
+        last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
+    calendar = _load(uow, context, first, last)
+    slots = compute_slots(calendar, now, first, last, (resource_id,) if resource_id else ())
+    return Availability(timezone=calendar.timezone, service_id=context.service.id, slots=slots)
+
+
+def check_slot(
+    uow: UnitOfWork,
+    service: Service | uuid.UUID,
+    start: datetime,
+    now: datetime,
+    resource_ids: Sequence[uuid.UUID] | None = None,
+) -> Slot:
+    """The slot starting exactly at `start`, served by the client's choice when given, read from current rows.
+
+    Raises InvalidRequest ("off_grid", "resource_not_eligible", "invalid_start") or SlotUnavailable
+    ("too_soon", "too_far", "outside_hours", "slot_taken"); see `evaluate_slot`.
+    """
+    context = _context(uow, _service_row(uow, service))
+    if start.tzinfo is None:
+        raise InvalidRequest("The start needs a UTC offset.", code="invalid_start")
+    day = start.astimezone(context.tz).date()
+    return evaluate_slot(_load(uow, context, day, day), start, now, resource_ids or ())
+
+
+def candidate_resource_ids(uow: UnitOfWork, service: Service | uuid.UUID) -> list[uuid.UUID]:
+    """Every active resource that could be allocated for the service, sorted by id (the lock order)."""
+    service = _service_row(uow, service)
+    return sorted(need.resource_id for need, usable, _ in _needs(uow, service) if usable)
+
+
+def nearest_alternatives(
+    uow: UnitOfWork,
+    service: Service | uuid.UUID,
+    start: datetime,
+    now: datetime,
+    count: int = 3,
+    resource_ids: Sequence[uuid.UUID] | None = None,
+) -> list[Slot]:
+    """The `count` free slots closest in time to `start`, before or after it, in time order.
+
+    Never in the past or too soon; no further ahead than max_advance_booking_days (or the longest range
+    find_slots serves, for a service without that limit). The search widens day by day outward, so the
+    usual case loads a couple of days only.
+    """
+    context = _context(uow, _service_row(uow, service))
+    rules, tz = context.rules, context.tz
+    horizon = rules.max_advance_booking_days
+    if horizon is None:
+        horizon = get_settings().max_availability_days
+    first = (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date()
+    last = (now + timedelta(days=horizon)).astimezone(tz).date()
+    if count <= 0 or first > last:
+        return []
+    anchor = min(max(start.astimezone(tz).date(), first), last)
+    radius = 1
+    while True:
+        low, high = max(first, anchor - radius * ONE_DAY), min(last, anchor + radius * ONE_DAY)
+        calendar = _load(uow, context, low, high)
+        found = nearest_slots(calendar, start, now, count, low, high, resource_ids or ())
+        if low == first and high == last:
+            return found
+        if len(found) == count:
+            # Whatever lies outside the dates searched is at least this far from `start`.
+            unsearched = min(
+                start - local_midnight(low, tz) if low > first else timedelta.max,
+                local_midnight(high + ONE_DAY, tz) - start if high < last else timedelta.max,
+            )
+            if max(abs(slot.start - start) for slot in found) <= unsearched:
+                return found
+        radius *= 4
+
+
+def _service_row(uow: UnitOfWork, service: Service | uuid.UUID) -> Service:
+    if not isinstance(service, Service):
+        service = uow.get(Service, service, code="service_not_found", what="Service")
+    elsewhere = uow.tenant_id is not None and service.tenant_id != uow.tenant_id
+    if elsewhere or service.deleted_at is not None or service.is_active is False:
+        raise NotFound(f"Service {service.id} does not exist", code="service_not_found")
+    return service
+
+
+def _context(uow: UnitOfWork, service: Service) -> _Context:
+    tenant = uow.session.get(Tenant, service.tenant_id)
+    settings = get_settings()
+    step = (tenant.settings or {}).get("slot_step_minutes") if tenant is not None else None
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 < step <= 1440:
+        step = settings.default_slot_step_minutes
+    days = service.available_days
+    rules = ServiceRules(
+        duration_minutes=service.duration_minutes,
+        buffer_time_minutes=service.buffer_time_minutes or 0,
+        available_days=None if days is None else tuple(int(day) for day in days),
+        available_hours=service.available_hours or None,
+        min_advance_booking_hours=service.min_advance_booking_hours or 0,
+        max_advance_booking_days=service.max_advance_booking_days,
+        slot_step_minutes=step,
+    )
+    zone = (tenant.timezone if tenant is not None else None) or DEFAULT_TIMEZONE
+    return _Context(service=service, tz=ZoneInfo(zone), rules=rules)
+
+
+def _needs(uow: UnitOfWork, service: Service) -> list[tuple[ResourceNeed, bool, int | None]]:
+    """The service's resource rows, each with whether its resource can serve (active, not deleted, ours)
+    and its capacity."""
+    rows = uow.session.execute(
+        select(
+            ServiceResource.resource_id,
+            ServiceResource.quantity_required,
+            ServiceResource.is_required,
+            ServiceResource.preference_order,
+            Resource.is_active,
+            Resource.deleted_at,
+            Resource.tenant_id,
+            Resource.capacity,
+        )
+        .join(Resource, Resource.id == ServiceResource.resource_id)
+        .where(ServiceResource.service_id == service.id)
+    ).all()
+    return [
+        (
+            ResourceNeed(
+                resource_id=row.resource_id,
+                quantity=row.quantity_required or 1,
+                is_required=row.is_required is not False,
+                preference_order=row.preference_order or 0,
+            ),
+            row.is_active is not False and row.deleted_at is None and row.tenant_id == service.tenant_id,
+            row.capacity,
+        )
+        for row in rows
+    ]
+
+
+def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> ServiceCalendar:
+    """The plain calendar of the service for slots starting on the local dates first..last."""
+    service, tz, rules = context.service, context.tz, context.rules
+    needs = []
+    usable: list[uuid.UUID] = []
+    capacities: dict[uuid.UUID, int | None] = {}
+    for need, can_serve, capacity in _needs(uow, service):
+        if can_serve:
+            needs.append(need)
+            usable.append(need.resource_id)
+            capacities[need.resource_id] = capacity
+        elif need.is_required:
+            needs.append(need)  # kept without a calendar: it never works, so the service offers nothing
+    calendar = ServiceCalendar(service.id, tz.key, rules, tuple(needs))
+    if not usable or first > last:
+        return calendar
+
+    window_start = local_midnight(first, tz)
+    reach = timedelta(minutes=rules.duration_minutes + rules.buffer_time_minutes)
+    window_end = local_midnight(last + ONE_DAY, tz) + reach
+    session = uow.session
+
+    windows: dict[uuid.UUID, list[WorkingWindow]] = {r: [] for r in usable}
+    for row in session.execute(
+        select(
+            ResourceSchedule.resource_id,
+            ResourceSchedule.day_of_week,
+            ResourceSchedule.start_time,
+            ResourceSchedule.end_time,
+            ResourceSchedule.effective_from,
+            ResourceSchedule.effective_until,
+        ).where(
+            ResourceSchedule.resource_id.in_(usable),
+            ResourceSchedule.is_active.is_(True),
+            or_(ResourceSchedule.effective_from.is_(None), ResourceSchedule.effective_from <= last),
+            or_(ResourceSchedule.effective_until.is_(None), ResourceSchedule.effective_until >= first),
+        )
+    ):
+        windows[row.resource_id].append(WorkingWindow(*row[1:]))
+
+    blocks: dict[uuid.UUID, list[Interval]] = {r: [] for r in usable}
+    for resource_id, start, end, rule in session.execute(
+        select(
+            ResourceBlock.resource_id,
+            ResourceBlock.start_datetime,
+            ResourceBlock.end_datetime,
+            ResourceBlock.recurrence_rule,
+        ).where(
+            ResourceBlock.resource_id.in_(usable),
+            ResourceBlock.deleted_at.is_(None),
+            ResourceBlock.start_datetime < window_end,
+            or_(ResourceBlock.end_datetime > window_start, ResourceBlock.recurrence_rule.is_not(None)),
+        )
+    ):
+        blocks[resource_id].extend(expand_block(start, end, rule, tz, window_start, window_end))
+
+    allocations: dict[uuid.UUID, list[tuple[datetime, datetime, int]]] = {r: [] for r in usable}
+    during = AppointmentResource.allocated_during
+    for resource_id, start, end, units in session.execute(
+        select(
+            AppointmentResource.resource_id, func.lower(during), func.upper(during), AppointmentResource.units
+        ).where(
+            AppointmentResource.resource_id.in_(usable),
+            AppointmentResource.active.is_(True),
+            during.op("&&")(func.tstzrange(window_start, window_end, "[)")),
+        )
+    ):
+        allocations[resource_id].append((start, end, units))
+
+    resources = tuple(
+        ResourceCalendar(
+            resource_id,
+            capacity=capacities.get(resource_id),
+            windows=tuple(windows[resource_id]),
+            blocks=tuple(blocks[resource_id]),
+            allocations=tuple(allocations[resource_id]),
+        )
+        for resource_id in usable
+    )
+    return ServiceCalendar(service.id, tz.key, rules, tuple(needs), resources)
