@@ -1,0 +1,113 @@
+"""Booking from many threads at once on the real database, with real commits: the locks and the
+exclusion constraint must give one winner per slot and never exceed a plan's monthly allowance."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core import booking
+from core.booking import BookingRequest
+from core.clients import ClientDetails
+from core.db import UnitOfWork
+from core.errors import DomainError
+from core.models import Appointment, AppointmentResource, Client
+from tests import factories
+from tests.scenarios import build_salon
+
+NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
+DAY = date(2027, 3, 3)
+
+
+@pytest.fixture
+def committed(committed_engine):
+    def build(**kwargs):
+        with Session(committed_engine, expire_on_commit=False) as session:
+            salon = build_salon(session, **kwargs)
+            session.commit()
+            return salon
+
+    return build
+
+
+def book_all(salon, requests: list[BookingRequest]) -> list[str]:
+    """Book every request from its own thread, all released at once; the outcome code of each."""
+    barrier = threading.Barrier(len(requests))
+
+    def attempt(req: BookingRequest) -> str:
+        barrier.wait()
+        try:
+            with UnitOfWork(salon.tenant.id) as uow:
+                booking.book(uow, req, NOW)
+                uow.commit()
+            return "booked"
+        except DomainError as error:
+            return error.code
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        return list(pool.map(attempt, requests))
+
+
+def haircut_at(salon, clock: str, n: int, stylist=None) -> BookingRequest:
+    return BookingRequest(
+        salon.haircut.id,
+        salon.at(DAY, clock),
+        ClientDetails("Caller", phone=f"+3461400{n:04d}"),
+        (stylist.id,) if stylist else (),
+    )
+
+
+def count(engine, model, *where) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_twenty_threads_for_one_slot_give_one_booking(committed_engine, committed):
+    salon = committed()
+    outcomes = book_all(salon, [haircut_at(salon, "10:00", n) for n in range(20)])
+    assert outcomes.count("booked") == 1
+    assert set(outcomes) == {"booked", "slot_taken"}
+    assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 1
+
+
+def test_different_stylists_sharing_one_chair_are_serialised_by_the_chair(committed_engine, committed):
+    salon = committed(stylists=3)
+    requests = [haircut_at(salon, "10:00" if n % 2 else "10:30", n, salon.stylists[n % 3]) for n in range(12)]
+    outcomes = book_all(salon, requests)
+    assert outcomes.count("booked") == 1
+    chair_rows = count(
+        committed_engine,
+        AppointmentResource,
+        AppointmentResource.resource_id == salon.chairs[0].id,
+        AppointmentResource.active.is_(True),
+    )
+    assert chair_rows == 1
+
+
+def test_one_new_client_booking_twice_at_once_is_created_once(committed_engine, committed):
+    salon = committed(chairs=1)
+    same_person = [
+        BookingRequest(salon.haircut.id, salon.at(DAY, clock), ClientDetails("Ana", phone="+34612000111"))
+        for clock in ("10:00", "11:00", "12:00", "13:00")
+    ]
+    outcomes = book_all(salon, same_person)
+    assert outcomes == ["booked"] * 4
+    assert count(committed_engine, Client, Client.tenant_id == salon.tenant.id) == 1
+
+
+def test_two_bookings_cannot_both_take_the_last_unit_of_the_plan(committed_engine, committed):
+    salon = committed(stylists=1, chairs=1)
+    with Session(committed_engine) as session:
+        plan = factories.make_plan(session, max_appointments_per_month=3)
+        factories.make_subscription(session, session.merge(salon.tenant), plan, status="active")
+        session.commit()
+    requests = [haircut_at(salon, f"{9 + n:02d}:00", n) for n in range(6)]
+    outcomes = book_all(salon, requests)
+    assert outcomes.count("booked") == 3
+    assert outcomes.count("plan_limit_reached") == 3
+    assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 3
