@@ -291,7 +291,6 @@ def _beat_argv() -> list[str]:
 
 
 def _flower_argv(address: str, port: int) -> list[str]:
-    settings = _settings()
     return [
         sys.executable,
         "-m",
@@ -301,14 +300,19 @@ def _flower_argv(address: str, port: int) -> list[str]:
         "flower",
         f"--address={address}",
         f"--port={port}",
-        f"--basic-auth={settings.flower_user}:{settings.flower_password}",
     ]
 
 
-def _exec(argv: list[str]) -> None:
+def _flower_env() -> dict[str, str]:
+    # Flower reads FLOWER_* variables as options; passing the password this way keeps it out of `ps`.
+    settings = _settings()
+    return {**os.environ, "FLOWER_BASIC_AUTH": f"{settings.flower_user}:{settings.flower_password}"}
+
+
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, env if env is not None else os.environ)
 
 
 @cli.command()
@@ -338,7 +342,7 @@ def beat() -> None:
 @click.option("--port", default=5555, show_default=True, type=int)
 def flower(address: str, port: int) -> None:
     """Run Flower, the Celery monitor, behind basic auth (VOICEAPPOINT_FLOWER_USER/PASSWORD)."""
-    _exec(_flower_argv(address, port))
+    _exec(_flower_argv(address, port), _flower_env())
 
 
 # --- up ---------------------------------------------------------------------------------------------
@@ -351,11 +355,12 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen] = {}
         self._output_lock = threading.Lock()
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         # A session of its own: a Ctrl-C in the terminal reaches only us, and we stop the children in order.
         process = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -397,6 +402,17 @@ class Supervisor:
             process.wait()
 
 
+def _check_port_free(host: str, port: int, option: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as uvicorn does: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise CommandError(f"{host}:{port} is already in use; pick another port with {option}") from None
+
+
 def _wait_for_port(host: str, port: int, supervisor: Supervisor, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and supervisor.first_exited() is None:
@@ -413,13 +429,14 @@ def _next_weekday(today: date) -> date:
     return day
 
 
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit
+def _shown(url: str) -> str:
+    """The URL as a person reads it: no password, the socket directory not percent-encoded."""
+    from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return unquote(parts.geturl())
 
 
 def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
@@ -441,8 +458,8 @@ def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
             "VoiceAppoint is running (Ctrl-C stops everything):",
             f"  API      {api_url}   (OpenAPI docs at {api_url}/docs)",
             f"  Flower   {flower_url}   (user '{settings.flower_user}', password from VOICEAPPOINT_FLOWER_PASSWORD)",
-            f"  Database {_without_password(settings.database_url)}",
-            f"  Redis    {_without_password(settings.redis_url)}",
+            f"  Database {_shown(settings.database_url)}",
+            f"  Redis    {_shown(settings.redis_url)}",
             f"  Demo tenant '{DEMO_TENANT_SLUG}', API key (shown once, only its hash is stored): {key}",
             "",
             "Try:",
@@ -468,6 +485,8 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
         stop_requested.append(signum)
 
     previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _check_port_free(host, port, "--port")
+    _check_port_free(host, flower_port, "--flower-port")
     supervisor = Supervisor()
     exit_code = 0
     try:
@@ -486,7 +505,7 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
             supervisor.start("api", _api_argv(host, port))
             supervisor.start("worker", _worker_argv(QUEUES, concurrency))
             supervisor.start("beat", _beat_argv())
-            supervisor.start("flower", _flower_argv(host, flower_port))
+            supervisor.start("flower", _flower_argv(host, flower_port), _flower_env())
             if _wait_for_port(host, port, supervisor):
                 click.echo(_banner(f"http://{host}:{port}", f"http://{host}:{flower_port}", api_key))
             while not stop_requested:

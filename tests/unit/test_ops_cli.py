@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,19 @@ def test_an_operator_error_is_one_line_and_exit_status_2(env, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("voiceappoint: error:")
     assert expected in lines[0]
+
+
+def test_up_refuses_a_port_that_is_taken_before_starting_anything():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _voiceappoint("up", "--port", str(port))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"voiceappoint: error: 127.0.0.1:{port} is already in use; pick another port with --port"
+    )
 
 
 def test_pytest_runs_quietly_on_two_workers_unless_told_otherwise():
