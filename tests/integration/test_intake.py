@@ -1,0 +1,120 @@
+"""core.intake: the job life cycle on the real database (submit, run once, outcome, sweep)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from core import intake
+from core.db import UnitOfWork
+from core.errors import Conflict
+from core.models import Appointment, IntakeJob
+from tests.scenarios import build_salon
+
+NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
+DAY = date(2027, 3, 3)
+
+
+@pytest.fixture
+def salon(db):
+    return build_salon(db)
+
+
+def payload(salon, clock="10:00", phone="+34612345678"):
+    return {
+        "service_id": str(salon.haircut.id),
+        "start": salon.at(DAY, clock).isoformat(),
+        "client": {"first_name": "Lucía", "phone": phone},
+    }
+
+
+def submit(salon, body, key=None, sent=None):
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, created = intake.submit(
+            uow,
+            "booking",
+            body,
+            key,
+            NOW,
+            lambda job_id, queue: (sent if sent is not None else []).append((job_id, queue)),
+        )
+    return job, created
+
+
+def run(job_id):
+    with UnitOfWork() as uow:
+        return intake.run(uow, job_id, NOW)
+
+
+def test_a_job_is_enqueued_only_after_it_is_committed(db, salon):
+    sent = []
+    job, created = submit(salon, payload(salon), sent=sent)
+    assert created and job.status == "queued"
+    assert sent == [(job.job_id, "bookings")]
+    assert db.get(IntakeJob, job.job_id).request_hash == intake.request_hash("booking", payload(salon))
+
+
+def test_a_repeated_key_returns_the_first_job_and_another_body_is_a_conflict(db, salon):
+    sent = []
+    first, _ = submit(salon, payload(salon), "order-1", sent)
+    again, created = submit(salon, payload(salon), "order-1", sent)
+    assert again.job_id == first.job_id and not created
+    assert len(sent) == 1
+    with pytest.raises(Conflict) as reused:
+        submit(salon, payload(salon, "11:00"), "order-1")
+    assert reused.value.code == "idempotency_key_reused"
+    # The same key is another tenant's own business.
+    other = build_salon(db)
+    theirs, created = submit(other, payload(other), "order-1")
+    assert created and theirs.job_id != first.job_id
+
+
+def test_running_a_job_twice_books_once(db, salon):
+    job, _ = submit(salon, payload(salon))
+    first = run(job.job_id)
+    second = run(job.job_id)
+    assert first["status"] == second["status"] == "succeeded"
+    assert first["result"] == second["result"]
+    stored = db.get(IntakeJob, job.job_id)
+    db.refresh(stored)
+    assert stored.appointment_id == uuid.UUID(first["result"]["appointment_id"])
+    assert stored.attempts == 1
+    count = db.scalar(
+        select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+    )
+    assert count == 1
+
+
+def test_a_domain_error_is_the_jobs_outcome_and_books_nothing(db, salon):
+    winner, _ = submit(salon, payload(salon))
+    loser, _ = submit(salon, payload(salon, phone="+34612345679"))
+    run(winner.job_id)
+    outcome = run(loser.job_id)
+    assert outcome["status"] == "failed"
+    assert outcome["error"]["code"] == "slot_taken"
+    assert len(outcome["error"]["alternatives"]) == 3
+    stored = db.get(IntakeJob, loser.job_id)
+    db.refresh(stored)
+    assert stored.finished_at == NOW and stored.appointment_id is None
+
+
+def test_the_sweeper_claims_jobs_the_queue_lost_once(db, salon):
+    lost, _ = submit(salon, payload(salon))
+    fresh, _ = submit(salon, payload(salon, "11:00"))
+    db.get(IntakeJob, lost.job_id).enqueued_at = NOW - timedelta(minutes=5)
+    db.flush()
+    with UnitOfWork() as uow:
+        claimed = intake.claim_stale(
+            uow, NOW, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
+        )
+        uow.commit()
+    assert (lost.job_id, "bookings") in claimed
+    assert fresh.job_id not in {job_id for job_id, _ in claimed}
+    with UnitOfWork() as uow:
+        again = intake.claim_stale(
+            uow, NOW, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
+        )
+    assert lost.job_id not in {job_id for job_id, _ in again}
