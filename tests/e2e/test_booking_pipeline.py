@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time as clock
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from core import intake
+from core.db import UnitOfWork
 from core.models import Appointment, AppointmentResource, IntakeJob
 from tests.scenarios import build_salon
 
@@ -192,3 +194,28 @@ def test_wait_answers_a_taken_slot_with_a_problem_and_alternatives(
     assert taken.json()["code"] == "slot_taken"
     assert len(taken.json()["alternatives"]) == 3
     assert taken.json()["job_id"]
+
+
+def test_a_job_accepted_while_the_broker_was_down_is_booked_by_the_sweeper(
+    committed_engine, worker, celery_client, salon
+):
+    def broker_down(job_id, queue):
+        raise ConnectionError("redis is down")
+
+    start = salon.at(booking_day(salon), "17:00")
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(
+            uow, "booking", body(salon, start, "+34612999005"), None, datetime.now(UTC), broker_down
+        )
+    with Session(committed_engine) as session:
+        stored = session.get(IntakeJob, job.job_id)
+        assert stored.status == "queued"
+        # As if a minute had passed without any worker hearing of it.
+        stored.enqueued_at = datetime.now(UTC) - timedelta(minutes=2)
+        session.commit()
+
+    assert celery_client.send_task("scheduled.sweep_intake").get(timeout=30)["requeued"] >= 1
+
+    (finished,) = wait_for_jobs(committed_engine, [str(job.job_id)])
+    assert finished.status == "succeeded", finished.error
+    assert finished.result["start"] == start.isoformat()
