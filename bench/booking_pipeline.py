@@ -6,10 +6,16 @@ The run is self-contained: its own database (va_bench_<id>, migrated to head, ne
 own Redis key prefix on REDIS_URL, two worker processes started as the e2e harness starts them; all of
 it is stopped, dropped and deleted at the end (VOICEAPPOINT_KEEP_BENCH_DB=1 keeps the database).
 
-What it measures today: the no-op ceiling only, i.e. `diagnostics.noop` tasks sent on the `bookings`
-queue, the lane booking jobs use, so it is what the worker machinery alone allows (broker round trips,
-acks, result writes, events). Booking measurements are added beside `run_noop` and reported as a ratio
-of this ceiling.
+What it measures, through the same workers in one run:
+- the no-op ceiling: `diagnostics.noop` tasks on the `bookings` queue, the lane booking jobs use, i.e.
+  what the worker machinery alone allows (broker round trips, acks, result writes, events);
+- bookings spread over many businesses (no two jobs compete for a resource lock);
+- bookings all on one hot resource (every job locks the same stylist and chair, at distinct times).
+Booking jobs are recorded as intake jobs before the clock starts, as the API records them; the clock
+runs from the first `bookings.process` sent to the last result. Every booking must succeed, and the
+run checks that no resource is ever allocated twice at overlapping times.
+
+Targets (issue 4): bookings >= 0.5 x the no-op ceiling; hot >= 0.9 x spread; zero double bookings.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +40,16 @@ sys.path.insert(0, str(REPO_ROOT))
 import redis  # noqa: E402
 from alembic import command  # noqa: E402
 from celery import Celery  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from core import intake  # noqa: E402
 from core.config import get_settings  # noqa: E402
+from core.db import UnitOfWork  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
 from tests.e2e.processes import ProcessEnvironment, ProcessHarness, WorkerProcess  # noqa: E402
+from tests.scenarios import build_salon  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 RESULT_TIMEOUT = 300
@@ -121,6 +132,78 @@ def run_noop(n: int, bench: Bench) -> Measurement:
     return _run_tasks(bench, "noop ceiling", "diagnostics.noop", n, queue="bookings")
 
 
+SLOT_MINUTES = 15
+SPREAD_BUSINESSES = 50
+
+
+def _prepare_bookings(bench: Bench, n: int, businesses: int) -> list[str]:
+    """n booking jobs over `businesses` salons of one stylist and one chair, each job at its own slot."""
+    engine = create_engine(bench.database_url)
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    per_business = -(-n // businesses)
+    job_ids: list[str] = []
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            salons = [
+                build_salon(
+                    session,
+                    stylists=1,
+                    chairs=1,
+                    duration_minutes=SLOT_MINUTES,
+                    opens="00:00",
+                    closes="23:45",
+                    max_advance_booking_days=120,
+                )
+                for _ in range(businesses)
+            ]
+            session.commit()
+        slots_per_day = 24 * 60 // SLOT_MINUTES - 1
+        for index in range(n):
+            salon, k = salons[index % businesses], index // businesses
+            day = tomorrow + timedelta(days=k // slots_per_day)
+            start = salon.at(day, "00:00") + timedelta(minutes=SLOT_MINUTES * (k % slots_per_day))
+            payload = {
+                "service_id": str(salon.haircut.id),
+                "start": start.isoformat(),
+                "client": {"first_name": "Bench", "phone": f"+3461{index % per_business:07d}"},
+            }
+            with UnitOfWork(salon.tenant.id, factory=sessionmaker(engine)) as uow:
+                job, _ = intake.submit(uow, "booking", payload, None, datetime.now(UTC), lambda *_: None)
+            job_ids.append(str(job.job_id))
+    finally:
+        engine.dispose()
+    return job_ids
+
+
+def run_bookings(name: str, n: int, businesses: int, bench: Bench) -> Measurement:
+    job_ids = _prepare_bookings(bench, n, businesses)
+    started = time.perf_counter()
+    results = [
+        bench.client.send_task("bookings.process", args=[job_id], queue="bookings") for job_id in job_ids
+    ]
+    outcomes = [result.get(timeout=RESULT_TIMEOUT) for result in results]
+    seconds = time.perf_counter() - started
+    failed = [outcome for outcome in outcomes if outcome["status"] != "succeeded"]
+    if failed:
+        raise SystemExit(f"{name}: {len(failed)} bookings failed, e.g. {failed[0]}")
+    return Measurement(name, n, seconds)
+
+
+def double_bookings(bench: Bench) -> int:
+    engine = create_engine(bench.database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                text(
+                    "SELECT count(*) FROM appointment_resources a JOIN appointment_resources b"
+                    " ON a.resource_id = b.resource_id AND a.id < b.id AND a.allocated_during && b.allocated_during"
+                    " WHERE a.active AND b.active"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def report(measurements: list[Measurement], bench: Bench) -> None:
     shape = f"{len(bench.workers)} workers x {bench.workers[0].concurrency} processes"
     for measurement in measurements:
@@ -151,9 +234,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     with bench_environment(workers=args.workers, concurrency=args.concurrency) as bench:
-        measurements = [run_noop(args.tasks, bench)]
-        report(measurements, bench)
-    print("measured: the no-op ceiling only (booking throughput is not measured by this script yet)")
+        noop = run_noop(args.tasks, bench)
+        spread = run_bookings("bookings spread", args.tasks, SPREAD_BUSINESSES, bench)
+        hot = run_bookings("bookings on one hot resource", args.tasks, 1, bench)
+        report([noop, spread, hot], bench)
+        overlaps = double_bookings(bench)
+    slowest = min(spread.per_second, hot.per_second)
+    print(f"bookings / no-op ceiling: {slowest / noop.per_second:.2f} (target >= 0.5)")
+    print(f"hot / spread: {hot.per_second / spread.per_second:.2f} (target >= 0.9)")
+    print(f"double bookings: {overlaps} (target 0)")
 
 
 if __name__ == "__main__":

@@ -172,20 +172,39 @@ def bookable_service(uow: UnitOfWork, service_id: uuid.UUID) -> Service:
 
 def validate_request(uow: UnitOfWork, request: BookingRequest, now: datetime) -> None:
     """What can be said about a request without looking at the calendar: it is rejected before a job exists."""
+    _checked(uow, request, now)
+
+
+def _checked(
+    uow: UnitOfWork, request: BookingRequest, now: datetime
+) -> tuple[Tenant, Service, dict[uuid.UUID, int]]:
+    """The tenant, the service and the units each candidate resource would give, once the request is valid."""
     tenant = bookable_tenant(uow)
     service = bookable_service(uow, request.service_id)
     clients.normalise(request.client, tenant)
     _check_on_grid(tenant, request.start)
     if request.start <= now:
         raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
-    eligible = set(availability.candidate_resource_ids(uow, service))
-    unknown = [r for r in request.resource_ids if r not in eligible]
+    candidates = _candidate_units(uow, service)
+    unknown = [r for r in request.resource_ids if r not in candidates]
     if unknown:
         raise InvalidRequest(
             f"Resource {unknown[0]} does not provide {service.name}.",
             code="resource_not_eligible",
             field="resource_ids",
         )
+    return tenant, service, candidates
+
+
+def _candidate_units(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, int]:
+    """Every resource that could serve the service, with the capacity units one appointment takes of it."""
+    eligible = set(availability.candidate_resource_ids(uow, service))
+    links = uow.session.execute(
+        select(ServiceResource.resource_id, ServiceResource.quantity_required).where(
+            ServiceResource.service_id == service.id
+        )
+    ).all()
+    return {resource_id: quantity or 1 for resource_id, quantity in links if resource_id in eligible}
 
 
 def _check_on_grid(tenant: Tenant, start: datetime) -> None:
@@ -208,9 +227,7 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
 
 
 def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
-    validate_request(uow, request, now)
-    tenant = uow.get(Tenant, uow.tenant_id)
-    service = uow.get(Service, request.service_id)
+    tenant, service, candidates = _checked(uow, request, now)
     _enforce_monthly_limit(uow, tenant, request.start)
     client = clients.find_or_create(uow, tenant, request.client)
     appointment = Appointment(
@@ -228,44 +245,38 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
         client_notes=request.notes,
     )
     uow.session.add(appointment)
-    slot = _allocate(uow, tenant, service, appointment, request.start, now, request.resource_ids)
     client.total_appointments = (client.total_appointments or 0) + 1
     client.last_appointment_date = appointment.scheduled_start
     uow.session.flush()
+    # Everything that does not need the resources happens before they are locked: other bookings of
+    # the same stylist wait only for the check and the insert. A taken slot rolls all of it back.
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_confirmed")
+    slot = _allocate(uow, service, appointment, request.start, now, request.resource_ids, candidates)
     return _booked(appointment, slot.resource_ids, tenant)
 
 
 def _allocate(
     uow: UnitOfWork,
-    tenant: Tenant,
     service: Service,
     appointment: Appointment,
     start: datetime,
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
+    candidates: dict[uuid.UUID, int],
 ) -> Slot:
-    candidates = availability.candidate_resource_ids(uow, service)
     # The fixed lock order is what keeps two bookings from deadlocking on the same resources.
-    uow.session.execute(
-        select(Resource.id).where(Resource.id.in_(candidates)).order_by(Resource.id).with_for_update()
+    capacities = dict(
+        uow.session.execute(
+            select(Resource.id, Resource.capacity)
+            .where(Resource.id.in_(candidates))
+            .order_by(Resource.id)
+            .with_for_update()
+        ).all()
     )
     try:
         slot = availability.check_slot(uow, service, start, now, resource_ids or None)
     except SlotUnavailable as unavailable:
         raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
-    capacities = dict(
-        uow.session.execute(
-            select(Resource.id, Resource.capacity).where(Resource.id.in_(slot.resource_ids))
-        ).all()
-    )
-    units = dict(
-        uow.session.execute(
-            select(ServiceResource.resource_id, ServiceResource.quantity_required).where(
-                ServiceResource.service_id == service.id
-            )
-        ).all()
-    )
     occupied_until = slot.end + timedelta(minutes=service.buffer_time_minutes or 0)
     for resource_id in slot.resource_ids:
         capacity = capacities.get(resource_id) or 1
@@ -276,7 +287,7 @@ def _allocate(
                 allocated_start=slot.start,
                 allocated_end=slot.end,
                 allocated_during=Range(slot.start, occupied_until, bounds="[)"),
-                units=units.get(resource_id) or 1,
+                units=candidates.get(resource_id, 1),
                 exclusive=capacity == 1,
                 active=True,
             )
@@ -441,7 +452,7 @@ def reschedule(
     _release(uow, appointment)
     appointment.scheduled_start = new_start
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
-    slot = _allocate(uow, tenant, service, appointment, new_start, now, resource_ids)
+    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, _candidate_units(uow, service))
     history = list((appointment.metadata_ or {}).get("reschedules", []))
     history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from core import booking
@@ -176,6 +176,9 @@ def get_job(uow: UnitOfWork, job_id: uuid.UUID | str) -> JobView:
 def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, Any]:
     """Process one job. The booking and the job's outcome commit together; a domain error is an
     outcome (the job fails with its code), anything else propagates for the worker to retry."""
+    # Losing this marker in a crash is harmless (the job is simply still `queued`), so it need not
+    # wait for the WAL flush that the booking's own commit waits for.
+    uow.session.execute(text("SET LOCAL synchronous_commit = off"))
     started = uow.session.scalar(
         update(IntakeJob)
         .where(IntakeJob.id == uuid.UUID(str(job_id)), IntakeJob.status.in_(("queued", "running")))
