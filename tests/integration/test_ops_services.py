@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +22,16 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture
+def data_dir():
+    """A data folder outside pytest's tmp_path: pytest resets its base folder to mode 0700 whenever an
+    xdist worker starts using it, and the private PostgreSQL, run as the user `pgserver` when we are
+    root, must be able to traverse every parent of its data folder."""
+    path = tempfile.mkdtemp(prefix="va-ops-services-")
+    yield Path(path) / "data"
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _libpq(url: str, database: str) -> str:
@@ -40,8 +53,7 @@ def _wait_gone(pid: int) -> bool:
     return not _pid_alive(pid)
 
 
-def test_private_servers_start_when_local_urls_do_not_answer(tmp_path):
-    data_dir = tmp_path / "data"
+def test_private_servers_start_when_local_urls_do_not_answer(data_dir):
     database_url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/va_private_check"
     redis_url = f"redis://127.0.0.1:{_closed_port()}/2"
 
@@ -96,8 +108,7 @@ def test_private_servers_start_when_local_urls_do_not_answer(tmp_path):
         assert stop_postgres(data_dir) is True
 
 
-def test_a_claim_of_a_dead_process_does_not_keep_the_server(tmp_path):
-    data_dir = tmp_path / "data"
+def test_a_claim_of_a_dead_process_does_not_keep_the_server(data_dir):
     redis_url = f"redis://127.0.0.1:{_closed_port()}/0"
     ensure_redis(redis_url, data_dir)
     claims = data_dir / "redis" / ".claims"
