@@ -497,23 +497,3 @@ def stop_redis(data_dir: Path | str = DEFAULT_DATA_DIR) -> bool:
         _stop_pid(pid, signal.SIGTERM, "the private Redis")
         (redis_dir / "redis.pid").unlink(missing_ok=True)
         return True
-
-
-# --- both ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running_services(
-    database_url: str, redis_url: str, data_dir: Path | str = DEFAULT_DATA_DIR
-) -> Iterator[tuple[str, str]]:
-    """(database_url, redis_url) that answer for the duration of the block; private servers are released after."""
-    started_postgres = started_redis = False
-    try:
-        database_url, started_postgres = ensure_postgres(database_url, data_dir)
-        redis_url, started_redis = ensure_redis(redis_url, data_dir)
-        yield database_url, redis_url
-    finally:
-        if started_redis and stop_redis(data_dir):
-            _say("stopped the private Redis")
-        if started_postgres and stop_postgres(data_dir):
-            _say("stopped the private PostgreSQL")
