@@ -52,6 +52,9 @@ class CommandError(Exception):
 def main() -> None:
     try:
         cli.main(prog_name="voiceappoint")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     except (ServiceError, CommandError) as exc:
         _fail(str(exc))
     except ValidationError as exc:
@@ -484,7 +487,9 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
     def request_stop(signum, _frame) -> None:
         stop_requested.append(signum)
 
-    previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {
+        sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     _check_port_free(host, port, "--port")
     _check_port_free(host, flower_port, "--flower-port")
     supervisor = Supervisor()
