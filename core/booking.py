@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import Range
 from sqlalchemy.exc import IntegrityError
 
@@ -198,13 +198,17 @@ def _checked(
 
 def _candidate_units(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, int]:
     """Every resource that could serve the service, with the capacity units one appointment takes of it."""
-    eligible = set(availability.candidate_resource_ids(uow, service))
     links = uow.session.execute(
-        select(ServiceResource.resource_id, ServiceResource.quantity_required).where(
-            ServiceResource.service_id == service.id
+        select(ServiceResource.resource_id, ServiceResource.quantity_required)
+        .join(Resource, Resource.id == ServiceResource.resource_id)
+        .where(
+            ServiceResource.service_id == service.id,
+            Resource.tenant_id == service.tenant_id,
+            Resource.is_active.is_(True),
+            Resource.deleted_at.is_(None),
         )
     ).all()
-    return {resource_id: quantity or 1 for resource_id, quantity in links if resource_id in eligible}
+    return {resource_id: quantity or 1 for resource_id, quantity in links}
 
 
 def _check_on_grid(tenant: Tenant, start: datetime) -> None:
@@ -278,34 +282,30 @@ def _allocate(
     except SlotUnavailable as unavailable:
         raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
     occupied_until = slot.end + timedelta(minutes=service.buffer_time_minutes or 0)
-    for resource_id in slot.resource_ids:
-        capacity = capacities.get(resource_id) or 1
-        uow.session.add(
-            AppointmentResource(
-                appointment_id=appointment.id,
-                resource_id=resource_id,
-                allocated_start=slot.start,
-                allocated_end=slot.end,
-                allocated_during=Range(slot.start, occupied_until, bounds="[)"),
-                units=candidates.get(resource_id, 1),
-                exclusive=capacity == 1,
-                active=True,
-            )
-        )
+    allocations = [
+        {
+            "id": uuid.uuid4(),
+            "appointment_id": appointment.id,
+            "resource_id": resource_id,
+            "allocated_start": slot.start,
+            "allocated_end": slot.end,
+            "allocated_during": Range(slot.start, occupied_until, bounds="[)"),
+            "units": candidates.get(resource_id, 1),
+            "exclusive": (capacities.get(resource_id) or 1) == 1,
+            "active": True,
+        }
+        for resource_id in slot.resource_ids
+    ]
     try:
+        # The savepoint keeps the transaction usable after a violation, to look up the alternatives.
         with uow.session.begin_nested():
-            uow.session.flush()
+            uow.session.execute(insert(AppointmentResource), allocations)
     except IntegrityError as error:
-        if getattr(error.orig, "sqlstate", None) == "23P01":
-            raise _with_alternatives(
-                uow,
-                service,
-                start,
-                now,
-                resource_ids,
-                SlotUnavailable("That time was just taken.", code="slot_taken"),
-            ) from None
-        raise
+        if getattr(error.orig, "sqlstate", None) != "23P01":
+            raise
+        # The locks make this unreachable for well-behaved writers; the exclusion constraint is the last word.
+        taken = SlotUnavailable("That time was just taken.", code="slot_taken")
+        raise _with_alternatives(uow, service, start, now, resource_ids, taken) from None
     return slot
 
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import phonenumbers
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert
 
 from core.db import UnitOfWork
-from core.errors import InvalidRequest
+from core.errors import Conflict, InvalidRequest
 from core.models import Client, Tenant
 
 EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
@@ -79,23 +79,28 @@ def find_or_create(uow: UnitOfWork, tenant: Tenant, details: ClientDetails) -> C
     client = _find(uow, tenant, details)
     if client is not None:
         return client
-    client = Client(
-        tenant_id=tenant.id,
-        first_name=details.first_name,
-        last_name=details.last_name,
-        phone=details.phone,
-        email=details.email,
-        preferred_language=details.preferred_language,
-        communication_preferences={"email": details.email is not None, "sms": details.phone is not None},
-        source="booking",
+    # ON CONFLICT instead of a savepoint: the partial unique indexes (phone, email per tenant) decide
+    # between two bookings racing to create the same client, and the loser reads the winner's row.
+    client = uow.session.scalar(
+        insert(Client)
+        .values(
+            tenant_id=tenant.id,
+            first_name=details.first_name,
+            last_name=details.last_name,
+            phone=details.phone,
+            email=details.email,
+            preferred_language=details.preferred_language,
+            communication_preferences={"email": details.email is not None, "sms": details.phone is not None},
+            source="booking",
+        )
+        .on_conflict_do_nothing()
+        .returning(Client)
     )
-    try:
-        with uow.session.begin_nested():
-            uow.session.add(client)
-    except IntegrityError:
-        client = _find(uow, tenant, details)
-        if client is None:
-            raise
+    client = client or _find(uow, tenant, details)
+    if client is None:
+        raise Conflict(
+            "The client's phone and email belong to two different clients.", code="client_conflict"
+        )
     return client
 
 

@@ -8,7 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core import booking
+from core import availability, booking
+from core.availability import Slot
 from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork
@@ -283,3 +284,22 @@ def test_no_show_releases_the_resources(db, salon):
         booking.mark_no_show(uow, booked.appointment_id, salon.at(DAY, "10:30"))
         uow.commit()
     assert not allocations(db, booked.appointment_id, active=True)
+
+
+def test_the_exclusion_constraint_is_the_last_word_when_a_check_is_wrong(db, salon, monkeypatch):
+    first = book(salon, request(salon, "10:00"))
+
+    def check_that_sees_nothing(uow, service, start, now, resource_ids=None):
+        return Slot(start, start + timedelta(minutes=45), tuple(sorted(first.resource_ids)))
+
+    monkeypatch.setattr(availability, "check_slot", check_that_sees_nothing)
+    with pytest.raises(SlotUnavailable) as taken:
+        book(salon, request(salon, "10:00", phone="612 345 679"))
+    assert taken.value.code == "slot_taken"
+    assert len(taken.value.details["alternatives"]) == 3
+    live = db.scalar(
+        select(func.count())
+        .select_from(AppointmentResource)
+        .where(AppointmentResource.resource_id == salon.chairs[0].id, AppointmentResource.active.is_(True))
+    )
+    assert live == 1
