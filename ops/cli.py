@@ -387,7 +387,7 @@ class Supervisor:
         return None
 
     def stop_all(self, grace_seconds: float = 15.0) -> None:
-        # Stop in reverse start order (Flower and Beat before the worker, the API last to go is fine too).
+        # Reverse start order: Flower and Beat go first, so nothing new is scheduled while the worker drains.
         for name, process in reversed(self.children.items()):
             if process.poll() is None:
                 click.echo(f"stopping {name} (pid {process.pid})", err=True)
