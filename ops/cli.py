@@ -34,6 +34,7 @@ from ops.services import (
     data_dir_from_env,
     ensure_postgres,
     ensure_redis,
+    shown_url,
     stop_postgres,
     stop_redis,
 )
@@ -432,16 +433,6 @@ def _next_weekday(today: date) -> date:
     return day
 
 
-def _shown(url: str) -> str:
-    """The URL as a person reads it: no password, the socket directory not percent-encoded."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    return unquote(parts.geturl())
-
-
 def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
     from core import seed
 
@@ -461,8 +452,8 @@ def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
             "VoiceAppoint is running (Ctrl-C stops everything):",
             f"  API      {api_url}   (OpenAPI docs at {api_url}/docs)",
             f"  Flower   {flower_url}   (user '{settings.flower_user}', password from VOICEAPPOINT_FLOWER_PASSWORD)",
-            f"  Database {_shown(settings.database_url)}",
-            f"  Redis    {_shown(settings.redis_url)}",
+            f"  Database {shown_url(settings.database_url)}",
+            f"  Redis    {shown_url(settings.redis_url)}",
             f"  Demo tenant '{DEMO_TENANT_SLUG}', API key (shown once, only its hash is stored): {key}",
             "",
             "Try:",

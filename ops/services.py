@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 import redis
@@ -51,6 +51,14 @@ class ServiceError(Exception):
 
 def data_dir_from_env() -> Path:
     return Path(os.environ.get("VOICEAPPOINT_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def shown_url(url: str) -> str:
+    """A URL as a person should see it: no password, a socket directory not percent-encoded."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return unquote(parts.geturl())
 
 
 def _say(line: str) -> None:
@@ -127,9 +135,10 @@ def _stop_pid(pid: int, first_signal: int, what: str) -> None:
         _wait_for_exit(pid, 5)
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def _read_number(path: Path) -> int | None:
+    """The first number in a file (a pid file, our port file), or None."""
     try:
-        return int(pid_file.read_text().split()[0])
+        return int(path.read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError):
         return None
 
@@ -297,7 +306,7 @@ def ensure_postgres(url: str, data_dir: Path | str = DEFAULT_DATA_DIR) -> tuple[
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
-    pid = _read_pid(pgdata / "postmaster.pid")
+    pid = _read_number(pgdata / "postmaster.pid")
     return pid if pid is not None and _pid_alive(pid) else None
 
 
@@ -346,14 +355,8 @@ def _redis_db(parts) -> int:
     return int(path) if path.isdigit() else 0
 
 
-def _hide_password(parts) -> str:
-    if parts.password is None:
-        return parts.geturl()
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
 def _redis_answers(url: str, parts) -> bool:
-    where = _hide_password(parts)
+    where = shown_url(url)
     if parts.scheme == "unix":
         if not Path(parts.path).exists():
             return False
@@ -391,8 +394,8 @@ def _free_port() -> int:
 
 def _private_redis_port(redis_dir: Path) -> int | None:
     """The port of a private Redis left running by an earlier run, if it still answers."""
-    pid = _read_pid(redis_dir / "redis.pid")
-    port = _read_pid(redis_dir / "port")
+    pid = _read_number(redis_dir / "redis.pid")
+    port = _read_number(redis_dir / "port")
     if pid is None or port is None or not _pid_alive(pid):
         return None
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=2)
@@ -464,7 +467,7 @@ def ensure_redis(url: str, data_dir: Path | str = DEFAULT_DATA_DIR) -> tuple[str
     parts = _parse_redis_url(url)
     if _redis_answers(url, parts):
         return url, False
-    where = _hide_password(parts)
+    where = shown_url(url)
     host = parts.path if parts.scheme == "unix" else parts.hostname
     if not _is_local(host):
         raise ServiceError(
@@ -491,7 +494,7 @@ def stop_redis(data_dir: Path | str = DEFAULT_DATA_DIR) -> bool:
     with _services_lock(data_dir):
         if not _release(redis_dir / ".claims"):
             return False
-        pid = _read_pid(redis_dir / "redis.pid")
+        pid = _read_number(redis_dir / "redis.pid")
         if pid is None or not _pid_alive(pid):
             return False
         _stop_pid(pid, signal.SIGTERM, "the private Redis")
