@@ -301,7 +301,9 @@ def ensure_postgres(url: str, data_dir: Path | str = DEFAULT_DATA_DIR) -> tuple[
             ) from None
         _claim(pgdata / ".claims")
     verb = "using the private PostgreSQL already running" if was_running else "started a private PostgreSQL"
-    _say(f"PostgreSQL at {where} does not answer: {verb} under {pgdata} ({private.render_as_string()})")
+    _say(
+        f"PostgreSQL at {where} does not answer: {verb} under {pgdata} ({shown_url(private.render_as_string())})"
+    )
     return private.render_as_string(hide_password=False), True
 
 
