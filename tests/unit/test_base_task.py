@@ -133,7 +133,7 @@ def test_a_failure_is_logged_with_its_task_id(caplog):
         ended = fails_then_succeeds.apply(args=("slot_taken", 5), task_id="task-slot-1")
 
     assert failed.failed() and ended.failed()
-    by_task = {record.task_id: record for record in caplog.records if hasattr(record, "task_id")}
+    by_task = {r.task_id: r for r in caplog.records if r.name == "workers.base" and hasattr(r, "task_id")}
     assert by_task["task-bug-1"].levelno == logging.ERROR
     assert by_task["task-bug-1"].exc_info is not None
     # A domain error is an expected outcome: recorded quietly, without a traceback.
