@@ -15,9 +15,14 @@ class Settings(BaseSettings):
     database_url: str = Field(
         DEFAULT_DATABASE_URL, validation_alias=AliasChoices("DATABASE_URL", "VOICEAPPOINT_DATABASE_URL")
     )
-    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "VOICEAPPOINT_REDIS_URL"))
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "VOICEAPPOINT_REDIS_URL")
+    )
     # Every Redis key of this deployment (queues, results) starts with it; tests use their own.
     redis_key_prefix: str = ""
+    # The role the application acts as (`SET ROLE` on every new connection): it does not own the tables,
+    # so row-level security applies to it. Empty: act as the connecting user (no RLS if that is the owner).
+    db_app_role: str = "voiceappoint_app"
 
     env: str = "development"
     secret_key: str = "dev-secret-change-me"

@@ -196,7 +196,8 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
         with uow.session.begin_nested():
             booked = KINDS[job.kind].handle(uow, job.payload, now)
     except DomainError as error:
-        job.status, job.error = "failed", error.as_dict()
+        # The HTTP status the same error has when the API answers it directly (used by ?wait=).
+        job.status, job.error = "failed", {**error.as_dict(), "status": error.http_status}
     else:
         job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
     job.finished_at = now

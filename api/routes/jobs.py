@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import authenticated_tenant
+from api.errors import problem
 from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, Problem, RescheduleIn
 from core import intake
@@ -54,20 +55,18 @@ async def _answer(
         return JSONResponse(body, status_code=success_status, headers=headers)
     if job.status == "failed" and wait > 0:
         error = job.error or {}
-        status = 409 if error.get("code") in {"slot_taken", "plan_limit_reached"} else 422
-        return JSONResponse(
-            {
-                "type": f"https://docs.voiceappoint.app/errors/{error.get('code')}",
-                "title": "Request failed",
-                "status": status,
-                "detail": error.get("message", ""),
-                **error,
-                "job_id": str(job.job_id),
-            },
-            status_code=status,
-            media_type="application/problem+json",
-            headers=headers,
+        code = error.get("code", "internal_error")
+        fields = {name: value for name, value in error.items() if name not in ("code", "message", "status")}
+        response = problem(
+            error.get("status", 500),
+            code,
+            code.replace("_", " ").capitalize(),
+            error.get("message", ""),
+            job_id=str(job.job_id),
+            **fields,
         )
+        response.headers.update(headers)
+        return response
     return JSONResponse(body, status_code=202, headers=headers)
 
 
