@@ -32,14 +32,35 @@ import logging
 import re
 import uuid
 from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from dateutil.rrule import rrulestr
-from sqlalchemy import func, or_, select
+from sqlalchemy import (
+    Boolean,
+    CompoundSelect,
+    Date,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    Time,
+    Uuid,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
 
 from core.config import get_settings
 from core.db import UnitOfWork
@@ -334,6 +355,11 @@ class _Forbidden:
         i = bisect_left(self.los, start) - 1
         return i >= 0 and start < self.his[i]
 
+    def until(self, start: datetime) -> datetime | None:
+        """The first instant after `start` that is allowed again, or None when `start` is allowed."""
+        i = bisect_left(self.los, start) - 1
+        return self.his[i] if i >= 0 and start < self.his[i] else None
+
 
 class _Resource:
     """One needed resource's calendar, arranged so that each slot question costs a few bisects."""
@@ -348,8 +374,11 @@ class _Resource:
         self.headroom = capacity - need.quantity  # units other appointments may hold while this one runs
         self.windows = calendar.windows
         self._windows_on: dict[date, list[tuple[timedelta, timedelta]]] = {}
-        allocations = sorted((s, e, u) for s, e, u in calendar.allocations if u > 0)
-        self.block_spans = [(a - length, b) for a, b in calendar.blocks]
+        # Everything in UTC: comparing datetimes of different tzinfo objects costs a utcoffset() call each.
+        allocations = sorted(
+            (s.astimezone(UTC), e.astimezone(UTC), u) for s, e, u in calendar.allocations if u > 0
+        )
+        self.block_spans = [(a.astimezone(UTC) - length, b.astimezone(UTC)) for a, b in calendar.blocks]
         if self.headroom <= 0:
             # Exclusive for this service: any overlapping allocation rules the slot out.
             self.alloc_spans = [(a - occupied, b) for a, b, _ in allocations]
@@ -404,7 +433,7 @@ class _Resource:
 class _Day:
     """One local date: its midnight, and its UTC offset when that does not change within reach of a slot."""
 
-    __slots__ = ("day", "midnight", "offset")
+    __slots__ = ("day", "midnight", "utc_midnight")
 
     def __init__(self, day: date, tz: ZoneInfo, length: timedelta):
         self.day = day
@@ -412,13 +441,16 @@ class _Day:
         offsets = {(self.midnight + k * ONE_DAY).replace(tzinfo=tz).utcoffset() for k in range(3)}
         # With one offset from this midnight to two days later, wall clock and UTC differ by a constant for
         # every slot of the day; otherwise (a DST change, or a slot longer than a day) convert each time.
-        self.offset = offsets.pop() if len(offsets) == 1 and length < ONE_DAY else None
+        self.utc_midnight = None
+        if len(offsets) == 1 and length < ONE_DAY:
+            self.utc_midnight = (self.midnight - offsets.pop()).replace(tzinfo=UTC)
 
 
 class _Planner:
     def __init__(self, calendar: ServiceCalendar, now: datetime, resource_ids: Collection[uuid.UUID] = ()):
         if now.tzinfo is None:
             raise ValueError("now must be an aware datetime")
+        now = now.astimezone(UTC)
         rules = calendar.rules
         self.calendar = calendar
         self.tz = ZoneInfo(calendar.timezone)
@@ -510,9 +542,9 @@ class _Planner:
 
     def _wall_to_utc(self, day: _Day, wall: timedelta) -> tuple[datetime, timedelta] | None:
         """UTC start and wall-clock end (from the day's midnight) of a slot starting at `wall`; None in a gap."""
+        if day.utc_midnight is not None:
+            return day.utc_midnight + wall, wall + self.length
         local = day.midnight + wall
-        if day.offset is not None:
-            return (local - day.offset).replace(tzinfo=UTC), wall + self.length
         start = local.replace(tzinfo=self.tz).astimezone(UTC)  # fold=0: the first occurrence
         if start.astimezone(self.tz).replace(tzinfo=None) != local:
             return None  # the clock jumped over this time
@@ -556,7 +588,13 @@ class _Planner:
                         start, end_wall = converted
                         if latest is not None and start > latest:
                             return found  # the grid runs forward in time: nothing later qualifies
-                        if start >= earliest and end_wall <= close_at:
+                        busy_until = self.required_forbidden.until(start)
+                        if busy_until is not None and clock.utc_midnight is not None:
+                            # Jump over the busy stretch to the first grid time after it (any day without
+                            # a clock change, where grid and UTC move together).
+                            wall = max(wall + step, -((clock.utc_midnight - busy_until) // step) * step)
+                            continue
+                        if busy_until is None and start >= earliest and end_wall <= close_at:
                             ids, _ = self._serve(day, wall, end_wall, start)
                             if ids is not None:
                                 found.append(Slot(start, start + self.length, ids))
@@ -621,7 +659,7 @@ def find_slots(
     limit = get_settings().max_availability_days
     if (date_to - date_from).days + 1 > limit:
         raise InvalidRequest(f"Ask for at most {limit} days at a time.", code="range_too_long")
-    context = _context(uow, _service_row(uow, service_id))
+    context = _context(uow, service_id)
     rules, tz = context.rules, context.tz
     # Only the dates on which a slot could still be booked are loaded.
     first = max(date_from, (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date())
@@ -645,7 +683,7 @@ def check_slot(
     Raises InvalidRequest ("off_grid", "resource_not_eligible", "invalid_start") or SlotUnavailable
     ("too_soon", "too_far", "outside_hours", "slot_taken"); see `evaluate_slot`.
     """
-    context = _context(uow, _service_row(uow, service))
+    context = _context(uow, service)
     if start.tzinfo is None:
         raise InvalidRequest("The start needs a UTC offset.", code="invalid_start")
     day = start.astimezone(context.tz).date()
@@ -654,7 +692,7 @@ def check_slot(
 
 def candidate_resource_ids(uow: UnitOfWork, service: Service | uuid.UUID) -> list[uuid.UUID]:
     """Every active resource that could be allocated for the service, sorted by id (the lock order)."""
-    service = _service_row(uow, service)
+    service, _ = _service_row(uow, service)
     return sorted(need.resource_id for need, usable, _ in _needs(uow, service) if usable)
 
 
@@ -672,7 +710,7 @@ def nearest_alternatives(
     find_slots serves, for a service without that limit). The search widens day by day outward, so the
     usual case loads a couple of days only.
     """
-    context = _context(uow, _service_row(uow, service))
+    context = _context(uow, service)
     rules, tz = context.rules, context.tz
     horizon = rules.max_advance_booking_days
     if horizon is None:
@@ -700,17 +738,34 @@ def nearest_alternatives(
         radius *= 4
 
 
-def _service_row(uow: UnitOfWork, service: Service | uuid.UUID) -> Service:
+def _service_row(uow: UnitOfWork, service: Service | uuid.UUID) -> tuple[Service, Tenant | None]:
+    """The bookable service of the unit of work's tenant and that tenant, or NotFound("service_not_found").
+
+    Given an id, both come back in one query; given a row, the tenant usually is in the session already.
+    """
+    tenant = None
     if not isinstance(service, Service):
-        service = uow.get(Service, service, code="service_not_found", what="Service")
+        missing = NotFound(f"Service {service} does not exist", code="service_not_found")
+        try:
+            key = uuid.UUID(str(service))
+        except ValueError:
+            raise missing from None
+        found = uow.session.execute(
+            select(Service, Tenant).join(Tenant, Tenant.id == Service.tenant_id).where(Service.id == key)
+        ).first()
+        if found is None:
+            raise missing
+        service, tenant = found
     elsewhere = uow.tenant_id is not None and service.tenant_id != uow.tenant_id
     if elsewhere or service.deleted_at is not None or service.is_active is False:
         raise NotFound(f"Service {service.id} does not exist", code="service_not_found")
-    return service
+    return service, tenant
 
 
-def _context(uow: UnitOfWork, service: Service) -> _Context:
-    tenant = uow.session.get(Tenant, service.tenant_id)
+def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
+    service, tenant = _service_row(uow, service)
+    if tenant is None:
+        tenant = uow.session.get(Tenant, service.tenant_id)
     settings = get_settings()
     step = (tenant.settings or {}).get("slot_step_minutes") if tenant is not None else None
     if not isinstance(step, int) or isinstance(step, bool) or not 0 < step <= 1440:
@@ -761,83 +816,192 @@ def _needs(uow: UnitOfWork, service: Service) -> list[tuple[ResourceNeed, bool, 
     ]
 
 
-def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> ServiceCalendar:
-    """The plain calendar of the service for slots starting on the local dates first..last."""
-    service, tz, rules = context.service, context.tz, context.rules
-    needs = []
-    usable: list[uuid.UUID] = []
-    capacities: dict[uuid.UUID, int | None] = {}
-    for need, can_serve, capacity in _needs(uow, service):
-        if can_serve:
-            needs.append(need)
-            usable.append(need.resource_id)
-            capacities[need.resource_id] = capacity
-        elif need.is_required:
-            needs.append(need)  # kept without a calendar: it never works, so the service offers nothing
-    calendar = ServiceCalendar(service.id, tz.key, rules, tuple(needs))
-    if not usable or first > last:
-        return calendar
+# The calendar of a service is read in one statement, one round trip: its resource rows, then the
+# schedules, blocks and active allocations of its usable resources around the window. The parts share one
+# column list; each fills the columns it needs and leaves the others NULL:
+#   need   resource_id, number_1 quantity, number_2 preference_order, number_3 capacity, flag is_required,
+#          flag_2 usable (active, not deleted, of the service's tenant)
+#   window resource_id, number_1 day_of_week, clock_1/clock_2 start/end time, day_1/day_2 effective from/until
+#   block  resource_id, instant_1/instant_2 start/end, rule recurrence_rule
+#   busy   resource_id, instant_1/instant_2 lower/upper(allocated_during), number_1 units
+_CALENDAR_COLUMNS = {
+    "resource_id": Uuid(),
+    "number_1": Integer(),
+    "number_2": Integer(),
+    "number_3": Integer(),
+    "flag": Boolean(),
+    "flag_2": Boolean(),
+    "instant_1": DateTime(timezone=True),
+    "instant_2": DateTime(timezone=True),
+    "clock_1": Time(),
+    "clock_2": Time(),
+    "day_1": Date(),
+    "day_2": Date(),
+    "rule": Text(),
+}
 
-    window_start = local_midnight(first, tz)
-    reach = timedelta(minutes=rules.duration_minutes + rules.buffer_time_minutes)
-    window_end = local_midnight(last + ONE_DAY, tz) + reach
-    session = uow.session
 
-    windows: dict[uuid.UUID, list[WorkingWindow]] = {r: [] for r in usable}
-    for row in session.execute(
+def _part(kind: str, **values: Any) -> Select:
+    columns = [literal(kind, String()).label("kind")]
+    for name, type_ in _CALENDAR_COLUMNS.items():
+        columns.append((values[name] if name in values else cast(null(), type_)).label(name))
+    return select(*columns)
+
+
+def _calendar_statement() -> CompoundSelect:
+    """Built once; its parameters are service_id, tenant_id, window_start, window_end, first and last."""
+    service_id = bindparam("service_id", type_=Uuid())
+    tenant_id = bindparam("tenant_id", type_=Uuid())
+    window_start = bindparam("window_start", type_=DateTime(timezone=True))
+    window_end = bindparam("window_end", type_=DateTime(timezone=True))
+    first, last = bindparam("first", type_=Date()), bindparam("last", type_=Date())
+    linked = (
         select(
-            ResourceSchedule.resource_id,
-            ResourceSchedule.day_of_week,
-            ResourceSchedule.start_time,
-            ResourceSchedule.end_time,
-            ResourceSchedule.effective_from,
-            ResourceSchedule.effective_until,
-        ).where(
-            ResourceSchedule.resource_id.in_(usable),
-            ResourceSchedule.is_active.is_(True),
+            ServiceResource.resource_id,
+            ServiceResource.quantity_required,
+            ServiceResource.preference_order,
+            ServiceResource.is_required,
+            Resource.capacity,
+            (Resource.is_active & Resource.deleted_at.is_(None) & (Resource.tenant_id == tenant_id)).label(
+                "usable"
+            ),
+        )
+        .join(Resource, Resource.id == ServiceResource.resource_id)
+        .where(ServiceResource.service_id == service_id)
+        .cte("linked")
+        .prefix_with("MATERIALIZED")
+    )
+    needs = _part(
+        "need",
+        resource_id=linked.c.resource_id,
+        number_1=linked.c.quantity_required,
+        number_2=linked.c.preference_order,
+        number_3=linked.c.capacity,
+        flag=linked.c.is_required,
+        flag_2=linked.c.usable,
+    ).select_from(linked)
+
+    windows = (
+        _part(
+            "window",
+            resource_id=ResourceSchedule.resource_id,
+            number_1=ResourceSchedule.day_of_week,
+            clock_1=ResourceSchedule.start_time,
+            clock_2=ResourceSchedule.end_time,
+            day_1=ResourceSchedule.effective_from,
+            day_2=ResourceSchedule.effective_until,
+        )
+        .join_from(linked, ResourceSchedule, ResourceSchedule.resource_id == linked.c.resource_id)
+        .where(
+            linked.c.usable,
+            ResourceSchedule.is_active,
             or_(ResourceSchedule.effective_from.is_(None), ResourceSchedule.effective_from <= last),
             or_(ResourceSchedule.effective_until.is_(None), ResourceSchedule.effective_until >= first),
         )
-    ):
-        windows[row.resource_id].append(WorkingWindow(*row[1:]))
-
-    blocks: dict[uuid.UUID, list[Interval]] = {r: [] for r in usable}
-    for resource_id, start, end, rule in session.execute(
-        select(
-            ResourceBlock.resource_id,
-            ResourceBlock.start_datetime,
-            ResourceBlock.end_datetime,
-            ResourceBlock.recurrence_rule,
-        ).where(
-            ResourceBlock.resource_id.in_(usable),
+    )
+    blocks = (
+        _part(
+            "block",
+            resource_id=ResourceBlock.resource_id,
+            instant_1=ResourceBlock.start_datetime,
+            instant_2=ResourceBlock.end_datetime,
+            rule=ResourceBlock.recurrence_rule,
+        )
+        .join_from(linked, ResourceBlock, ResourceBlock.resource_id == linked.c.resource_id)
+        .where(
+            linked.c.usable,
             ResourceBlock.deleted_at.is_(None),
             ResourceBlock.start_datetime < window_end,
             or_(ResourceBlock.end_datetime > window_start, ResourceBlock.recurrence_rule.is_not(None)),
         )
-    ):
-        blocks[resource_id].extend(expand_block(start, end, rule, tz, window_start, window_end))
-
-    allocations: dict[uuid.UUID, list[tuple[datetime, datetime, int]]] = {r: [] for r in usable}
+    )
     during = AppointmentResource.allocated_during
-    for resource_id, start, end, units in session.execute(
-        select(
-            AppointmentResource.resource_id, func.lower(during), func.upper(during), AppointmentResource.units
-        ).where(
-            AppointmentResource.resource_id.in_(usable),
-            AppointmentResource.active.is_(True),
-            during.op("&&")(func.tstzrange(window_start, window_end, "[)")),
-        )
-    ):
-        allocations[resource_id].append((start, end, units))
+    overlaps_window = during.op("&&")(func.tstzrange(window_start, window_end, "[)"))
 
+    def busy(*conditions: Any) -> Select:
+        return (
+            _part(
+                "busy",
+                resource_id=AppointmentResource.resource_id,
+                instant_1=func.lower(during),
+                instant_2=func.upper(during),
+                number_1=AppointmentResource.units,
+            )
+            .join_from(linked, AppointmentResource, AppointmentResource.resource_id == linked.c.resource_id)
+            # Plain boolean tests, so that the partial indexes' predicates (WHERE active ...) are seen to hold.
+            .where(linked.c.usable, AppointmentResource.active, overlaps_window, *conditions)
+        )
+
+    # Exclusive allocations are found through the exclusion constraint's gist index, bounded by the window.
+    # Shared ones (resources of capacity > 1) only have the btree on (resource_id, allocated_start): it is
+    # bounded by the window's end, but not from below, so a shared resource's history is scanned.
+    return union_all(
+        needs,
+        windows,
+        blocks,
+        busy(AppointmentResource.exclusive),
+        busy(~AppointmentResource.exclusive, AppointmentResource.allocated_start < window_end),
+    )
+
+
+_CALENDAR = _calendar_statement()
+
+
+def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> ServiceCalendar:
+    """The plain calendar of the service for slots starting on the local dates first..last."""
+    service, tz, rules = context.service, context.tz, context.rules
+    window_start = local_midnight(first, tz)
+    window_end = window_start
+    if first <= last:
+        reach = timedelta(minutes=rules.duration_minutes + rules.buffer_time_minutes)
+        window_end = local_midnight(last + ONE_DAY, tz) + reach
+
+    needs: list[ResourceNeed] = []
+    capacities: dict[uuid.UUID, int | None] = {}
+    windows: dict[uuid.UUID, list[WorkingWindow]] = defaultdict(list)
+    blocks: dict[uuid.UUID, list[Interval]] = defaultdict(list)
+    busy: dict[uuid.UUID, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    parameters = {
+        "service_id": service.id,
+        "tenant_id": service.tenant_id,
+        "window_start": window_start,
+        "window_end": window_end,
+        "first": first,
+        "last": last,
+    }
+    for row in uow.session.execute(_CALENDAR, parameters).all():
+        kind, resource_id = row.kind, row.resource_id
+        if kind == "busy":
+            busy[resource_id].append((row.instant_1, row.instant_2, row.number_1))
+        elif kind == "window":
+            windows[resource_id].append(
+                WorkingWindow(row.number_1, row.clock_1, row.clock_2, row.day_1, row.day_2)
+            )
+        elif kind == "block":
+            if first <= last:
+                blocks[resource_id].extend(
+                    expand_block(row.instant_1, row.instant_2, row.rule, tz, window_start, window_end)
+                )
+        elif row.flag_2 or row.flag is not False:
+            # An unusable required resource stays, without a calendar: it never works, so nothing is offered.
+            needs.append(
+                ResourceNeed(
+                    resource_id=resource_id,
+                    quantity=row.number_1 or 1,
+                    is_required=row.flag is not False,
+                    preference_order=row.number_2 or 0,
+                )
+            )
+            if row.flag_2:
+                capacities[resource_id] = row.number_3
     resources = tuple(
         ResourceCalendar(
             resource_id,
-            capacity=capacities.get(resource_id),
+            capacity=capacity,
             windows=tuple(windows[resource_id]),
             blocks=tuple(blocks[resource_id]),
-            allocations=tuple(allocations[resource_id]),
+            allocations=tuple(busy[resource_id]),
         )
-        for resource_id in usable
+        for resource_id, capacity in capacities.items()
     )
     return ServiceCalendar(service.id, tz.key, rules, tuple(needs), resources)
