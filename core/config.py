@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     # so row-level security applies to it. Empty: act as the connecting user (no RLS if that is the owner).
     db_app_role: str = "voiceappoint_app"
 
+    # Connections per process (API: one per request in flight; worker: one per pool process).
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    db_pool_timeout_seconds: float = 30.0
+
     env: str = "development"
     secret_key: str = "dev-secret-change-me"
     public_url: str = "http://127.0.0.1:8000"

@@ -23,10 +23,14 @@ T = TypeVar("T")
 
 
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+    settings = get_settings()
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
-    return create_engine(url or get_settings().database_url, **kwargs)
+    # A burst waits for a pooled connection rather than opening more: PostgreSQL's connection slots
+    # are shared by every API and worker process.
+    kwargs.setdefault("pool_size", settings.db_pool_size)
+    kwargs.setdefault("max_overflow", settings.db_max_overflow)
+    kwargs.setdefault("pool_timeout", settings.db_pool_timeout_seconds)
+    return create_engine(url or settings.database_url, **kwargs)
 
 
 def get_engine() -> Engine:

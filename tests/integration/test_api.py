@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
+from core import db as core_db
 from core.models import Client, IntakeJob
 from tests.scenarios import build_salon
 from workers.celery_app import app as celery_app
@@ -172,3 +173,16 @@ def test_another_tenants_rows_are_not_found(db, client, salon):
 
 def test_unknown_routes_are_problems_too(client):
     assert_problem(client.get("/v1/nothing-here"), 404, "not_found")
+
+
+def test_an_unreachable_database_is_a_503_not_a_500(salon, redis_prefix, monkeypatch):
+    # A pool pointing at a closed port: what the API meets when PostgreSQL is down.
+    monkeypatch.setattr(core_db, "_session_factory", None)
+    monkeypatch.setattr(
+        core_db,
+        "_engine",
+        core_db.make_engine("postgresql+psycopg://postgres@127.0.0.1:9/x", pool_pre_ping=False),
+    )
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as test_client:
+        response = test_client.get("/v1/services")
+    assert_problem(response, 503, "database_unavailable")
