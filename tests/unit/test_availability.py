@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from dateutil.rrule import rrulestr
 
 from core.availability import (
     ResourceCalendar,
@@ -344,6 +345,37 @@ def test_recurrence_rules_until_count_and_a_first_occurrence_off_the_rule():
     # Outside the window nothing is returned, and a one-off block is returned as it is.
     assert expand_block(*first, None, tz, *window) == [first]
     assert expand_block(*first, None, tz, at(MADRID, 2027, 3, 2, 0), at(MADRID, 2027, 3, 3, 0)) == []
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=WEEKLY;BYDAY=MO,WE",
+        "FREQ=DAILY;INTERVAL=3",
+        "FREQ=WEEKLY;INTERVAL=2",
+        "FREQ=WEEKLY;INTERVAL=2;BYDAY=TU,TH;WKST=SU",
+        "FREQ=DAILY;UNTIL=20270410T120000Z",
+        "FREQ=MONTHLY;BYDAY=1FR",
+    ],
+)
+def test_a_rule_started_years_ago_gives_the_occurrences_dateutil_gives(rule):
+    """The expansion skips whole periods of an old rule; the occurrences must be the ones walked one by one."""
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2024, 2, 6, 13), at(MADRID, 2024, 2, 6, 14))  # a Tuesday, CET
+    window = (at(MADRID, 2027, 3, 20, 0), at(MADRID, 2027, 4, 20, 0))  # across the spring-forward night
+    found = expand_block(*first, rule, tz, *window)
+    plain_rule = rule.replace("UNTIL=20270410T120000Z", "UNTIL=20270410T140000")  # the same instant, local
+    walked = rrulestr(plain_rule, dtstart=datetime(2024, 2, 6, 13, 0))
+    expected = [
+        (
+            local.replace(tzinfo=tz).astimezone(UTC),
+            local.replace(tzinfo=tz).astimezone(UTC) + timedelta(hours=1),
+        )
+        for local in walked.between(datetime(2027, 3, 19), datetime(2027, 4, 21))
+    ]
+    expected = [(s, e) for s, e in expected if s < window[1] and e > window[0]]
+    assert found == expected and found
+    assert all(s.astimezone(tz).hour == 13 for s, _ in found)
 
 
 def test_an_unreadable_rule_blocks_the_whole_window():
