@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -112,12 +112,9 @@ class BookedAppointment:
 
 @dataclass(frozen=True)
 class AppointmentView:
-    appointment_id: uuid.UUID
-    booking_reference: str
-    status: str
-    start: datetime
-    end: datetime
-    timezone: str
+    """An appointment as the business and its client see it."""
+
+    appointment: BookedAppointment
     service: dict[str, Any]
     client: dict[str, Any]
     resources: list[dict[str, Any]]
@@ -126,17 +123,11 @@ class AppointmentView:
     booking_method: str | None
     client_notes: str | None
     cancellation_reason: str | None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        zone = ZoneInfo(self.timezone)
         return {
-            "appointment_id": str(self.appointment_id),
-            "booking_reference": self.booking_reference,
-            "status": self.status,
-            "start": self.start.astimezone(zone).isoformat(),
-            "end": self.end.astimezone(zone).isoformat(),
-            "timezone": self.timezone,
+            **self.appointment.as_dict(),
+            "timezone": self.appointment.timezone,
             "service": self.service,
             "client": self.client,
             "resources": self.resources,
@@ -550,12 +541,7 @@ def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentVi
     current = [(allocation, resource) for allocation, resource in allocations if allocation.active]
     shown = current or _latest(allocations)
     return AppointmentView(
-        appointment_id=appointment.id,
-        booking_reference=appointment.booking_reference,
-        status=appointment.status,
-        start=appointment.scheduled_start,
-        end=appointment.scheduled_end,
-        timezone=tenant.timezone,
+        appointment=_booked(appointment, tuple(r.id for _, r in shown), tenant),
         service={
             "service_id": str(service.id),
             "name": service.name,
