@@ -219,3 +219,32 @@ def test_a_job_accepted_while_the_broker_was_down_is_booked_by_the_sweeper(
     (finished,) = wait_for_jobs(committed_engine, [str(job.job_id)])
     assert finished.status == "succeeded", finished.error
     assert finished.result["start"] == start.isoformat()
+
+
+def test_killing_worker_processes_mid_stream_loses_no_booking(committed_engine, worker, api_server):
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, stylists=1, chairs=1, duration_minutes=15, with_api_key=True)
+        session.commit()
+    day = booking_day(salon)
+    # Sixty haircuts at distinct times over two days: every one of them must end up booked.
+    starts = [
+        salon.at(day, "09:00") + timedelta(minutes=15 * (n % 30)) + timedelta(days=n // 30) for n in range(60)
+    ]
+    bodies = [body(salon, start, f"+3461500{n:04d}") for n, start in enumerate(starts)]
+
+    responses = post_all(api_server, salon, bodies[:30])
+    for victim in worker:
+        victim.kill_hard()
+    responses += post_all(api_server, salon, bodies[30:])
+    worker[0].kill_hard()
+
+    jobs = wait_for_jobs(committed_engine, [r.json()["job_id"] for r in responses])
+    assert [job.status for job in jobs] == ["succeeded"] * 60, {
+        job.error["code"] for job in jobs if job.error
+    }
+    with Session(committed_engine) as session:
+        booked = session.scalar(
+            select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+        )
+    assert booked == 60
+    assert overlapping_allocations(committed_engine, salon.tenant.id) == 0
