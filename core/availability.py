@@ -391,7 +391,17 @@ class _Resource:
         capacity = 1 if calendar.capacity is None else calendar.capacity
         self.impossible = need.quantity > capacity
         self.headroom = capacity - need.quantity  # units other appointments may hold while this one runs
-        self.windows = calendar.windows
+        # Wall-clock windows as offsets from midnight, converted once: (day, from, until, start, end).
+        self.windows = [
+            (
+                w.day_of_week,
+                w.effective_from,
+                w.effective_until,
+                _since_midnight(w.start_time),
+                _since_midnight(w.end_time),
+            )
+            for w in calendar.windows
+        ]
         self._windows_on: dict[date, list[tuple[timedelta, timedelta]]] = {}
         # Everything in UTC: comparing datetimes of different tzinfo objects costs a utcoffset() call each.
         allocations = sorted(
@@ -423,11 +433,11 @@ class _Resource:
         if windows is None:
             weekday = day_number(day)
             windows = _merge_touching(
-                (_since_midnight(w.start_time), _since_midnight(w.end_time))
-                for w in self.windows
-                if w.day_of_week == weekday
-                and (w.effective_from is None or w.effective_from <= day)
-                and (w.effective_until is None or day <= w.effective_until)
+                (start, end)
+                for day_of_week, effective_from, effective_until, start, end in self.windows
+                if day_of_week == weekday
+                and (effective_from is None or effective_from <= day)
+                and (effective_until is None or day <= effective_until)
             )
             self._windows_on[day] = windows
         return windows
@@ -656,7 +666,8 @@ class _Planner:
 
 @dataclass(frozen=True)
 class _Context:
-    service: Service
+    service_id: uuid.UUID
+    tenant_id: uuid.UUID
     tz: ZoneInfo
     rules: ServiceRules
 
@@ -687,7 +698,7 @@ def find_slots(
         last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
     calendar = _load(uow, context, first, last)
     slots = compute_slots(calendar, now, first, last, (resource_id,) if resource_id else ())
-    return Availability(timezone=calendar.timezone, service_id=context.service.id, slots=slots)
+    return Availability(timezone=calendar.timezone, service_id=context.service_id, slots=slots)
 
 
 def check_slot(
@@ -711,8 +722,19 @@ def check_slot(
 
 def candidate_resource_ids(uow: UnitOfWork, service: Service | uuid.UUID) -> list[uuid.UUID]:
     """Every active resource that could be allocated for the service, sorted by id (the lock order)."""
-    service, _ = _service_row(uow, service)
-    return sorted(need.resource_id for need, usable, _ in _needs(uow, service) if usable)
+    context = _context(uow, service)
+    return sorted(
+        uow.session.scalars(
+            select(ServiceResource.resource_id)
+            .join(Resource, Resource.id == ServiceResource.resource_id)
+            .where(
+                ServiceResource.service_id == context.service_id,
+                Resource.tenant_id == context.tenant_id,
+                Resource.is_active,
+                Resource.deleted_at.is_(None),
+            )
+        )
+    )
 
 
 def nearest_alternatives(
@@ -757,82 +779,64 @@ def nearest_alternatives(
         radius *= 4
 
 
-def _service_row(uow: UnitOfWork, service: Service | uuid.UUID) -> tuple[Service, Tenant | None]:
-    """The bookable service of the unit of work's tenant and that tenant, or NotFound("service_not_found").
+# What the planner needs of a service and its tenant; read as plain columns, not as ORM objects.
+_SERVICE_COLUMNS = (
+    Service.id,
+    Service.tenant_id,
+    Service.is_active,
+    Service.deleted_at,
+    Service.duration_minutes,
+    Service.buffer_time_minutes,
+    Service.available_days,
+    Service.available_hours,
+    Service.min_advance_booking_hours,
+    Service.max_advance_booking_days,
+    Tenant.timezone,
+    Tenant.settings,
+)
 
-    Given an id, both come back in one query; given a row, the tenant usually is in the session already.
-    """
-    tenant = None
-    if not isinstance(service, Service):
+
+def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
+    """The service's rules in its tenant's zone, or NotFound("service_not_found") for a service that is not
+    this tenant's, is inactive or deleted. Given a row (the booking has one), its tenant is usually in the
+    session already; given an id, service and tenant come in one query."""
+    if isinstance(service, Service):
+        row: Any = service
+        # Under row-level security another tenant's row is invisible: no tenant is no service.
+        tenant = uow.session.get(Tenant, service.tenant_id)
+        if tenant is None:
+            raise NotFound(f"Service {service.id} does not exist", code="service_not_found")
+        timezone, tenant_settings = tenant.timezone, tenant.settings
+    else:
         missing = NotFound(f"Service {service} does not exist", code="service_not_found")
         try:
             key = uuid.UUID(str(service))
         except ValueError:
             raise missing from None
-        found = uow.session.execute(
-            select(Service, Tenant).join(Tenant, Tenant.id == Service.tenant_id).where(Service.id == key)
+        row = uow.session.execute(
+            select(*_SERVICE_COLUMNS).join(Tenant, Tenant.id == Service.tenant_id).where(Service.id == key)
         ).first()
-        if found is None:
+        if row is None:
             raise missing
-        service, tenant = found
-    elsewhere = uow.tenant_id is not None and service.tenant_id != uow.tenant_id
-    if elsewhere or service.deleted_at is not None or service.is_active is False:
-        raise NotFound(f"Service {service.id} does not exist", code="service_not_found")
-    return service, tenant
+        timezone, tenant_settings = row.timezone, row.settings
+    elsewhere = uow.tenant_id is not None and row.tenant_id != uow.tenant_id
+    if elsewhere or row.deleted_at is not None or row.is_active is False:
+        raise NotFound(f"Service {row.id} does not exist", code="service_not_found")
 
-
-def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
-    service, tenant = _service_row(uow, service)
-    if tenant is None:
-        tenant = uow.session.get(Tenant, service.tenant_id)
-    settings = get_settings()
-    step = (tenant.settings or {}).get("slot_step_minutes") if tenant is not None else None
+    step = (tenant_settings or {}).get("slot_step_minutes")
     if not isinstance(step, int) or isinstance(step, bool) or not 0 < step <= 1440:
-        step = settings.default_slot_step_minutes
-    days = service.available_days
+        step = get_settings().default_slot_step_minutes
+    days = row.available_days
     rules = ServiceRules(
-        duration_minutes=service.duration_minutes,
-        buffer_time_minutes=service.buffer_time_minutes or 0,
+        duration_minutes=row.duration_minutes,
+        buffer_time_minutes=row.buffer_time_minutes or 0,
         available_days=None if days is None else tuple(int(day) for day in days),
-        available_hours=service.available_hours or None,
-        min_advance_booking_hours=service.min_advance_booking_hours or 0,
-        max_advance_booking_days=service.max_advance_booking_days,
+        available_hours=row.available_hours or None,
+        min_advance_booking_hours=row.min_advance_booking_hours or 0,
+        max_advance_booking_days=row.max_advance_booking_days,
         slot_step_minutes=step,
     )
-    zone = (tenant.timezone if tenant is not None else None) or DEFAULT_TIMEZONE
-    return _Context(service=service, tz=ZoneInfo(zone), rules=rules)
-
-
-def _needs(uow: UnitOfWork, service: Service) -> list[tuple[ResourceNeed, bool, int | None]]:
-    """The service's resource rows, each with whether its resource can serve (active, not deleted, ours)
-    and its capacity."""
-    rows = uow.session.execute(
-        select(
-            ServiceResource.resource_id,
-            ServiceResource.quantity_required,
-            ServiceResource.is_required,
-            ServiceResource.preference_order,
-            Resource.is_active,
-            Resource.deleted_at,
-            Resource.tenant_id,
-            Resource.capacity,
-        )
-        .join(Resource, Resource.id == ServiceResource.resource_id)
-        .where(ServiceResource.service_id == service.id)
-    ).all()
-    return [
-        (
-            ResourceNeed(
-                resource_id=row.resource_id,
-                quantity=row.quantity_required or 1,
-                is_required=row.is_required is not False,
-                preference_order=row.preference_order or 0,
-            ),
-            row.is_active is not False and row.deleted_at is None and row.tenant_id == service.tenant_id,
-            row.capacity,
-        )
-        for row in rows
-    ]
+    return _Context(row.id, row.tenant_id, ZoneInfo(timezone or DEFAULT_TIMEZONE), rules)
 
 
 # The calendar of a service is read in one statement, one round trip: its resource rows, then the
@@ -935,32 +939,27 @@ def _calendar_statement() -> CompoundSelect:
         )
     )
     during = AppointmentResource.allocated_during
-    overlaps_window = during.op("&&")(func.tstzrange(window_start, window_end, "[)"))
-
-    def busy(*conditions: Any) -> Select:
-        return (
-            _part(
-                "busy",
-                resource_id=AppointmentResource.resource_id,
-                instant_1=func.lower(during),
-                instant_2=func.upper(during),
-                number_1=AppointmentResource.units,
-            )
-            .join_from(linked, AppointmentResource, AppointmentResource.resource_id == linked.c.resource_id)
-            # Plain boolean tests, so that the partial indexes' predicates (WHERE active ...) are seen to hold.
-            .where(linked.c.usable, AppointmentResource.active, overlaps_window, *conditions)
+    busy = (
+        _part(
+            "busy",
+            resource_id=AppointmentResource.resource_id,
+            instant_1=func.lower(during),
+            instant_2=func.upper(during),
+            number_1=AppointmentResource.units,
         )
-
-    # Exclusive allocations are found through the exclusion constraint's gist index, bounded by the window.
-    # Shared ones (resources of capacity > 1) only have the btree on (resource_id, allocated_start): it is
-    # bounded by the window's end, but not from below, so a shared resource's history is scanned.
-    return union_all(
-        needs,
-        windows,
-        blocks,
-        busy(AppointmentResource.exclusive),
-        busy(~AppointmentResource.exclusive, AppointmentResource.allocated_start < window_end),
+        .join_from(linked, AppointmentResource, AppointmentResource.resource_id == linked.c.resource_id)
+        .where(
+            linked.c.usable,
+            # A plain boolean test, so that the partial index's predicate (WHERE active) is seen to hold.
+            AppointmentResource.active,
+            # Under row-level security only leakproof comparisons can drive an index scan, and the range
+            # operator && is not one: the btree on (resource_id, allocated_start) is bounded by the
+            # window's end, && then filters what it returns. See docs/performance.md.
+            AppointmentResource.allocated_start < window_end,
+            during.op("&&")(func.tstzrange(window_start, window_end, "[)")),
+        )
     )
+    return union_all(needs, windows, blocks, busy)
 
 
 _CALENDAR = _calendar_statement()
@@ -968,7 +967,7 @@ _CALENDAR = _calendar_statement()
 
 def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> ServiceCalendar:
     """The plain calendar of the service for slots starting on the local dates first..last."""
-    service, tz, rules = context.service, context.tz, context.rules
+    tz, rules = context.tz, context.rules
     window_start = local_midnight(first, tz)
     window_end = window_start
     if first <= last:
@@ -981,8 +980,8 @@ def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> Servic
     blocks: dict[uuid.UUID, list[Interval]] = defaultdict(list)
     busy: dict[uuid.UUID, list[tuple[datetime, datetime, int]]] = defaultdict(list)
     parameters = {
-        "service_id": service.id,
-        "tenant_id": service.tenant_id,
+        "service_id": context.service_id,
+        "tenant_id": context.tenant_id,
         "window_start": window_start,
         "window_end": window_end,
         "first": first,
@@ -1023,4 +1022,4 @@ def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> Servic
         )
         for resource_id, capacity in capacities.items()
     )
-    return ServiceCalendar(service.id, tz.key, rules, tuple(needs), resources)
+    return ServiceCalendar(context.service_id, tz.key, rules, tuple(needs), resources)
