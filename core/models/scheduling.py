@@ -12,7 +12,17 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    FetchedValue,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, TSTZRANGE, ExcludeConstraint, Range
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -347,6 +357,9 @@ class AppointmentResource(Base):
     id: Mapped[uuid.UUID] = uuid_pk()
     appointment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
     resource_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resources.id"))
+    # Always the appointment's tenant: a trigger copies it on insert (revision 013), so nobody sets it.
+    # It exists for row-level security, which would otherwise look up the appointment of every row read.
+    tenant_id: Mapped[uuid.UUID] = mapped_column(server_default=FetchedValue())
 
     allocated_start: Mapped[datetime]
     allocated_end: Mapped[datetime]
