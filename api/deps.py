@@ -19,7 +19,8 @@ def authenticated_tenant(authorization: str | None = Header(None, include_in_sch
         presented = value.strip() if scheme.lower() == "bearer" else None
         if presented is None:
             presented = "invalid"
-    with UnitOfWork() as uow:
+    # System mode: the key is what tells whose request this is; every later unit of work is the tenant's.
+    with UnitOfWork(system=True) as uow:
         tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())
         uow.commit()
     return tenant_id

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
@@ -21,6 +21,11 @@ _session_factory: sessionmaker[Session] | None = None
 
 T = TypeVar("T")
 
+_SET_CONTEXT = text(
+    "SELECT set_config('app.tenant_id', :tenant, true), set_config('app.user_id', :user, true),"
+    " set_config('app.system', :system, true)"
+)
+
 
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     settings = get_settings()
@@ -30,7 +35,30 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", settings.db_pool_size)
     kwargs.setdefault("max_overflow", settings.db_max_overflow)
     kwargs.setdefault("pool_timeout", settings.db_pool_timeout_seconds)
-    return create_engine(url or settings.database_url, **kwargs)
+    engine = create_engine(url or settings.database_url, **kwargs)
+    if settings.db_app_role:
+        act_as(engine, settings.db_app_role)
+    return engine
+
+
+def act_as(engine: Engine, role: str) -> None:
+    """Every new connection of the engine switches to `role` for its whole life.
+
+    The owner of the tables (and any superuser) bypasses row-level security; the application role does
+    not, so this is what makes the policies apply. Migrations use engines of their own and stay the owner.
+    """
+    statement = 'SET ROLE "{}"'.format(role.replace('"', '""'))
+
+    @event.listens_for(engine, "connect")
+    def _set_role(dbapi_connection: Any, connection_record: Any) -> None:
+        # Outside any transaction, so that the pool's rollback on checkin cannot undo it.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            dbapi_connection.autocommit = autocommit
 
 
 def get_engine() -> Engine:
@@ -63,15 +91,22 @@ def configure_session_factory(factory: sessionmaker[Session] | None) -> None:
 
 
 class UnitOfWork:
+    """One transaction in one context: a tenant's (row-level security shows only its rows), or with
+    `system=True` every tenant's, for the few callers that must look across tenants before they know
+    which one they serve (the job runner, the sweeper, the API-key lookup, the seed)."""
+
     def __init__(
         self,
         tenant_id: uuid.UUID | str | None = None,
         user_id: uuid.UUID | str | None = None,
         factory: sessionmaker[Session] | None = None,
+        *,
+        system: bool = False,
     ):
         self._factory = factory
         self.tenant_id = uuid.UUID(str(tenant_id)) if tenant_id else None
         self.user_id = uuid.UUID(str(user_id)) if user_id else None
+        self.system = system
         self._after_commit: list[Callable[[], Any]] = []
         self.session: Session
 
@@ -87,17 +122,24 @@ class UnitOfWork:
             self.session.close()
 
     def _apply_context(self) -> None:
-        # Transaction-local settings: read by row-level security and the audit trigger.
-        if self.tenant_id is not None:
-            self.session.execute(
-                text("SELECT set_config('app.tenant_id', :v, true)"), {"v": str(self.tenant_id)}
-            )
-        if self.user_id is not None:
-            self.session.execute(text("SELECT set_config('app.user_id', :v, true)"), {"v": str(self.user_id)})
+        # Transaction-local settings, read by the row-level security policies and the audit trigger.
+        # All three every time, empty ones too: nothing is inherited from an enclosing transaction or
+        # from a session-level value left on a pooled connection.
+        self.session.execute(
+            _SET_CONTEXT,
+            {
+                "tenant": str(self.tenant_id) if self.tenant_id else "",
+                "user": str(self.user_id) if self.user_id else "",
+                "system": "on" if self.system else "off",
+            },
+        )
 
     def set_tenant(self, tenant_id: uuid.UUID | str) -> None:
-        """Scope the rest of this transaction to one tenant (a job learns its tenant from its row)."""
+        """Scope the rest of this transaction to one tenant (a job learns its tenant from its row).
+
+        System mode ends here: what follows sees and writes only this tenant's rows."""
         self.tenant_id = uuid.UUID(str(tenant_id))
+        self.system = False
         self._apply_context()
 
     def after_commit(self, callback: Callable[[], Any]) -> None:

@@ -169,7 +169,7 @@ def _seed(demo: bool) -> None:
     from core import seed
     from core.db import UnitOfWork
 
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:  # plans and system templates belong to no tenant
         summary = seed.seed_all(uow, demo=demo)
         uow.commit()
     click.echo(f"seeded: {summary}", err=True)
@@ -178,7 +178,7 @@ def _seed(demo: bool) -> None:
 def _tenant_id(slug: str):
     from core.db import UnitOfWork
 
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:  # the slug is all we know; row-level security needs a tenant
         tenant_id = uow.session.execute(
             text("SELECT id FROM tenants WHERE slug = :slug"), {"slug": slug}
         ).scalar()

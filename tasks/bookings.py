@@ -10,12 +10,14 @@ from workers.celery_app import app
 class IntakeJobTask(JobTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         # Retries are exhausted or the error is not transient: the job must not stay `running` forever.
-        with UnitOfWork() as uow:
+        # System mode: only the job's id is known here, not its tenant.
+        with UnitOfWork(system=True) as uow:
             intake.fail_unexpectedly(uow, args[0], utcnow())
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
 @app.task(name="bookings.process", base=IntakeJobTask)
 def process(job_id: str) -> dict:
-    with UnitOfWork() as uow:
+    # System mode until intake.run has read the job: it then scopes the unit of work to the job's tenant.
+    with UnitOfWork(system=True) as uow:
         return intake.run(uow, job_id, now=utcnow())

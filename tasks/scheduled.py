@@ -15,7 +15,7 @@ RUNNING_TOO_LONG = timedelta(minutes=5)
 @app.task(name="scheduled.sweep_intake", base=JobTask)
 def sweep_intake() -> dict:
     """Re-queue intake jobs that were accepted but never reached (or never left) a worker."""
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:  # every tenant's jobs
         stale = intake.claim_stale(
             uow,
             utcnow(),

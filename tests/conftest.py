@@ -2,19 +2,26 @@
 one Redis key prefix per run, and a transaction per test that is rolled back.
 
 Tests that need committed data seen by other connections (threads, worker processes) use
-`committed_uow_factory` and make their own tenant, so they never meet another test's rows.
+`committed_engine` and make their own tenant, so they never meet another test's rows.
+
+Row-level security is on for every test: every connection acts as the application role
+(VOICEAPPOINT_DB_APP_ROLE), like the API and the workers. The code under test runs in UnitOfWork
+sessions with their own tenant context; the test's own sessions (factories, assertions) work in system
+mode, so that they can set up and check any tenant's rows. tests/integration/test_tenant_isolation.py
+shows that the policies really bind the code under test.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from core.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, get_settings
 
@@ -66,9 +73,48 @@ def redis_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def engine(database_url):
-    engine = create_engine(database_url, pool_size=20, max_overflow=20)
+    from core.db import make_engine
+
+    engine = make_engine(database_url, pool_size=20, max_overflow=20)
     yield engine
     engine.dispose()
+
+
+_SYSTEM_ON = text("SELECT current_setting('app.system', true), set_config('app.system', 'on', true)")
+_SYSTEM_BACK = text("SELECT set_config('app.system', :previous, true)")
+
+
+class AllTenantsSession(Session):
+    """The test's own session in the `db` fixture: its statements and flushes run in system mode.
+
+    It shares one connection, and so one set of settings, with the UnitOfWork sessions of the code
+    under test. So system mode is switched on around each of its own statements and flushes only, and
+    put back as it was afterwards: a unit of work open at that moment keeps its tenant context. (When a
+    statement fails, the rollback of its savepoint puts the setting back.)
+    """
+
+    def _system_on(self) -> str:
+        return self.connection().execute(_SYSTEM_ON).scalar() or ""
+
+    def _system_back(self, previous: str) -> None:
+        self.connection().execute(_SYSTEM_BACK, {"previous": previous})
+
+    def flush(self, objects: Any = None) -> None:
+        if not (self.new or self.dirty or self.deleted):
+            return super().flush(objects)
+        previous = self._system_on()
+        super().flush(objects)
+        self._system_back(previous)
+
+
+@event.listens_for(AllTenantsSession, "do_orm_execute")
+def _statement_in_system_mode(state: ORMExecuteState) -> Any:
+    session = state.session
+    assert isinstance(session, AllTenantsSession)
+    previous = session._system_on()
+    result = state.invoke_statement()
+    session._system_back(previous)
+    return result
 
 
 @pytest.fixture
@@ -84,7 +130,9 @@ def db(engine):
     outer = connection.begin()
     factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
     core_db.configure_session_factory(factory)
-    session: Session = factory()
+    session: Session = AllTenantsSession(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
     try:
         yield session
     finally:
@@ -96,9 +144,27 @@ def db(engine):
 
 @pytest.fixture
 def committed_engine(database_url):
-    """For tests whose data must be visible to other connections: real commits, isolated by tenant."""
+    """For tests whose data must be visible to other connections: real commits, isolated by tenant.
+
+    The test's own sessions on this engine (setting up, checking) are in system mode. The code under
+    test does not use it: its UnitOfWork has the process's engine, exactly as in production.
+    """
     from core import db as core_db
 
     core_db.dispose_engine()
-    yield core_db.get_engine()
+    engine = core_db.make_engine(database_url)
+    event.listen(engine, "connect", _system_mode_by_default)
+    yield engine
+    engine.dispose()
     core_db.dispose_engine()
+
+
+def _system_mode_by_default(dbapi_connection: Any, connection_record: Any) -> None:
+    # A session-level value, outside any transaction so that the pool's rollbacks keep it.
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('app.system', 'on', false)")
+    finally:
+        dbapi_connection.autocommit = autocommit

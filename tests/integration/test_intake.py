@@ -45,7 +45,7 @@ def submit(salon, body, key=None, sent=None):
 
 
 def run(job_id):
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:  # as the worker runs it
         return intake.run(uow, job_id, NOW)
 
 
@@ -106,14 +106,14 @@ def test_the_sweeper_claims_jobs_the_queue_lost_once(db, salon):
     fresh, _ = submit(salon, payload(salon, "11:00"))
     db.get(IntakeJob, lost.job_id).enqueued_at = NOW - timedelta(minutes=5)
     db.flush()
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:  # as the sweeper runs it
         claimed = intake.claim_stale(
             uow, NOW, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
         )
         uow.commit()
     assert (lost.job_id, "bookings") in claimed
     assert fresh.job_id not in {job_id for job_id, _ in claimed}
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:
         again = intake.claim_stale(
             uow, NOW, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
         )

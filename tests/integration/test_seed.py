@@ -55,7 +55,7 @@ SAMPLE_CONTEXT = {
 
 
 def _run_seed() -> str:
-    with UnitOfWork() as uow:
+    with UnitOfWork(system=True) as uow:  # as `voiceappoint seed` runs it
         summary = seed.seed_all(uow, demo=True, now=NOW)
         uow.commit()
     return summary
