@@ -15,8 +15,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import Range
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import Range, insert
 from sqlalchemy.exc import IntegrityError
 
 from core import availability, clients, notifications
@@ -52,6 +52,7 @@ ALTERNATIVES = 3
 # Readable over the phone: no 0/O, 1/I/L, 5/S or 8/B to confuse.
 REFERENCE_ALPHABET = "2346779ACDEFGHJKMNPQRTUVWXYZ"
 REFERENCE_LENGTH = 6
+REFERENCE_ATTEMPTS = 5
 
 # The one state machine: status -> the statuses it may change to.
 TRANSITIONS: dict[str, set[str]] = {
@@ -225,8 +226,8 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     tenant, service, candidates = _checked(uow, request, now)
     _enforce_monthly_limit(uow, tenant, request.start)
     client = clients.find_or_create(uow, tenant, request.client)
-    appointment = Appointment(
-        id=uuid.uuid4(),
+    appointment = _insert_with_new_reference(
+        uow,
         tenant_id=tenant.id,
         service_id=service.id,
         client_id=client.id,
@@ -235,11 +236,9 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
         status="scheduled" if service.requires_confirmation else "confirmed",
         status_changed_at=now,
         booking_method=request.booking_method,
-        booking_reference=_new_reference(uow),
         quoted_price=service.base_price,
         client_notes=request.notes,
     )
-    uow.session.add(appointment)
     client.total_appointments = (client.total_appointments or 0) + 1
     client.last_appointment_date = appointment.scheduled_start
     uow.session.flush()
@@ -326,14 +325,27 @@ def _with_alternatives(
     )
 
 
-def _new_reference(uow: UnitOfWork) -> str:
-    while True:
-        reference = "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(REFERENCE_LENGTH))
-        if (
-            uow.session.scalar(select(Appointment.id).where(Appointment.booking_reference == reference))
-            is None
-        ):
-            return reference
+def new_reference() -> str:
+    return "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(REFERENCE_LENGTH))
+
+
+def _insert_with_new_reference(uow: UnitOfWork, **columns: Any) -> Appointment:
+    """Insert the appointment under a fresh booking reference.
+
+    References are unique across all businesses, but row-level security hides other businesses'
+    rows, so a look-up cannot tell whether one is free: the unique index decides, and a clash
+    (about one in 480 million per existing appointment) simply draws again.
+    """
+    for _ in range(REFERENCE_ATTEMPTS):
+        appointment = uow.session.scalar(
+            insert(Appointment)
+            .values(id=uuid.uuid4(), booking_reference=new_reference(), **columns)
+            .on_conflict_do_nothing(index_elements=["booking_reference"])
+            .returning(Appointment)
+        )
+        if appointment is not None:
+            return appointment
+    raise RuntimeError("could not draw a free booking reference")
 
 
 def _plan_limit(uow: UnitOfWork, tenant: Tenant) -> int | None:

@@ -32,6 +32,9 @@ def run_migrations_online() -> None:
 def _run(connection) -> None:
     connection.execute(text("SET lock_timeout = '5s'"))
     connection.execute(text("SET statement_timeout = '120s'"))
+    # Migrations act for every tenant: a data migration run by a non-superuser owner would otherwise
+    # see no tenant rows under the forced row-level security policies.
+    connection.execute(text("SELECT set_config('app.system', 'on', false)"))
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
