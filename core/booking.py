@@ -1,8 +1,9 @@
 """Booking, rescheduling, cancelling and the appointment's life cycle.
 
-Allocation follows DESIGN §5: lock every candidate resource in id order (so two bookings cannot
-deadlock), check the slot against the rows as they are now, insert. The exclusion constraint on
-appointment_resources is the last word; its violation becomes `slot_taken`, never a 500.
+Allocation (DESIGN §5, refined in `_allocate`): the slot is checked against the rows as they are now
+and every resource is inserted at once. The exclusion constraint on appointment_resources serialises
+bookings of one resource whose times overlap, and only those; its violation becomes `slot_taken` (after
+looking again), never a 500. Resources of capacity > 1 are counted under a row lock.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def validate_request(uow: UnitOfWork, request: BookingRequest, now: datetime) ->
 
 def _checked(
     uow: UnitOfWork, request: BookingRequest, now: datetime
-) -> tuple[Tenant, Service, dict[uuid.UUID, int]]:
+) -> tuple[Tenant, Service, dict[uuid.UUID, Candidate]]:
     """The tenant, the service and the units each candidate resource would give, once the request is valid."""
     tenant = bookable_tenant(uow)
     service = bookable_service(uow, request.service_id)
@@ -177,7 +178,7 @@ def _checked(
     _check_on_grid(tenant, request.start)
     if request.start <= now:
         raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
-    candidates = _candidate_units(uow, service)
+    candidates = _candidates(uow, service)
     unknown = [r for r in request.resource_ids if r not in candidates]
     if unknown:
         raise InvalidRequest(
@@ -188,10 +189,19 @@ def _checked(
     return tenant, service, candidates
 
 
-def _candidate_units(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, int]:
-    """Every resource that could serve the service, with the capacity units one appointment takes of it."""
+@dataclass(frozen=True)
+class Candidate:
+    """A resource that can serve a service: the capacity units one appointment takes of it, and
+    whether it holds one appointment at a time (capacity 1, guarded by the exclusion constraint)."""
+
+    units: int
+    exclusive: bool
+
+
+def _candidates(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, Candidate]:
+    """Every resource that could serve the service."""
     links = uow.session.execute(
-        select(ServiceResource.resource_id, ServiceResource.quantity_required)
+        select(ServiceResource.resource_id, ServiceResource.quantity_required, Resource.capacity)
         .join(Resource, Resource.id == ServiceResource.resource_id)
         .where(
             ServiceResource.service_id == service.id,
@@ -200,7 +210,10 @@ def _candidate_units(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, int]:
             Resource.deleted_at.is_(None),
         )
     ).all()
-    return {resource_id: quantity or 1 for resource_id, quantity in links}
+    return {
+        resource_id: Candidate(units=quantity or 1, exclusive=(capacity or 1) == 1)
+        for resource_id, quantity, capacity in links
+    }
 
 
 def _check_on_grid(tenant: Tenant, start: datetime) -> None:
@@ -256,47 +269,52 @@ def _allocate(
     start: datetime,
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
-    candidates: dict[uuid.UUID, int],
+    candidates: dict[uuid.UUID, Candidate],
 ) -> Slot:
-    # The fixed lock order is what keeps two bookings from deadlocking on the same resources.
-    capacities = dict(
+    """Allocate the resources for the slot at `start`, all or none.
+
+    Resources of capacity 1 are guarded by the exclusion constraint itself: two bookings wait for each
+    other only when their times overlap on a resource, and the loser sees 23P01 and looks again (another
+    stylist may still be free). Shared resources (capacity > 1) are counted, and counting is only
+    safe one booking at a time: those rows are locked, in id order so that no two bookings deadlock.
+    """
+    shared = sorted(resource_id for resource_id, candidate in candidates.items() if not candidate.exclusive)
+    if shared:
         uow.session.execute(
-            select(Resource.id, Resource.capacity)
-            .where(Resource.id.in_(candidates))
-            .order_by(Resource.id)
-            .with_for_update()
-        ).all()
-    )
-    try:
-        slot = availability.check_slot(uow, service, start, now, resource_ids or None)
-    except SlotUnavailable as unavailable:
-        raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
-    occupied_until = slot.end + timedelta(minutes=service.buffer_time_minutes or 0)
-    allocations = [
-        {
-            "id": uuid.uuid4(),
-            "appointment_id": appointment.id,
-            "resource_id": resource_id,
-            "allocated_start": slot.start,
-            "allocated_end": slot.end,
-            "allocated_during": Range(slot.start, occupied_until, bounds="[)"),
-            "units": candidates.get(resource_id, 1),
-            "exclusive": (capacities.get(resource_id) or 1) == 1,
-            "active": True,
-        }
-        for resource_id in slot.resource_ids
-    ]
-    try:
-        # The savepoint keeps the transaction usable after a violation, to look up the alternatives.
-        with uow.session.begin_nested():
-            uow.session.execute(insert(AppointmentResource), allocations)
-    except IntegrityError as error:
-        if getattr(error.orig, "sqlstate", None) != "23P01":
-            raise
-        # The locks make this unreachable for well-behaved writers; the exclusion constraint is the last word.
-        taken = SlotUnavailable("That time was just taken.", code="slot_taken")
-        raise _with_alternatives(uow, service, start, now, resource_ids, taken) from None
-    return slot
+            select(Resource.id).where(Resource.id.in_(shared)).order_by(Resource.id).with_for_update()
+        )
+    # Each lost race means another booking committed a resource: with n candidates, n + 1 looks settle it.
+    for _ in range(len(candidates) + 1):
+        try:
+            slot = availability.check_slot(uow, service, start, now, resource_ids or None)
+        except SlotUnavailable as unavailable:
+            raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
+        occupied_until = slot.end + timedelta(minutes=service.buffer_time_minutes or 0)
+        allocations = [
+            {
+                "id": uuid.uuid4(),
+                "appointment_id": appointment.id,
+                "resource_id": resource_id,
+                "allocated_start": slot.start,
+                "allocated_end": slot.end,
+                "allocated_during": Range(slot.start, occupied_until, bounds="[)"),
+                "units": candidates[resource_id].units,
+                "exclusive": candidates[resource_id].exclusive,
+                "active": True,
+            }
+            # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
+            for resource_id in sorted(slot.resource_ids)
+        ]
+        try:
+            # The savepoint keeps the transaction usable after a violation.
+            with uow.session.begin_nested():
+                uow.session.execute(insert(AppointmentResource), allocations)
+            return slot
+        except IntegrityError as error:
+            if getattr(error.orig, "sqlstate", None) != "23P01":
+                raise
+    taken = SlotUnavailable("That time was just taken.", code="slot_taken")
+    raise _with_alternatives(uow, service, start, now, resource_ids, taken)
 
 
 def _with_alternatives(
@@ -455,7 +473,7 @@ def reschedule(
     _release(uow, appointment)
     appointment.scheduled_start = new_start
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
-    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, _candidate_units(uow, service))
+    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, _candidates(uow, service))
     history = list((appointment.metadata_ or {}).get("reschedules", []))
     history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}

@@ -111,3 +111,36 @@ def test_two_bookings_cannot_both_take_the_last_unit_of_the_plan(committed_engin
     assert outcomes.count("booked") == 3
     assert outcomes.count("plan_limit_reached") == 3
     assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 3
+
+
+def test_simultaneous_bookings_that_lose_a_stylist_take_the_next_free_one(committed_engine, committed):
+    salon = committed(stylists=10, chairs=0)
+    outcomes = book_all(salon, [haircut_at(salon, "10:00", n) for n in range(10)])
+    assert outcomes == ["booked"] * 10
+    with Session(committed_engine) as session:
+        stylists = session.scalars(
+            select(AppointmentResource.resource_id)
+            .join(Appointment, Appointment.id == AppointmentResource.appointment_id)
+            .where(Appointment.tenant_id == salon.tenant.id)
+        ).all()
+    assert sorted(stylists) == sorted(s.id for s in salon.stylists)
+
+
+def test_a_shared_room_takes_as_many_bookings_as_its_capacity(committed_engine):
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, stylists=0, chairs=0)
+        room = factories.make_resource(session, salon.tenant, "room", 3, name="Yoga room")
+        factories.link_service_resource(session, salon.haircut, room, is_required=True)
+        for day in range(7):
+            factories.make_schedule(session, room, day, "09:00", "18:00")
+        session.commit()
+    outcomes = book_all(salon, [haircut_at(salon, "10:00", n) for n in range(10)])
+    assert outcomes.count("booked") == 3
+    assert set(outcomes) == {"booked", "slot_taken"}
+    units = count(
+        committed_engine,
+        AppointmentResource,
+        AppointmentResource.resource_id == room.id,
+        AppointmentResource.active,
+    )
+    assert units == 3
