@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 from functools import cache
 from typing import Any
@@ -28,6 +29,9 @@ def _fresh_engine_per_process(**_: Any) -> None:
     # A forked child must not reuse the parent's pooled sockets: two processes talking over one
     # PostgreSQL connection corrupt each other's protocol stream.
     db.dispose_engine()
+    # Everything imported so far lives as long as the process: keep it out of the collector's
+    # generations, so a collection during a booking does not walk it.
+    gc.freeze()
 
 
 @signals.before_task_publish.connect
