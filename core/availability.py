@@ -953,8 +953,9 @@ def _calendar_statement() -> CompoundSelect:
             # A plain boolean test, so that the partial index's predicate (WHERE active) is seen to hold.
             AppointmentResource.active,
             # Under row-level security only leakproof comparisons can drive an index scan, and the range
-            # operator && is not one: the btree on (resource_id, allocated_start) is bounded by the
-            # window's end, && then filters what it returns. See docs/performance.md.
+            # operator && is not one: plain timestamp bounds let the btree on (resource_id, occupied_until)
+            # read only what is still running at the window, && then filters. See docs/performance.md.
+            AppointmentResource.occupied_until > window_start,
             AppointmentResource.allocated_start < window_end,
             during.op("&&")(func.tstzrange(window_start, window_end, "[)")),
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     CheckConstraint,
+    Computed,
     Date,
     FetchedValue,
     ForeignKey,
@@ -352,6 +353,13 @@ class AppointmentResource(Base):
             postgresql_where=text("active"),
         ),
         Index("idx_appointment_resources_appointment_id", "appointment_id"),
+        # Revision 014: bounds the availability scan by the booking horizon (see occupied_until).
+        Index(
+            "idx_appointment_resources_occupied_until",
+            "resource_id",
+            "occupied_until",
+            postgresql_where=text("active"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -365,6 +373,10 @@ class AppointmentResource(Base):
     allocated_end: Mapped[datetime]
     # [allocated_start, allocated_end + service buffer): what the resource is really busy for.
     allocated_during: Mapped[Range[datetime]] = mapped_column(TSTZRANGE, nullable=False)
+    # upper(allocated_during), stored: a leakproof bound for index scans under row-level security.
+    occupied_until: Mapped[datetime | None] = mapped_column(
+        Computed("upper(allocated_during)", persisted=True)
+    )
     # False once the appointment is cancelled, rescheduled away or a no-show: the history stays, the time frees up.
     active: Mapped[bool] = flag(True)
     units: Mapped[int] = mapped_column(server_default=text("1"))
