@@ -121,11 +121,16 @@ def submit(
 ) -> tuple[JobView, bool]:
     """Record a job and commit it; queue it after the commit. Returns (job, created).
 
-    A repeated idempotency key with the same request returns the first job; with another request it
-    is a conflict. Invalid requests raise before anything is written.
+    A repeated idempotency key with the same request returns the first job, whatever has changed
+    since (a replay of a booking made yesterday for today is still that booking); with another request
+    it is a conflict. New requests are validated, and an invalid one raises before anything is written.
     """
-    KINDS[kind].validate(uow, payload, now)
     digest = request_hash(kind, payload)
+    if idempotency_key is not None:
+        replayed = _replay(uow, idempotency_key, digest)
+        if replayed is not None:
+            return replayed, False
+    KINDS[kind].validate(uow, payload, now)
     job_id = uow.session.scalar(
         insert(IntakeJob)
         .values(
@@ -142,21 +147,26 @@ def submit(
         .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
         .returning(IntakeJob.id)
     )
-    if job_id is None:
-        existing = uow.session.scalar(
-            select(IntakeJob).where(
-                IntakeJob.tenant_id == uow.tenant_id, IntakeJob.idempotency_key == idempotency_key
-            )
-        )
-        if existing.request_hash != digest:
-            raise Conflict(
-                "This Idempotency-Key was already used for a different request.",
-                code="idempotency_key_reused",
-            )
-        return JobView.from_row(existing), False
+    if job_id is None:  # the same key arrived twice at once, and the other request's row won
+        return _replay(uow, idempotency_key, digest), False
     uow.after_commit(lambda: _enqueue_safely(enqueue, job_id, queue))
     uow.commit()
     return get_job(uow, job_id), True
+
+
+def _replay(uow: UnitOfWork, idempotency_key: str, digest: str) -> JobView | None:
+    existing = uow.session.scalar(
+        select(IntakeJob).where(
+            IntakeJob.tenant_id == uow.tenant_id, IntakeJob.idempotency_key == idempotency_key
+        )
+    )
+    if existing is None:
+        return None
+    if existing.request_hash != digest:
+        raise Conflict(
+            "This Idempotency-Key was already used for a different request.", code="idempotency_key_reused"
+        )
+    return JobView.from_row(existing)
 
 
 def _enqueue_safely(enqueue: Enqueue, job_id: uuid.UUID, queue: str) -> None:

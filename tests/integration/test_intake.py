@@ -118,3 +118,15 @@ def test_the_sweeper_claims_jobs_the_queue_lost_once(db, salon):
             uow, NOW, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
         )
     assert lost.job_id not in {job_id for job_id, _ in again}
+
+
+def test_a_replay_returns_the_first_job_even_when_the_request_would_now_be_refused(db, salon):
+    first, _ = submit(salon, payload(salon), "order-9")
+    run(first.job_id)
+    # The slot is now taken and, a day later, in the past: the replay is still the same booking.
+    with UnitOfWork(salon.tenant.id) as uow:
+        again, created = intake.submit(
+            uow, "booking", payload(salon), "order-9", NOW + timedelta(days=5), lambda *_: None
+        )
+    assert again.job_id == first.job_id and not created
+    assert again.status == "succeeded"
