@@ -10,10 +10,10 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, created_at, flag, updated_at, uuid_pk, version
+from core.models.base import Audited, Base, SoftDeleted, created_at, flag, uuid_pk
 
 
-class User(Base):
+class User(Audited, SoftDeleted, Base):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint(
@@ -48,14 +48,6 @@ class User(Base):
     password_changed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     locale: Mapped[str] = mapped_column(String(10), server_default="es")
     timezone: Mapped[str] = mapped_column(String(50), server_default="Europe/Madrid")
-
-    created_at: Mapped[datetime] = created_at()
-    updated_at: Mapped[datetime] = updated_at()
-    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    version: Mapped[int] = version()
-    deleted_at: Mapped[datetime | None]
-    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
 
 class UserSession(Base):

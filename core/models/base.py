@@ -12,7 +12,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, DateTime, MetaData, Numeric, String, Time, Uuid, func, text
+from sqlalchemy import Date, DateTime, ForeignKey, MetaData, Numeric, String, Time, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,3 +62,21 @@ def jsonb_object(default: str = "'{}'::jsonb", *, name: str | None = None) -> Ma
     if name is None:
         return mapped_column(JSONB, nullable=False, server_default=text(default))
     return mapped_column(name, JSONB, nullable=False, server_default=text(default))
+
+
+class Audited:
+    """The seed's audit fields: who created and last changed a row, and when (updated_at and version
+    are kept by the update_updated_at_column trigger, revision 010)."""
+
+    created_at: Mapped[datetime] = created_at()
+    updated_at: Mapped[datetime] = updated_at()
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    version: Mapped[int] = version()
+
+
+class SoftDeleted:
+    """A row that is marked deleted rather than removed, so its history keeps its references."""
+
+    deleted_at: Mapped[datetime | None]
+    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))

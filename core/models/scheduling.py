@@ -27,7 +27,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TSTZRANGE, ExcludeConstraint, Range
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.models.base import Base, created_at, flag, jsonb_object, updated_at, uuid_pk, version
+from core.models.base import (
+    Audited,
+    Base,
+    SoftDeleted,
+    created_at,
+    flag,
+    jsonb_object,
+    updated_at,
+    uuid_pk,
+)
 
 if TYPE_CHECKING:
     from core.models.tenancy import Tenant
@@ -36,7 +45,7 @@ NOT_DELETED = text("deleted_at IS NULL")
 ACTIVE_NOT_DELETED = text("is_active = true AND deleted_at IS NULL")
 
 
-class Service(Base):
+class Service(Audited, SoftDeleted, Base):
     __tablename__ = "services"
     __table_args__ = (
         CheckConstraint("duration_minutes > 0", name="services_duration_positive"),
@@ -83,21 +92,13 @@ class Service(Base):
     is_active: Mapped[bool] = flag(True)
     is_featured: Mapped[bool] = flag(False)
 
-    created_at: Mapped[datetime] = created_at()
-    updated_at: Mapped[datetime] = updated_at()
-    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    version: Mapped[int] = version()
-    deleted_at: Mapped[datetime | None]
-    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-
     tenant: Mapped[Tenant] = relationship(back_populates="services")
     service_resources: Mapped[list[ServiceResource]] = relationship(
         back_populates="service", order_by="ServiceResource.preference_order", passive_deletes=True
     )
 
 
-class Resource(Base):
+class Resource(Audited, SoftDeleted, Base):
     __tablename__ = "resources"
     __table_args__ = (
         CheckConstraint(
@@ -136,14 +137,6 @@ class Resource(Base):
 
     is_active: Mapped[bool] = flag(True)
 
-    created_at: Mapped[datetime] = created_at()
-    updated_at: Mapped[datetime] = updated_at()
-    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    version: Mapped[int] = version()
-    deleted_at: Mapped[datetime | None]
-    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-
     tenant: Mapped[Tenant] = relationship(back_populates="resources")
     schedules: Mapped[list[ResourceSchedule]] = relationship(
         back_populates="resource",
@@ -155,7 +148,7 @@ class Resource(Base):
     )
 
 
-class Client(Base):
+class Client(Audited, SoftDeleted, Base):
     __tablename__ = "clients"
     __table_args__ = (
         CheckConstraint("phone IS NULL OR phone ~ '^\\+?[1-9]\\d{1,14}$'", name="clients_phone_format"),
@@ -206,14 +199,6 @@ class Client(Base):
 
     is_active: Mapped[bool] = flag(True)
 
-    created_at: Mapped[datetime] = created_at()
-    updated_at: Mapped[datetime] = updated_at()
-    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    version: Mapped[int] = version()
-    deleted_at: Mapped[datetime | None]
-    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-
     tenant: Mapped[Tenant] = relationship(back_populates="clients")
 
 
@@ -228,7 +213,7 @@ APPOINTMENT_STATUSES = (
 )
 
 
-class Appointment(Base):
+class Appointment(Audited, SoftDeleted, Base):
     __tablename__ = "appointments"
     __table_args__ = (
         CheckConstraint(
@@ -287,14 +272,6 @@ class Appointment(Base):
     cancellation_reason: Mapped[str | None] = mapped_column(Text)
 
     metadata_: Mapped[dict[str, Any]] = jsonb_object(name="metadata")
-
-    created_at: Mapped[datetime] = created_at()
-    updated_at: Mapped[datetime] = updated_at()
-    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    version: Mapped[int] = version()
-    deleted_at: Mapped[datetime | None]
-    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
     tenant: Mapped[Tenant] = relationship()
     service: Mapped[Service] = relationship()

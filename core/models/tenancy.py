@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.models.base import Base, created_at, flag, jsonb_object, updated_at, uuid_pk, version
+from core.models.base import (
+    Audited,
+    Base,
+    SoftDeleted,
+    created_at,
+    flag,
+    jsonb_object,
+    updated_at,
+    uuid_pk,
+)
 
 if TYPE_CHECKING:
     from core.models.auth import User
@@ -17,7 +26,7 @@ if TYPE_CHECKING:
     from core.models.vapi import VapiConfiguration
 
 
-class Tenant(Base):
+class Tenant(Audited, SoftDeleted, Base):
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint("slug ~ '^[a-z0-9]+(?:-[a-z0-9]+)*$'", name="tenants_slug_format"),
@@ -59,14 +68,6 @@ class Tenant(Base):
 
     subscription_status: Mapped[str] = mapped_column(String(20), server_default="trial")
     trial_ends_at: Mapped[datetime | None]
-
-    created_at: Mapped[datetime] = created_at()
-    updated_at: Mapped[datetime] = updated_at()
-    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    version: Mapped[int] = version()
-    deleted_at: Mapped[datetime | None]
-    deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
     services: Mapped[list[Service]] = relationship(back_populates="tenant", passive_deletes=True)
     resources: Mapped[list[Resource]] = relationship(back_populates="tenant", passive_deletes=True)
