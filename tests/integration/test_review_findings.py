@@ -1,0 +1,264 @@
+"""Defects found in review, each shown by a test that fails today (xfail, strict).
+
+When a defect is fixed its test starts passing, strict xfail turns that into a failure, and the marker
+comes off: the test then guards the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.app import create_app
+from core import booking, intake
+from core.booking import BookingRequest
+from core.clients import ClientDetails
+from core.db import UnitOfWork
+from core.errors import LimitReached
+from core.models import Client, IntakeJob, Notification
+from tests import factories
+from tests.scenarios import build_salon
+from workers.celery_app import app as celery_app
+
+NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
+DAY = date(2027, 3, 3)
+
+
+@pytest.fixture
+def salon(db):
+    salon = build_salon(db, with_api_key=True)
+    for kind in ("appointment_confirmed", "appointment_cancelled"):
+        factories.make_notification_template(db, salon.tenant, type=kind, channel="email", locale="es")
+    return salon
+
+
+@pytest.fixture
+def api(db, redis_prefix, salon):
+    assert celery_app.conf.broker_transport_options.get("global_keyprefix") == redis_prefix
+    # raise_server_exceptions=False: the test sees the 500 the caller would get, not the traceback.
+    with TestClient(
+        create_app(),
+        headers={"Authorization": f"Bearer {salon.api_key}"},
+        raise_server_exceptions=False,
+    ) as test_client:
+        yield test_client
+
+
+def request(salon, day=DAY, clock="10:00", phone="612 345 678", resource_ids=()):
+    return BookingRequest(
+        service_id=salon.haircut.id,
+        start=salon.at(day, clock),
+        client=ClientDetails(first_name="Lucía", phone=phone, email="lucia@example.com"),
+        resource_ids=tuple(resource_ids),
+    )
+
+
+def book(salon, req, now=NOW):
+    with UnitOfWork(salon.tenant.id) as uow:
+        booked = booking.book(uow, req, now)
+        uow.commit()
+    return booked
+
+
+def api_body(salon, start: str, **client):
+    return {
+        "service_id": str(salon.haircut.id),
+        "start": start,
+        "client": {"first_name": "Lucía", "phone": "612 345 678", **client},
+    }
+
+
+def rows(db, model, salon):
+    return db.scalar(select(func.count()).select_from(model).where(model.tenant_id == salon.tenant.id))
+
+
+def submit_job(salon):
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(
+            uow,
+            "booking",
+            {
+                "service_id": str(salon.haircut.id),
+                "start": salon.at(DAY, "10:00").isoformat(),
+                "client": {"first_name": "Lucía", "phone": "+34612345678"},
+            },
+            None,
+            NOW,
+            lambda *_: None,
+        )
+    return job
+
+
+def claim(now):
+    with UnitOfWork(system=True) as uow:  # as the sweeper runs it
+        claimed = intake.claim_stale(
+            uow, now, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
+        )
+        uow.commit()
+    return {job_id for job_id, _ in claimed}
+
+
+# --- API: client input that becomes a 500 ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a NUL character in any body string reaches the intake_jobs JSONB insert: DataError -> 500",
+)
+def test_a_nul_character_in_the_body_is_a_4xx_not_a_500(db, api, salon):
+    start = salon.at(datetime.now(UTC).date() + timedelta(days=2), "10:00").isoformat()
+    response = api.post("/v1/bookings", json={**api_body(salon, start), "notes": "call me\u0000"})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a start at the edge of the datetime range overflows in _check_on_grid (astimezone): 500",
+)
+def test_a_start_at_the_edge_of_the_calendar_is_a_4xx_not_a_500(db, api, salon):
+    response = api.post("/v1/bookings", json=api_body(salon, "0001-01-01T00:00:00+01:00"))
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] in ("start_in_past", "invalid_start", "validation_error")
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a chunked body over 64 KiB is turned by FastAPI into 400 bad_request, not 413 payload_too_large",
+)
+def test_a_chunked_body_over_the_limit_is_413(db, api, salon):
+    def chunks():
+        yield b'{"notes": "'
+        for _ in range(80):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = api.post("/v1/bookings", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "payload_too_large"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="RequestId middleware decodes X-Request-ID as UTF-8: a latin-1 byte is a 500"
+)
+def test_a_request_id_that_is_not_utf8_does_not_break_the_request():
+    # Straight to the ASGI app: HTTP clients refuse to send the byte, servers (h11) pass it on.
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/health",
+        "raw_path": b"/health",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"x-request-id", b"caf\xe9")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    with contextlib.suppress(Exception):  # the server error middleware re-raises after answering
+        asyncio.run(create_app()(scope, receive, send))
+    assert sent[0]["status"] == 200
+
+
+# --- booking rules ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="reschedule never checks the plan's monthly limit of the target month")
+def test_a_reschedule_into_a_full_month_is_refused(db, salon):
+    plan = factories.make_plan(db, max_appointments_per_month=1)
+    factories.make_subscription(db, salon.tenant, plan, status="active")
+    march = book(salon, request(salon))
+    book(salon, request(salon, date(2027, 4, 1), phone="612 345 679"))  # April is now full
+    with pytest.raises(LimitReached), UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, march.appointment_id, salon.at(date(2027, 4, 2), "10:00"), NOW)
+        uow.commit()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="change_status reports every allocation row, also those released by an earlier reschedule",
+)
+def test_a_cancel_after_a_reschedule_reports_the_current_resources_only(db, salon):
+    first, second = salon.stylists
+    booked = book(salon, request(salon, resource_ids=[first.id]))
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "12:00"), NOW, (second.id,))
+        cancelled = booking.cancel(uow, booked.appointment_id, None, NOW)
+        uow.commit()
+    assert set(cancelled.resource_ids) == {second.id, salon.chairs[0].id}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a reschedule queues a second confirmation and leaves the first (old time) pending: two sends",
+)
+def test_a_reschedule_leaves_one_pending_confirmation(db, salon):
+    booked = book(salon, request(salon))
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "12:00"), NOW)
+        uow.commit()
+    pending = db.scalars(
+        select(Notification).where(
+            Notification.appointment_id == booked.appointment_id,
+            Notification.notification_type == "appointment_confirmed",
+            Notification.status == "pending",
+        )
+    ).all()
+    assert len(pending) == 1, [n.body for n in pending]
+
+
+# --- job life cycle ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="claim_stale has no attempts cap: a job killed every run (hard time limit) stays running forever",
+)
+def test_a_job_that_keeps_dying_is_failed_not_requeued_forever(db, salon):
+    job = submit_job(salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", 50
+    stored.started_at = stored.enqueued_at = NOW - timedelta(hours=1)
+    db.flush()
+    claimed = claim(NOW)
+    db.refresh(stored)
+    assert job.job_id not in claimed
+    assert stored.status == "failed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="claim_stale measures 'running too long' from enqueued_at, so a job started seconds ago is re-sent",
+)
+def test_a_job_that_just_started_after_a_backlog_is_not_requeued(db, salon):
+    job = submit_job(salon)
+    stored = db.get(IntakeJob, job.job_id)
+    # Waited ten minutes in a busy queue, picked up ten seconds ago, still booking.
+    stored.status, stored.attempts = "running", 1
+    stored.enqueued_at = NOW - timedelta(minutes=10)
+    stored.started_at = NOW - timedelta(seconds=10)
+    db.flush()
+    assert job.job_id not in claim(NOW)
+
+
+def test_the_review_fixture_builds_a_bookable_salon(db, salon):
+    # Guards the fixtures above: the xfails must fail for their stated reason, not for a broken setup.
+    booked = book(salon, request(salon))
+    assert booked.appointment_id and rows(db, Client, salon) == 1
