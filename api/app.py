@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import re
 import uuid
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
@@ -14,6 +16,8 @@ from core import logging as app_logging
 from core.config import get_settings
 
 MAX_BODY_BYTES = 64 * 1024
+# A caller's request id is echoed into headers and logs: only a plain token is taken as it is.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 DESCRIPTION = """
 Book appointments for a VoiceAppoint business.
@@ -47,13 +51,11 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge
+                    # An HTTPException passes through FastAPI's body parsing (anything else becomes a 400).
+                    raise HTTPException(413, f"Request bodies are limited to {self.limit // 1024} KiB.")
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await self._reject(scope, receive, send)
+        await self.app(scope, limited_receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = errors.problem(
@@ -63,10 +65,6 @@ class BodySizeLimit:
             f"Request bodies are limited to {self.limit // 1024} KiB.",
         )
         await response(scope, receive, send)
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class RequestId:
@@ -79,7 +77,8 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
+        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if REQUEST_ID_PATTERN.fullmatch(offered) else uuid.uuid4().hex
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -672,6 +672,14 @@ class _Context:
     rules: ServiceRules
 
 
+def slot_step_minutes(tenant_settings: dict[str, Any] | None) -> int:
+    """The tenant's slot grid in minutes: its setting when that is a sensible whole number, else the default."""
+    step = (tenant_settings or {}).get("slot_step_minutes")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 < step <= 1440:
+        step = get_settings().default_slot_step_minutes
+    return step
+
+
 def find_slots(
     uow: UnitOfWork,
     service_id: uuid.UUID,
@@ -823,9 +831,7 @@ def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
     if elsewhere or row.deleted_at is not None or row.is_active is False:
         raise NotFound(f"Service {row.id} does not exist", code="service_not_found")
 
-    step = (tenant_settings or {}).get("slot_step_minutes")
-    if not isinstance(step, int) or isinstance(step, bool) or not 0 < step <= 1440:
-        step = get_settings().default_slot_step_minutes
+    step = slot_step_minutes(tenant_settings)
     days = row.available_days
     rules = ServiceRules(
         duration_minutes=row.duration_minutes,

@@ -16,14 +16,13 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.dialects.postgresql import Range, insert
 from sqlalchemy.exc import IntegrityError
 
 from core import availability, clients, notifications
 from core.availability import Slot
 from core.clients import ClientDetails
-from core.config import get_settings
 from core.db import UnitOfWork
 from core.errors import (
     Conflict,
@@ -221,8 +220,11 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
         raise InvalidRequest(
             "The start needs a UTC offset, e.g. 2027-03-30T10:00:00+02:00.", code="start_without_offset"
         )
-    step = int((tenant.settings or {}).get("slot_step_minutes") or get_settings().default_slot_step_minutes)
-    local = start.astimezone(ZoneInfo(tenant.timezone))
+    step = availability.slot_step_minutes(tenant.settings)
+    try:
+        local = start.astimezone(ZoneInfo(tenant.timezone))
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 and the like
+        raise InvalidRequest("The start is not a usable date.", code="invalid_start", field="start") from None
     minutes = local.hour * 60 + local.minute
     if local.second or local.microsecond or minutes % step:
         raise InvalidRequest(
@@ -378,7 +380,11 @@ def _plan_limit(uow: UnitOfWork, tenant: Tenant) -> int | None:
     return None if limit is None or limit < 0 else limit
 
 
-def _enforce_monthly_limit(uow: UnitOfWork, tenant: Tenant, start: datetime) -> None:
+def _enforce_monthly_limit(
+    uow: UnitOfWork, tenant: Tenant, start: datetime, moving: uuid.UUID | None = None
+) -> None:
+    """Refuse a booking in a local month the plan has no room left in (`moving`: the appointment being
+    rescheduled, which does not count against itself)."""
     limit = _plan_limit(uow, tenant)
     if limit is None:
         return
@@ -395,6 +401,7 @@ def _enforce_monthly_limit(uow: UnitOfWork, tenant: Tenant, start: datetime) -> 
             Appointment.status.not_in(NOT_COUNTED_STATUSES),
             Appointment.scheduled_start >= month_start,
             Appointment.scheduled_start < next_month,
+            Appointment.id != moving if moving is not None else true(),
         )
     )
     if booked >= limit:
@@ -469,6 +476,7 @@ def reschedule(
     _check_on_grid(tenant, new_start)
     if new_start <= now:
         raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
+    _enforce_monthly_limit(uow, tenant, new_start, moving=appointment.id)
     previous_start = appointment.scheduled_start
     _release(uow, appointment)
     appointment.scheduled_start = new_start
@@ -479,6 +487,8 @@ def reschedule(
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
     uow.session.flush()
     client = uow.session.get(Client, appointment.client_id)
+    # The confirmation of the old time must not go out after the one of the new time.
+    notifications.withdraw_pending(uow, appointment.id)
     notifications.queue_for_appointment(
         uow, tenant, client, service, appointment, "appointment_confirmed", notifications.event_suffix(now)
     )
@@ -514,10 +524,7 @@ def change_status(
         _release(uow, appointment)
     uow.session.flush()
     tenant = uow.get(Tenant, appointment.tenant_id)
-    resource_ids = uow.session.scalars(
-        select(AppointmentResource.resource_id).where(AppointmentResource.appointment_id == appointment.id)
-    ).all()
-    return _booked(appointment, tuple(set(resource_ids)), tenant)
+    return _booked(appointment, tuple(r.id for _, r in _held_resources(uow, appointment)), tenant)
 
 
 def cancel(
@@ -534,6 +541,7 @@ def cancel(
     result = change_status(uow, appointment_id, "cancelled", now, reason=reason)
     tenant = uow.get(Tenant, appointment.tenant_id)
     client = uow.session.get(Client, appointment.client_id)
+    notifications.withdraw_pending(uow, appointment.id)
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_cancelled")
     return result
 
@@ -562,14 +570,7 @@ def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentVi
     tenant = uow.get(Tenant, appointment.tenant_id)
     service = uow.session.get(Service, appointment.service_id)
     client = uow.session.get(Client, appointment.client_id)
-    allocations = uow.session.execute(
-        select(AppointmentResource, Resource)
-        .join(Resource, Resource.id == AppointmentResource.resource_id)
-        .where(AppointmentResource.appointment_id == appointment.id)
-        .order_by(AppointmentResource.active.desc(), Resource.id)
-    ).all()
-    current = [(allocation, resource) for allocation, resource in allocations if allocation.active]
-    shown = current or _latest(allocations)
+    shown = _held_resources(uow, appointment)
     return AppointmentView(
         appointment=_booked(appointment, tuple(r.id for _, r in shown), tenant),
         service={
@@ -593,9 +594,18 @@ def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentVi
     )
 
 
-def _latest(allocations: list) -> list:
-    """For a released appointment, the resources of its last allocation."""
-    if not allocations:
-        return []
-    last_start = max(allocation.allocated_start for allocation, _ in allocations)
-    return [(a, r) for a, r in allocations if a.allocated_start == last_start]
+def _held_resources(uow: UnitOfWork, appointment: Appointment) -> list[tuple[AppointmentResource, Resource]]:
+    """The resources the appointment holds, or for a released one (cancelled, completed) those of its
+    last allocation: earlier allocations left behind by a reschedule are history."""
+    allocations = uow.session.execute(
+        select(AppointmentResource, Resource)
+        .join(Resource, Resource.id == AppointmentResource.resource_id)
+        .where(AppointmentResource.appointment_id == appointment.id)
+        .order_by(Resource.id)
+    ).all()
+    active = [(allocation, resource) for allocation, resource in allocations if allocation.active]
+    if active or not allocations:
+        return active
+    at_its_time = [(a, r) for a, r in allocations if a.allocated_start == appointment.scheduled_start]
+    last = max(allocation.created_at for allocation, _ in at_its_time)
+    return [(allocation, resource) for allocation, resource in at_its_time if allocation.created_at == last]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from core import booking
@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[uuid.UUID, str], None]
 FINISHED = ("succeeded", "failed")
+# Started this often without finishing, a job is failed instead of re-sent (see claim_stale).
+MAX_ATTEMPTS = 5
+INTERNAL_ERROR = {
+    "code": "internal_error",
+    "message": "The request could not be processed; please try again.",
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,13 @@ class JobView:
         if self.result is not None:
             body["result"] = self.result
         if self.error is not None:
-            body["error"] = self.error
+            body["error"] = {name: value for name, value in self.error.items() if name != "http_status"}
         return body
+
+    @property
+    def http_status(self) -> int:
+        """The status the API gives this job's error when it answers it directly (?wait=)."""
+        return (self.error or {}).get("http_status", 500)
 
 
 def request_hash(kind: str, payload: dict[str, Any]) -> str:
@@ -207,7 +218,7 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
             booked = KINDS[job.kind].handle(uow, job.payload, now)
     except DomainError as error:
         # The HTTP status the same error has when the API answers it directly (used by ?wait=).
-        job.status, job.error = "failed", {**error.as_dict(), "status": error.http_status}
+        job.status, job.error = "failed", {**error.as_dict(), "http_status": error.http_status}
     else:
         job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
     job.finished_at = now
@@ -222,14 +233,7 @@ def fail_unexpectedly(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -
     uow.session.execute(
         update(IntakeJob)
         .where(IntakeJob.id == uuid.UUID(str(job_id)), IntakeJob.status.not_in(FINISHED))
-        .values(
-            status="failed",
-            finished_at=now,
-            error={
-                "code": "internal_error",
-                "message": "The request could not be processed; please try again.",
-            },
-        )
+        .values(status="failed", finished_at=now, error=INTERNAL_ERROR)
     )
     uow.commit()
 
@@ -237,13 +241,29 @@ def fail_unexpectedly(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -
 def claim_stale(
     uow: UnitOfWork, now: datetime, queued_for: timedelta, running_for: timedelta, limit: int = 500
 ) -> list[tuple[uuid.UUID, str]]:
-    """Jobs the queue seems to have lost, marked as re-enqueued now so that a second sweeper skips them."""
+    """Jobs the queue seems to have lost, marked as re-enqueued now so that a second sweeper skips them.
+
+    A job started MAX_ATTEMPTS times without finishing takes its worker down with it (the hard time
+    limit, a crash): it is failed instead of being sent again, forever.
+    """
+    # Running since it was last started or last re-sent, whichever is later: a job that waited in a
+    # backlog and has just started is not stale.
+    running_since = func.greatest(IntakeJob.started_at, IntakeJob.enqueued_at)
+    uow.session.execute(
+        update(IntakeJob)
+        .where(
+            IntakeJob.status == "running",
+            IntakeJob.attempts >= MAX_ATTEMPTS,
+            running_since < now - running_for,
+        )
+        .values(status="failed", finished_at=now, error=INTERNAL_ERROR)
+    )
     stale = (
         select(IntakeJob.id)
         .where(
             or_(
                 (IntakeJob.status == "queued") & (IntakeJob.enqueued_at < now - queued_for),
-                (IntakeJob.status == "running") & (IntakeJob.enqueued_at < now - running_for),
+                (IntakeJob.status == "running") & (running_since < now - running_for),
             )
         )
         .order_by(IntakeJob.created_at)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date, format_time
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from core.db import UnitOfWork
 from core.models import Appointment, Client, Notification, NotificationTemplate, Service, Tenant
@@ -113,6 +113,16 @@ def queue_for_appointment(
         uow.session.add(notification)
         queued.append(notification)
     return queued
+
+
+def withdraw_pending(uow: UnitOfWork, appointment_id: uuid.UUID) -> int:
+    """Cancel what is still waiting to be sent about an appointment that changed (the old time's
+    confirmation after a reschedule, any confirmation after a cancellation)."""
+    return uow.session.execute(
+        update(Notification)
+        .where(Notification.appointment_id == appointment_id, Notification.status == "pending")
+        .values(status="cancelled")
+    ).rowcount
 
 
 def event_suffix(moment: datetime) -> str:

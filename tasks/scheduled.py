@@ -1,5 +1,7 @@
 """Periodic jobs driven by Celery Beat (see beat_schedule.py)."""
 
+import logging
+import uuid
 from datetime import timedelta
 
 from core import intake
@@ -8,6 +10,8 @@ from core.config import get_settings
 from core.db import UnitOfWork
 from workers.base import JobTask
 from workers.celery_app import app
+
+log = logging.getLogger(__name__)
 
 RUNNING_TOO_LONG = timedelta(minutes=5)
 
@@ -22,10 +26,15 @@ def sweep_intake() -> dict:
             queued_for=timedelta(seconds=get_settings().intake_sweep_after_seconds),
             running_for=RUNNING_TOO_LONG,
         )
-        uow.after_commit(
-            lambda: [
-                app.send_task("bookings.process", args=[str(job_id)], queue=queue) for job_id, queue in stale
-            ]
-        )
+        uow.after_commit(lambda: _send_all(stale))
         uow.commit()
     return {"requeued": len(stale)}
+
+
+def _send_all(jobs: list[tuple[uuid.UUID, str]]) -> None:
+    # One failed send must not hold back the others; a job not sent now is claimed by a later sweep.
+    for job_id, queue in jobs:
+        try:
+            app.send_task("bookings.process", args=[str(job_id)], queue=queue)
+        except Exception:
+            log.warning("could not re-send job %s; a later sweep will", job_id, exc_info=True)

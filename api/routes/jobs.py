@@ -56,9 +56,11 @@ async def _answer(
     if job.status == "failed" and wait > 0:
         error = job.error or {}
         code = error.get("code", "internal_error")
-        fields = {name: value for name, value in error.items() if name not in ("code", "message", "status")}
+        fields = {
+            name: value for name, value in error.items() if name not in ("code", "message", "http_status")
+        }
         response = problem(
-            error.get("status", 500),
+            job.http_status,
             code,
             code.replace("_", " ").capitalize(),
             error.get("message", ""),

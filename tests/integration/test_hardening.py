@@ -1,8 +1,7 @@
-"""Defects found in review, each shown by a test that fails today (xfail, strict).
-
-When a defect is fixed its test starts passing, strict xfail turns that into a failure, and the marker
-comes off: the test then guards the fix.
-"""
+"""Defects found in review, each fixed and guarded here: hostile input that must be a 4xx (NUL
+characters, dates at the calendar's edge, oversized chunked bodies, odd request ids), the plan limit and
+the notifications of a reschedule, the resources a changed appointment reports, and the sweeper's
+handling of jobs that keep dying or have just started."""
 
 from __future__ import annotations
 
@@ -106,10 +105,6 @@ def claim(now):
 # --- API: client input that becomes a 500 ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a NUL character in any body string reaches the intake_jobs JSONB insert: DataError -> 500",
-)
 def test_a_nul_character_in_the_body_is_a_4xx_not_a_500(db, api, salon):
     start = salon.at(datetime.now(UTC).date() + timedelta(days=2), "10:00").isoformat()
     response = api.post("/v1/bookings", json={**api_body(salon, start), "notes": "call me\u0000"})
@@ -118,10 +113,6 @@ def test_a_nul_character_in_the_body_is_a_4xx_not_a_500(db, api, salon):
     assert rows(db, IntakeJob, salon) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a start at the edge of the datetime range overflows in _check_on_grid (astimezone): 500",
-)
 def test_a_start_at_the_edge_of_the_calendar_is_a_4xx_not_a_500(db, api, salon):
     response = api.post("/v1/bookings", json=api_body(salon, "0001-01-01T00:00:00+01:00"))
     assert response.status_code == 422, response.text
@@ -129,10 +120,6 @@ def test_a_start_at_the_edge_of_the_calendar_is_a_4xx_not_a_500(db, api, salon):
     assert rows(db, IntakeJob, salon) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a chunked body over 64 KiB is turned by FastAPI into 400 bad_request, not 413 payload_too_large",
-)
 def test_a_chunked_body_over_the_limit_is_413(db, api, salon):
     def chunks():
         yield b'{"notes": "'
@@ -145,9 +132,6 @@ def test_a_chunked_body_over_the_limit_is_413(db, api, salon):
     assert response.json()["code"] == "payload_too_large"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="RequestId middleware decodes X-Request-ID as UTF-8: a latin-1 byte is a 500"
-)
 def test_a_request_id_that_is_not_utf8_does_not_break_the_request():
     # Straight to the ASGI app: HTTP clients refuse to send the byte, servers (h11) pass it on.
     scope = {
@@ -180,7 +164,6 @@ def test_a_request_id_that_is_not_utf8_does_not_break_the_request():
 # --- booking rules ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="reschedule never checks the plan's monthly limit of the target month")
 def test_a_reschedule_into_a_full_month_is_refused(db, salon):
     plan = factories.make_plan(db, max_appointments_per_month=1)
     factories.make_subscription(db, salon.tenant, plan, status="active")
@@ -191,10 +174,6 @@ def test_a_reschedule_into_a_full_month_is_refused(db, salon):
         uow.commit()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="change_status reports every allocation row, also those released by an earlier reschedule",
-)
 def test_a_cancel_after_a_reschedule_reports_the_current_resources_only(db, salon):
     first, second = salon.stylists
     booked = book(salon, request(salon, resource_ids=[first.id]))
@@ -205,10 +184,6 @@ def test_a_cancel_after_a_reschedule_reports_the_current_resources_only(db, salo
     assert set(cancelled.resource_ids) == {second.id, salon.chairs[0].id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reschedule queues a second confirmation and leaves the first (old time) pending: two sends",
-)
 def test_a_reschedule_leaves_one_pending_confirmation(db, salon):
     booked = book(salon, request(salon))
     with UnitOfWork(salon.tenant.id) as uow:
@@ -227,10 +202,6 @@ def test_a_reschedule_leaves_one_pending_confirmation(db, salon):
 # --- job life cycle ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claim_stale has no attempts cap: a job killed every run (hard time limit) stays running forever",
-)
 def test_a_job_that_keeps_dying_is_failed_not_requeued_forever(db, salon):
     job = submit_job(salon)
     stored = db.get(IntakeJob, job.job_id)
@@ -243,10 +214,6 @@ def test_a_job_that_keeps_dying_is_failed_not_requeued_forever(db, salon):
     assert stored.status == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claim_stale measures 'running too long' from enqueued_at, so a job started seconds ago is re-sent",
-)
 def test_a_job_that_just_started_after_a_backlog_is_not_requeued(db, salon):
     job = submit_job(salon)
     stored = db.get(IntakeJob, job.job_id)
@@ -259,6 +226,6 @@ def test_a_job_that_just_started_after_a_backlog_is_not_requeued(db, salon):
 
 
 def test_the_review_fixture_builds_a_bookable_salon(db, salon):
-    # Guards the fixtures above: the xfails must fail for their stated reason, not for a broken setup.
+    # Guards the fixtures above: the tests here must fail for their stated reason, not a broken setup.
     booked = book(salon, request(salon))
     assert booked.appointment_id and rows(db, Client, salon) == 1
