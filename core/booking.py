@@ -478,7 +478,10 @@ def reschedule(
         raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
     _enforce_monthly_limit(uow, tenant, new_start, moving=appointment.id)
     previous_start = appointment.scheduled_start
+    previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
     _release(uow, appointment)
+    if not resource_ids:
+        resource_ids = _same_resources_if_free(uow, service, new_start, now, previous_resources)
     appointment.scheduled_start = new_start
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
     slot = _allocate(uow, service, appointment, new_start, now, resource_ids, _candidates(uow, service))
@@ -493,6 +496,18 @@ def reschedule(
         uow, tenant, client, service, appointment, "appointment_confirmed", notifications.event_suffix(now)
     )
     return _booked(appointment, slot.resource_ids, tenant)
+
+
+def _same_resources_if_free(
+    uow: UnitOfWork, service: Service, start: datetime, now: datetime, previous: tuple[uuid.UUID, ...]
+) -> tuple[uuid.UUID, ...]:
+    """A moved appointment keeps its stylist when the stylist is free at the new time; otherwise any
+    free one will do, as for a new booking."""
+    try:
+        availability.check_slot(uow, service, start, now, previous)
+    except (SlotUnavailable, InvalidRequest):
+        return ()
+    return previous
 
 
 def change_status(

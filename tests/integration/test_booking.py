@@ -313,3 +313,20 @@ def test_a_booking_reference_clash_with_another_business_draws_again(db, salon, 
     monkeypatch.setattr(booking, "new_reference", lambda: next(drawn))
     second = book(salon, request(salon, "12:00", phone="612 345 679"))
     assert second.booking_reference == "ZZZZZZ"
+
+
+def test_a_moved_appointment_keeps_its_stylist_when_the_stylist_is_free(db):
+    salon = build_salon(db, stylists=2, chairs=0)
+    second = salon.stylists[1]
+    moved = book(salon, request(salon, "10:00", resource_ids=[second.id]))
+    book(salon, request(salon, "12:00", phone="612 345 679", resource_ids=[second.id]))
+
+    def reschedule_to(clock):
+        with UnitOfWork(salon.tenant.id) as uow:
+            result = booking.reschedule(uow, moved.appointment_id, salon.at(DAY, clock), NOW)
+            uow.commit()
+        return result
+
+    assert reschedule_to("14:00").resource_ids == (second.id,)
+    # At 12:00 the second stylist is busy: the move still succeeds, with the other one.
+    assert reschedule_to("12:00").resource_ids == (salon.stylists[0].id,)
