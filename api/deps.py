@@ -5,14 +5,25 @@ from __future__ import annotations
 import uuid
 
 from fastapi import Header
+from fastapi.concurrency import run_in_threadpool
 
 from core import auth
+from core import logging as app_logging
 from core.clock import utcnow
 from core.db import UnitOfWork
 
 
-def authenticated_tenant(authorization: str | None = Header(None, include_in_schema=False)) -> uuid.UUID:
-    """The tenant whose API key is presented as `Authorization: Bearer va_live_...`."""
+async def authenticated_tenant(
+    authorization: str | None = Header(None, include_in_schema=False),
+) -> uuid.UUID:
+    """The tenant whose API key is presented as `Authorization: Bearer va_live_...`; every log line of
+    the request carries it from here on (bound in the request's own context, not a worker thread's)."""
+    tenant_id = await run_in_threadpool(_tenant_for, authorization)
+    app_logging.bind(tenant_id=str(tenant_id))
+    return tenant_id
+
+
+def _tenant_for(authorization: str | None) -> uuid.UUID:
     presented = None
     if authorization:
         scheme, _, value = authorization.partition(" ")

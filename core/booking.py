@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, true, update
 from sqlalchemy.dialects.postgresql import Range, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from core import availability, clients, notifications
 from core.availability import Slot
@@ -285,8 +285,9 @@ def _allocate(
         uow.session.execute(
             select(Resource.id).where(Resource.id.in_(shared)).order_by(Resource.id).with_for_update()
         )
-    # Each lost race means another booking committed a resource: with n candidates, n + 1 looks settle it.
-    for _ in range(len(candidates) + 1):
+    # Each lost race means another booking took (or is taking) one of the candidates, so the looks are
+    # bounded by the number of candidates; twice that, for races lost to a deadlock's victim choice.
+    for _ in range(2 * len(candidates) + 2):
         try:
             slot = availability.check_slot(uow, service, start, now, resource_ids or None)
         except SlotUnavailable as unavailable:
@@ -312,8 +313,11 @@ def _allocate(
             with uow.session.begin_nested():
                 uow.session.execute(insert(AppointmentResource), allocations)
             return slot
-        except IntegrityError as error:
-            if getattr(error.orig, "sqlstate", None) != "23P01":
+        except DBAPIError as error:
+            # 23P01: an overlapping booking of one of these resources committed first. 40P01: two bookings
+            # inserted conflicting rows at the same instant and each waited for the other; PostgreSQL
+            # aborted this one. Either way, look again.
+            if getattr(error.orig, "sqlstate", None) not in ("23P01", "40P01"):
                 raise
     taken = SlotUnavailable("That time was just taken.", code="slot_taken")
     raise _with_alternatives(uow, service, start, now, resource_ids, taken)

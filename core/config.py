@@ -1,8 +1,9 @@
 """Settings read from the environment (and a .env file), one place for every knob."""
 
 from functools import lru_cache
+from typing import Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/voiceappoint"
@@ -28,6 +29,8 @@ class Settings(BaseSettings):
     db_pool_size: int = 5
     db_max_overflow: int = 5
     db_pool_timeout_seconds: float = 30.0
+    db_connect_timeout_seconds: int = 5
+    db_statement_timeout_ms: int = 30_000
 
     env: str = "development"
     secret_key: str = "dev-secret-change-me"
@@ -56,6 +59,21 @@ class Settings(BaseSettings):
     vapi_api_base: str = ""
     flower_user: str = "admin"
     flower_password: str = "admin"
+
+    @model_validator(mode="after")
+    def _production_has_secrets(self) -> Self:
+        if self.env == "production":
+            weak = [
+                name
+                for name, value, default in (
+                    ("VOICEAPPOINT_SECRET_KEY", self.secret_key, "dev-secret-change-me"),
+                    ("VOICEAPPOINT_FLOWER_PASSWORD", self.flower_password, "admin"),
+                )
+                if value == default or not value
+            ]
+            if weak:
+                raise ValueError(f"in production set {', '.join(weak)} (the development defaults are public)")
+        return self
 
     @property
     def is_production(self) -> bool:

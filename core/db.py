@@ -35,6 +35,15 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", settings.db_pool_size)
     kwargs.setdefault("max_overflow", settings.db_max_overflow)
     kwargs.setdefault("pool_timeout", settings.db_pool_timeout_seconds)
+    # A database host that drops packets must fail a request in seconds, not hang it; and no statement
+    # of the application may run longer than a task is allowed to.
+    kwargs.setdefault(
+        "connect_args",
+        {
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        },
+    )
     engine = create_engine(url or settings.database_url, **kwargs)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)

@@ -21,6 +21,7 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from core import booking
+from core import logging as app_logging
 from core.db import UnitOfWork
 from core.errors import Conflict, DomainError, NotFound
 from core.models import Appointment, IntakeJob
@@ -213,6 +214,7 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     if started is None or job.status in FINISHED:
         return JobView.from_row(job).as_dict()
     uow.set_tenant(job.tenant_id)
+    app_logging.bind(tenant_id=str(job.tenant_id))
     try:
         with uow.session.begin_nested():
             booked = KINDS[job.kind].handle(uow, job.payload, now)

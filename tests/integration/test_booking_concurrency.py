@@ -116,7 +116,7 @@ def test_two_bookings_cannot_both_take_the_last_unit_of_the_plan(committed_engin
 def test_simultaneous_bookings_that_lose_a_stylist_take_the_next_free_one(committed_engine, committed):
     salon = committed(stylists=10, chairs=0)
     outcomes = book_all(salon, [haircut_at(salon, "10:00", n) for n in range(10)])
-    assert outcomes == ["booked"] * 10
+    assert outcomes == ["booked"] * 10, outcomes
     with Session(committed_engine) as session:
         stylists = session.scalars(
             select(AppointmentResource.resource_id)
