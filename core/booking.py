@@ -257,8 +257,8 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     client.total_appointments = (client.total_appointments or 0) + 1
     client.last_appointment_date = appointment.scheduled_start
     uow.session.flush()
-    # Everything that does not need the resources happens before they are locked: other bookings of
-    # the same stylist wait only for the check and the insert. A taken slot rolls all of it back.
+    # Everything that does not need the resources happens before they are taken, so that a booking
+    # competing for the same stylist waits only on the check and the insert. A taken slot rolls it all back.
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_confirmed")
     slot = _allocate(uow, service, appointment, request.start, now, request.resource_ids, candidates)
     return _booked(appointment, slot.resource_ids, tenant)
