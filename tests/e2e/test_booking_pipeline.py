@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time as clock
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from core import intake
 from core.db import UnitOfWork
 from core.models import Appointment, AppointmentResource, IntakeJob
+from tests.e2e.processes import ProcessHarness, free_port
 from tests.scenarios import build_salon
 
 JOB_TIMEOUT = 120
@@ -248,3 +250,35 @@ def test_killing_worker_processes_mid_stream_loses_no_booking(committed_engine, 
         )
     assert booked == 60
     assert overlapping_allocations(committed_engine, salon.tenant.id) == 0
+
+
+def test_a_booking_accepted_while_redis_is_down_is_not_lost(
+    committed_engine, worker, celery_client, process_environment, salon
+):
+    # A second API whose broker does not answer (a closed port): what the API meets when Redis is down.
+    broker_down = dataclasses.replace(process_environment, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with ProcessHarness(broker_down, client=celery_client) as harness:
+        api = harness.start_api()
+        with api.client(headers={"Authorization": f"Bearer {salon.api_key}"}, timeout=30) as client:
+            # A client that gives up after 10 s, as callers do: the broker must not hold the request hostage
+            # (a result subscription on a down Redis did, for ~20 s).
+            accepted = client.post(
+                "/v1/bookings",
+                json=body(salon, salon.at(booking_day(salon), "11:00"), "+34612999006"),
+                timeout=10,
+            )
+            ready = client.get("/ready")
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["status"] == "queued"
+    assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unavailable"
+
+    job_id = accepted.json()["job_id"]
+    with Session(committed_engine) as session:
+        stored = session.get(IntakeJob, job_id)
+        assert stored.status == "queued"  # recorded, though nothing could be queued
+        stored.enqueued_at = datetime.now(UTC) - timedelta(minutes=2)  # as if a minute had passed
+        session.commit()
+    celery_client.send_task("scheduled.sweep_intake").get(timeout=30)
+
+    (finished,) = wait_for_jobs(committed_engine, [job_id])
+    assert finished.status == "succeeded", finished.error
