@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import statistics
 import sys
 import time
@@ -279,6 +280,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed runs of each (after 30 warm-up runs)")
     parser.add_argument("--allocations", type=int, default=200_000, help="rows in appointment_resources")
     args = parser.parse_args()
+    # `timeout` and Ctrl-C alike end the run through the clean-up below (the database is dropped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     base = make_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     url = base.set(database=f"va_bench_avail_{uuid.uuid4().hex[:10]}").render_as_string(hide_password=False)

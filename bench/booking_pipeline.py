@@ -21,8 +21,10 @@ Targets (issue 4): bookings >= 0.5 x the no-op ceiling; hot >= 0.9 x spread; zer
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -119,6 +121,7 @@ def _delete_keys(redis_url: str, prefix: str) -> None:
 
 
 def _run_tasks(bench: Bench, name: str, task: str, n: int, queue: str) -> Measurement:
+    gc.collect()
     started = time.perf_counter()
     results = [bench.client.send_task(task, queue=queue) for _ in range(n)]
     for result in results:
@@ -177,6 +180,7 @@ def _prepare_bookings(bench: Bench, n: int, businesses: int) -> list[str]:
 
 def run_bookings(name: str, n: int, businesses: int, bench: Bench) -> Measurement:
     job_ids = _prepare_bookings(bench, n, businesses)
+    gc.collect()
     started = time.perf_counter()
     results = [
         bench.client.send_task("bookings.process", args=[job_id], queue="bookings") for job_id in job_ids
@@ -237,10 +241,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median round counts")
     args = parser.parse_args(argv)
+    # `timeout` and Ctrl-C alike end the run through the clean-up below (workers stopped, database dropped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     # Rounds alternate the three measurements so that a slow moment of a shared host, or the growing
     # tables, does not fall on one of them only; each figure is the median of its rounds.
     measured: dict[str, list[Measurement]] = {"noop": [], "spread": [], "hot": []}
+    # The cyclic collector may run an AsyncResult's __del__ (which unsubscribes from the result channel)
+    # while a send is subscribing on that same Redis connection, and the two deadlock. Collect only
+    # between measurements, where no Redis call is in flight.
+    gc.disable()
     with bench_environment(workers=args.workers, concurrency=args.concurrency) as bench:
         for _ in range(args.rounds):
             measured["noop"].append(run_noop(args.tasks, bench))
