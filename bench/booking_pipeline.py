@@ -11,7 +11,8 @@ What it measures, through the same workers in one run:
   what the worker machinery alone allows (broker round trips, acks, result writes, events);
 - bookings spread over many businesses (no two jobs compete for a resource lock);
 - bookings all on one hot resource (every job locks the same stylist and chair, at distinct times).
-Booking jobs are recorded as intake jobs before the clock starts, as the API records them; the clock
+Booking jobs are recorded as intake jobs before the clock starts, as the API records them (each client
+with a phone and an email, the system templates seeded, so each booking queues two confirmations); the clock
 runs from the first `bookings.process` sent to the last result. Every booking must succeed, and the
 run checks that no resource is ever allocated twice at overlapping times.
 
@@ -46,7 +47,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from core import intake  # noqa: E402
+from core import intake, seed  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.db import UnitOfWork  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
@@ -99,6 +100,7 @@ def bench_environment(workers: int = 2, concurrency: int = 2) -> Iterator[Bench]
     harness = None
     try:
         command.upgrade(alembic_config(database_url), "head")
+        _seed_system_rows(database_url)
         harness = ProcessHarness(ProcessEnvironment(database_url, settings.redis_url, redis_prefix, log_dir))
         started = [harness.start_worker(name="bench-worker", concurrency=concurrency) for _ in range(workers)]
         yield Bench(database_url, settings.redis_url, redis_prefix, harness, started)
@@ -109,6 +111,18 @@ def bench_environment(workers: int = 2, concurrency: int = 2) -> Iterator[Bench]
             drop_database(database_url)
         _delete_keys(settings.redis_url, redis_prefix)
         print(f"worker logs: {log_dir}")
+
+
+def _seed_system_rows(database_url: str) -> None:
+    """Plans and the system notification templates, as every installation has them: a booking then
+    renders and queues its confirmations, as it does in production."""
+    engine = create_engine(database_url)
+    try:
+        with UnitOfWork(system=True, factory=sessionmaker(engine)) as uow:
+            seed.seed_all(uow)
+            uow.commit()
+    finally:
+        engine.dispose()
 
 
 def _delete_keys(redis_url: str, prefix: str) -> None:
@@ -168,7 +182,12 @@ def _prepare_bookings(bench: Bench, n: int, businesses: int) -> list[str]:
             payload = {
                 "service_id": str(salon.haircut.id),
                 "start": start.isoformat(),
-                "client": {"first_name": "Bench", "phone": f"+3461{index % per_business:07d}"},
+                # Phone and email, as an online booking has them: an SMS and an email confirmation.
+                "client": {
+                    "first_name": "Bench",
+                    "phone": f"+3461{index % per_business:07d}",
+                    "email": f"client{index % per_business}@example.com",
+                },
             }
             with UnitOfWork(salon.tenant.id, factory=sessionmaker(engine)) as uow:
                 job, _ = intake.submit(uow, "booking", payload, None, datetime.now(UTC), lambda *_: None)
