@@ -16,8 +16,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, true, update
-from sqlalchemy.dialects.postgresql import Range, insert
+from sqlalchemy import func, insert, select, text, true, update
+from sqlalchemy.dialects.postgresql import Range
 from sqlalchemy.exc import DBAPIError
 
 from core import availability, clients, notifications
@@ -240,7 +240,7 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
 def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
     tenant, service, candidates = _checked(uow, request, now)
     _enforce_monthly_limit(uow, tenant, request.start)
-    client = clients.find_or_create(uow, tenant, request.client)
+    client = clients.for_booking(uow, tenant, request.client, request.start)
     appointment = _insert_with_new_reference(
         uow,
         tenant_id=tenant.id,
@@ -254,8 +254,6 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
         quoted_price=service.base_price,
         client_notes=request.notes,
     )
-    client.total_appointments = (client.total_appointments or 0) + 1
-    client.last_appointment_date = appointment.scheduled_start
     uow.session.flush()
     # Everything that does not need the resources happens before they are taken, so that a booking
     # competing for the same stylist waits only on the check and the insert. A taken slot rolls it all back.
@@ -353,6 +351,19 @@ def new_reference() -> str:
     return "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(REFERENCE_LENGTH))
 
 
+# SQLAlchemy cannot cache a statement with ON CONFLICT (it compiles it anew on every call, ~1 ms), so
+# the booking's own insert is written out once.
+_INSERT_APPOINTMENT = select(Appointment).from_statement(
+    text(
+        "INSERT INTO appointments (id, booking_reference, tenant_id, service_id, client_id, scheduled_start,"
+        " scheduled_end, status, status_changed_at, booking_method, quoted_price, client_notes)"
+        " VALUES (:id, :booking_reference, :tenant_id, :service_id, :client_id, :scheduled_start,"
+        " :scheduled_end, :status, :status_changed_at, :booking_method, :quoted_price, :client_notes)"
+        " ON CONFLICT (booking_reference) DO NOTHING RETURNING *"
+    )
+)
+
+
 def _insert_with_new_reference(uow: UnitOfWork, **columns: Any) -> Appointment:
     """Insert the appointment under a fresh booking reference.
 
@@ -362,10 +373,7 @@ def _insert_with_new_reference(uow: UnitOfWork, **columns: Any) -> Appointment:
     """
     for _ in range(REFERENCE_ATTEMPTS):
         appointment = uow.session.scalar(
-            insert(Appointment)
-            .values(id=uuid.uuid4(), booking_reference=new_reference(), **columns)
-            .on_conflict_do_nothing(index_elements=["booking_reference"])
-            .returning(Appointment)
+            _INSERT_APPOINTMENT, {"id": uuid.uuid4(), "booking_reference": new_reference(), **columns}
         )
         if appointment is not None:
             return appointment

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 import phonenumbers
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, or_, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from core.db import UnitOfWork
 from core.errors import Conflict, InvalidRequest
@@ -69,47 +70,70 @@ def normalise(details: ClientDetails, tenant: Tenant) -> ClientDetails:
     )
 
 
-def find_or_create(uow: UnitOfWork, tenant: Tenant, details: ClientDetails) -> Client:
-    """The tenant's existing client with this phone (else email), or a new one.
+# SQLAlchemy cannot cache a statement with ON CONFLICT (it compiles it anew on every call, ~1 ms), so
+# this hot one is written out once. The partial unique indexes (phone, email per tenant) are the arbiters.
+_INSERT_CLIENT = select(Client).from_statement(
+    text(
+        "INSERT INTO clients (tenant_id, first_name, last_name, phone, email, preferred_language,"
+        " communication_preferences, source, total_appointments, last_appointment_date)"
+        " VALUES (:tenant_id, :first_name, :last_name, :phone, :email, :preferred_language,"
+        " :communication_preferences, 'booking', 1, :booked_start)"
+        " ON CONFLICT DO NOTHING RETURNING *"
+    ).bindparams(bindparam("communication_preferences", type_=JSONB))
+)
 
-    Two bookings for the same new client can race to create it; the partial unique indexes decide,
+
+def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_start: datetime) -> Client:
+    """The tenant's client with this phone (else email), or a new one, with the booking counted.
+
+    Two bookings for the same new client can race to create it: the partial unique indexes decide,
     and the loser reads the winner's row.
     """
     details = normalise(details, tenant)
     client = _find(uow, tenant, details)
-    if client is not None:
-        return client
-    # ON CONFLICT instead of a savepoint: the partial unique indexes (phone, email per tenant) decide
-    # between two bookings racing to create the same client, and the loser reads the winner's row.
-    client = uow.session.scalar(
-        insert(Client)
-        .values(
-            tenant_id=tenant.id,
-            first_name=details.first_name,
-            last_name=details.last_name,
-            phone=details.phone,
-            email=details.email,
-            preferred_language=details.preferred_language,
-            communication_preferences={"email": details.email is not None, "sms": details.phone is not None},
-            source="booking",
-        )
-        .on_conflict_do_nothing()
-        .returning(Client)
-    )
-    client = client or _find(uow, tenant, details)
     if client is None:
-        raise Conflict(
-            "The client's phone and email belong to two different clients.", code="client_conflict"
+        client = uow.session.scalar(
+            _INSERT_CLIENT,
+            {
+                "tenant_id": tenant.id,
+                "first_name": details.first_name,
+                "last_name": details.last_name,
+                "phone": details.phone,
+                "email": details.email,
+                "preferred_language": details.preferred_language,
+                "communication_preferences": {
+                    "email": details.email is not None,
+                    "sms": details.phone is not None,
+                },
+                "booked_start": booked_start,
+            },
         )
+        if client is not None:
+            return client
+        client = _find(uow, tenant, details)
+        if client is None:
+            raise Conflict(
+                "The client's phone and email belong to two different clients.", code="client_conflict"
+            )
+    client.total_appointments = (client.total_appointments or 0) + 1
+    if client.last_appointment_date is None or booked_start > client.last_appointment_date:
+        client.last_appointment_date = booked_start
     return client
 
 
 def _find(uow: UnitOfWork, tenant: Tenant, details: ClientDetails) -> Client | None:
-    live = select(Client).where(Client.tenant_id == tenant.id, Client.deleted_at.is_(None))
+    """The live client with the phone, else the one with the email (one statement for both)."""
+    if not details.phone and not details.email:
+        return None
+    matches = []
     if details.phone:
-        client = uow.session.scalar(live.where(Client.phone == details.phone))
-        if client is not None:
-            return client
+        matches.append(Client.phone == details.phone)
     if details.email:
-        return uow.session.scalar(live.where(Client.email == details.email))
-    return None
+        matches.append(Client.email == details.email)
+    return uow.session.scalar(
+        select(Client)
+        .where(Client.tenant_id == tenant.id, Client.deleted_at.is_(None), or_(*matches))
+        # The phone match first: a phone identifies a caller better than a shared family email.
+        .order_by(Client.phone.is_not_distinct_from(details.phone).desc())
+        .limit(1)
+    )

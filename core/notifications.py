@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_time
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 
 from core.db import UnitOfWork
 from core.models import Appointment, Client, Notification, NotificationTemplate, Service, Tenant
 
 # Templates may be edited by businesses: render them sandboxed, and fail loudly on unknown variables.
-_templates = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def client_locale(tenant: Tenant, client: Client) -> str:
+    return client.preferred_language or tenant.locale or "es"
 
 
 def appointment_context(tenant: Tenant, client: Client, service: Service, appointment: Appointment) -> dict:
-    locale = client.preferred_language or tenant.locale or "es"
+    locale = client_locale(tenant, client)
     local_start = appointment.scheduled_start.astimezone(ZoneInfo(tenant.timezone))
     return {
         "client_name": client.first_name,
@@ -47,14 +52,15 @@ def _channels_for(client: Client) -> list[str]:
     return channels
 
 
-def _template(
-    uow: UnitOfWork, tenant: Tenant, notification_type: str, channel: str, locale: str
-) -> NotificationTemplate | None:
-    """The tenant's own template wins over the system one; the client's language wins over English."""
+def _templates(
+    uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: str
+) -> dict[str, NotificationTemplate]:
+    """The template to use per channel: the tenant's own wins over the system one, the client's language
+    over English. Channels without any template are left out."""
     candidates = uow.session.scalars(
         select(NotificationTemplate).where(
             NotificationTemplate.type == notification_type,
-            NotificationTemplate.channel == channel,
+            NotificationTemplate.channel.in_(channels),
             NotificationTemplate.is_active.is_(True),
             or_(NotificationTemplate.tenant_id == tenant.id, NotificationTemplate.tenant_id.is_(None)),
         )
@@ -66,7 +72,20 @@ def _template(
             0 if template.locale == locale else 1 if template.locale == "en" else 2,
         )
 
-    return min(candidates, key=rank, default=None)
+    chosen: dict[str, NotificationTemplate] = {}
+    for template in sorted(candidates, key=rank):
+        chosen.setdefault(template.channel, template)
+    return chosen
+
+
+@lru_cache(maxsize=1024)
+def _compiled(source: str) -> Template:
+    # Compiling a template costs far more than rendering it, and a handful of templates serve every booking.
+    return _environment.from_string(source)
+
+
+def render(source: str, context: dict) -> str:
+    return _compiled(source).render(context)
 
 
 def queue_for_appointment(
@@ -77,42 +96,48 @@ def queue_for_appointment(
     appointment: Appointment,
     notification_type: str,
     dedupe_suffix: str = "",
-) -> list[Notification]:
-    """Pending notification rows for an appointment event, one per channel the client can be reached on.
+) -> list[uuid.UUID]:
+    """Pending notification rows for an appointment event, one per channel the client can be reached on;
+    returns their ids.
 
     `dedupe_key` makes the same event impossible to queue twice (a retried job, two Beat runs).
     """
+    channels = _channels_for(client)
+    if not channels:
+        return []
+    templates = _templates(uow, tenant, notification_type, channels, client_locale(tenant, client))
+    keys = {
+        channel: f"{appointment.id}:{notification_type}:{channel}{dedupe_suffix}" for channel in templates
+    }
+    if not keys:
+        return []
+    already = set(
+        uow.session.scalars(select(Notification.dedupe_key).where(Notification.dedupe_key.in_(keys.values())))
+    )
     context = appointment_context(tenant, client, service, appointment)
-    locale = client.preferred_language or tenant.locale or "es"
-    queued = []
-    for channel in _channels_for(client):
-        template = _template(uow, tenant, notification_type, channel, locale)
-        if template is None:
-            continue
-        dedupe_key = f"{appointment.id}:{notification_type}:{channel}{dedupe_suffix}"
-        if uow.session.scalar(select(Notification.id).where(Notification.dedupe_key == dedupe_key)):
-            continue
-        notification = Notification(
-            id=uuid.uuid4(),
-            tenant_id=tenant.id,
-            template_id=template.id,
-            appointment_id=appointment.id,
-            notification_type=notification_type,
-            recipient_type="client",
-            recipient_id=client.id,
-            recipient_email=client.email if channel == "email" else None,
-            recipient_phone=client.phone if channel == "sms" else None,
-            channel=channel,
-            subject=_templates.from_string(template.subject_template).render(context)
-            if template.subject_template
-            else None,
-            body=_templates.from_string(template.body_template).render(context),
-            status="pending",
-            dedupe_key=dedupe_key,
-        )
-        uow.session.add(notification)
-        queued.append(notification)
-    return queued
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "tenant_id": tenant.id,
+            "template_id": template.id,
+            "appointment_id": appointment.id,
+            "notification_type": notification_type,
+            "recipient_type": "client",
+            "recipient_id": client.id,
+            "recipient_email": client.email if channel == "email" else None,
+            "recipient_phone": client.phone if channel == "sms" else None,
+            "channel": channel,
+            "subject": render(template.subject_template, context) if template.subject_template else None,
+            "body": render(template.body_template, context),
+            "status": "pending",
+            "dedupe_key": keys[channel],
+        }
+        for channel, template in templates.items()
+        if keys[channel] not in already
+    ]
+    if rows:
+        uow.session.execute(insert(Notification.__table__), rows)
+    return [row["id"] for row in rows]
 
 
 def withdraw_pending(uow: UnitOfWork, appointment_id: uuid.UUID) -> int:

@@ -117,6 +117,23 @@ def test_an_existing_client_is_matched_not_duplicated(db, salon):
     assert db.scalar(select(func.count()).select_from(Client).where(Client.tenant_id == salon.tenant.id)) == 2
 
 
+def test_a_clients_bookings_are_counted_and_the_phone_wins_over_the_email(db, salon):
+    by_email = book(salon, request(salon, "10:00", phone=None, email="ana@example.com"))
+    by_phone = book(salon, request(salon, "16:00", phone="611 111 111"))
+    # Both contacts, each already known for a different client: the phone identifies the caller.
+    both = book(salon, request(salon, "12:00", phone="611111111", email="ana@example.com"))
+
+    phone_client = db.get(Client, db.get(Appointment, by_phone.appointment_id).client_id)
+    email_client = db.get(Client, db.get(Appointment, by_email.appointment_id).client_id)
+    assert db.get(Appointment, both.appointment_id).client_id == phone_client.id
+    db.refresh(phone_client)
+    db.refresh(email_client)
+    assert (phone_client.total_appointments, email_client.total_appointments) == (2, 1)
+    # The latest appointment, not the latest booked.
+    assert phone_client.last_appointment_date == salon.at(DAY, "16:00")
+    assert email_client.last_appointment_date == salon.at(DAY, "10:00")
+
+
 def test_a_taken_slot_offers_the_three_nearest_free_alternatives(db, salon):
     # One chair: the chair is the bottleneck whichever stylist is free.
     book(salon, request(salon, "10:00"))
