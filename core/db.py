@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
@@ -121,7 +121,9 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.session = (self._factory or session_factory())()
-        self._apply_context()
+        # The context is set as each transaction begins, in the same round trip as nothing else: a unit
+        # of work that commits and goes on (the job runner) gets it again, one that ends pays nothing more.
+        event.listen(self.session, "after_begin", self._apply_context)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -130,11 +132,13 @@ class UnitOfWork:
         finally:
             self.session.close()
 
-    def _apply_context(self) -> None:
+    def _apply_context(self, session: Session, transaction: Any, connection: Connection) -> None:
+        if transaction is not None and transaction.nested:
+            return  # a savepoint is inside a transaction that has the settings already
         # Transaction-local settings, read by the row-level security policies and the audit trigger.
         # All three every time, empty ones too: nothing is inherited from an enclosing transaction or
         # from a session-level value left on a pooled connection.
-        self.session.execute(
+        connection.execute(
             _SET_CONTEXT,
             {
                 "tenant": str(self.tenant_id) if self.tenant_id else "",
@@ -144,19 +148,19 @@ class UnitOfWork:
         )
 
     def set_tenant(self, tenant_id: uuid.UUID | str) -> None:
-        """Scope the rest of this transaction to one tenant (a job learns its tenant from its row).
+        """Scope the rest of this unit of work to one tenant (a job learns its tenant from its row).
 
         System mode ends here: what follows sees and writes only this tenant's rows."""
         self.tenant_id = uuid.UUID(str(tenant_id))
         self.system = False
-        self._apply_context()
+        if self.session.in_transaction():
+            self._apply_context(self.session, None, self.session.connection())
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         self._after_commit.append(callback)
 
     def commit(self) -> None:
         self.session.commit()
-        self._apply_context()  # the settings were transaction-local; the next transaction needs them too
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
@@ -164,7 +168,6 @@ class UnitOfWork:
     def rollback(self) -> None:
         self.session.rollback()
         self._after_commit = []
-        self._apply_context()
 
     def get(self, model: type[T], ident: Any, *, code: str = "not_found", what: str | None = None) -> T:
         """The row with this id in the current tenant, or NotFound (never another tenant's row)."""

@@ -201,20 +201,22 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     # Losing this marker in a crash is harmless (the job is simply still `queued`), so it need not
     # wait for the WAL flush that the booking's own commit waits for.
     uow.session.execute(text("SET LOCAL synchronous_commit = off"))
-    started = uow.session.scalar(
+    tenant_id = uow.session.scalar(
         update(IntakeJob)
         .where(IntakeJob.id == uuid.UUID(str(job_id)), IntakeJob.status.in_(("queued", "running")))
         .values(status="running", started_at=now, attempts=IntakeJob.attempts + 1)
-        .returning(IntakeJob.id)
+        .returning(IntakeJob.tenant_id)
     )
     uow.commit()  # visible as `running` to whoever polls the job
+    if tenant_id is not None:
+        # The rest runs as the job's tenant; the lock below makes a second delivery wait, then see the outcome.
+        uow.set_tenant(tenant_id)
+        app_logging.bind(tenant_id=str(tenant_id))
     job = uow.session.get(IntakeJob, uuid.UUID(str(job_id)), with_for_update=True, populate_existing=True)
     if job is None:
         raise NotFound(f"Job {job_id} does not exist", code="job_not_found")
-    if started is None or job.status in FINISHED:
+    if tenant_id is None or job.status in FINISHED:
         return JobView.from_row(job).as_dict()
-    uow.set_tenant(job.tenant_id)
-    app_logging.bind(tenant_id=str(job.tenant_id))
     try:
         with uow.session.begin_nested():
             booked = KINDS[job.kind].handle(uow, job.payload, now)
