@@ -309,7 +309,7 @@ def _allocate(
         try:
             # The savepoint keeps the transaction usable after a violation.
             with uow.session.begin_nested():
-                uow.session.execute(insert(AppointmentResource), allocations)
+                uow.session.execute(insert(AppointmentResource).values(allocations))
             return slot
         except DBAPIError as error:
             # 23P01: an overlapping booking of one of these resources committed first. 40P01: two bookings

@@ -197,7 +197,8 @@ def get_job(uow: UnitOfWork, job_id: uuid.UUID | str) -> JobView:
 
 def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, Any]:
     """Process one job. The booking and the job's outcome commit together; a domain error is an
-    outcome (the job fails with its code), anything else propagates for the worker to retry."""
+    outcome (everything is rolled back and the job fails with its code), anything else propagates for
+    the worker to retry."""
     # Losing this marker in a crash is harmless (the job is simply still `queued`), so it need not
     # wait for the WAL flush that the booking's own commit waits for.
     uow.session.execute(text("SET LOCAL synchronous_commit = off"))
@@ -218,15 +219,27 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     if tenant_id is None or job.status in FINISHED:
         return JobView.from_row(job).as_dict()
     try:
-        with uow.session.begin_nested():
-            booked = KINDS[job.kind].handle(uow, job.payload, now)
+        booked = KINDS[job.kind].handle(uow, job.payload, now)
     except DomainError as error:
-        # The HTTP status the same error has when the API answers it directly (used by ?wait=).
-        job.status, job.error = "failed", {**error.as_dict(), "http_status": error.http_status}
-    else:
-        job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
+        # Nothing of the refused request may stay: roll it all back, then record the outcome on its own.
+        uow.rollback()
+        return _record_failure(uow, job.id, error, now)
+    job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
     job.finished_at = now
     uow.session.flush()
+    view = JobView.from_row(job).as_dict()
+    uow.commit()
+    return view
+
+
+def _record_failure(uow: UnitOfWork, job_id: uuid.UUID, error: DomainError, now: datetime) -> dict[str, Any]:
+    job = uow.session.get(IntakeJob, job_id, with_for_update=True, populate_existing=True)
+    # The lock was let go with the rollback: another delivery may have finished the job meanwhile.
+    if job.status not in FINISHED:
+        # The HTTP status the same error has when the API answers it directly (used by ?wait=).
+        job.status, job.error = "failed", {**error.as_dict(), "http_status": error.http_status}
+        job.finished_at = now
+        uow.session.flush()
     view = JobView.from_row(job).as_dict()
     uow.commit()
     return view

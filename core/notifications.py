@@ -6,6 +6,7 @@ never undoes a booking.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from functools import lru_cache
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date, format_time
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import or_, select, text, update
 
 from core.db import UnitOfWork
 from core.models import Appointment, Client, Notification, NotificationTemplate, Service, Tenant
@@ -88,6 +89,19 @@ def render(source: str, context: dict) -> str:
     return _compiled(source).render(context)
 
 
+_COLUMNS = (
+    "id", "tenant_id", "template_id", "appointment_id", "notification_type", "recipient_type", "recipient_id",
+    "recipient_email", "recipient_phone", "channel", "subject", "body", "status", "dedupe_key",
+)  # fmt: skip
+# All of an event's rows in one statement, as one JSON array. Written out once: SQLAlchemy cannot cache a
+# statement with ON CONFLICT and would compile it on every call.
+_INSERT_NOTIFICATIONS = text(
+    f"INSERT INTO notifications ({', '.join(_COLUMNS)})"
+    f" SELECT {', '.join(_COLUMNS)} FROM jsonb_populate_recordset(NULL::notifications, CAST(:rows AS jsonb))"
+    " ON CONFLICT (dedupe_key) DO NOTHING"
+)
+
+
 def queue_for_appointment(
     uow: UnitOfWork,
     tenant: Tenant,
@@ -96,9 +110,8 @@ def queue_for_appointment(
     appointment: Appointment,
     notification_type: str,
     dedupe_suffix: str = "",
-) -> list[uuid.UUID]:
-    """Pending notification rows for an appointment event, one per channel the client can be reached on;
-    returns their ids.
+) -> None:
+    """Pending notification rows for an appointment event, one per channel the client can be reached on.
 
     `dedupe_key` makes the same event impossible to queue twice (a retried job, two Beat runs).
     """
@@ -109,11 +122,6 @@ def queue_for_appointment(
     keys = {
         channel: f"{appointment.id}:{notification_type}:{channel}{dedupe_suffix}" for channel in templates
     }
-    if not keys:
-        return []
-    already = set(
-        uow.session.scalars(select(Notification.dedupe_key).where(Notification.dedupe_key.in_(keys.values())))
-    )
     context = appointment_context(tenant, client, service, appointment)
     rows = [
         {
@@ -133,11 +141,10 @@ def queue_for_appointment(
             "dedupe_key": keys[channel],
         }
         for channel, template in templates.items()
-        if keys[channel] not in already
     ]
     if rows:
-        uow.session.execute(insert(Notification.__table__), rows)
-    return [row["id"] for row in rows]
+        # An event queued already (a retried job, a second Beat run) keeps its row: its dedupe_key is taken.
+        uow.session.execute(_INSERT_NOTIFICATIONS, {"rows": json.dumps(rows, default=str)})
 
 
 def withdraw_pending(uow: UnitOfWork, appointment_id: uuid.UUID) -> int:

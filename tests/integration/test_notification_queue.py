@@ -1,0 +1,73 @@
+"""Which template an appointment event is rendered with, and that an event is queued once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from core import notifications
+from core.db import UnitOfWork
+from core.models import Notification
+from tests import factories
+from tests.scenarios import build_salon
+
+START = datetime(2027, 3, 3, 9, 0, tzinfo=UTC)  # 10:00 in Madrid
+
+
+def _event(db, locale="es"):
+    salon = build_salon(db)
+    client = factories.make_client(
+        db, salon.tenant, preferred_language=locale, communication_preferences={"email": True, "sms": True}
+    )
+    appointment = factories.make_appointment(db, salon.tenant, salon.haircut, client, START)
+    return salon, client, appointment
+
+
+def _queue(salon, client, appointment, suffix=""):
+    with UnitOfWork(salon.tenant.id) as uow:
+        notifications.queue_for_appointment(
+            uow, salon.tenant, client, salon.haircut, appointment, "appointment_confirmed", suffix
+        )
+        uow.commit()
+
+
+def _queued(db, appointment):
+    return db.scalars(select(Notification).where(Notification.appointment_id == appointment.id)).all()
+
+
+def test_the_same_event_is_queued_once_per_channel(db):
+    salon, client, appointment = _event(db)
+    for channel in ("email", "sms"):
+        factories.make_notification_template(
+            db, salon.tenant, channel=channel, locale="es", body_template="{{ booking_reference }}"
+        )
+
+    _queue(salon, client, appointment)
+    _queue(salon, client, appointment)  # a retried job, a second Beat run
+    assert sorted(n.channel for n in _queued(db, appointment)) == ["email", "sms"]
+
+    _queue(salon, client, appointment, suffix="@later")  # a new event of the same kind
+    assert len(_queued(db, appointment)) == 4
+
+
+def test_the_tenants_template_wins_and_the_clients_language_over_english(db):
+    salon, client, appointment = _event(db, locale="fr")
+    own = factories.make_notification_template(
+        db, salon.tenant, channel="email", locale="en", body_template="Own {{ client_name }}"
+    )
+    factories.make_notification_template(db, None, channel="email", locale="fr", body_template="System fr")
+    factories.make_notification_template(db, None, channel="sms", locale="en", body_template="System en")
+    factories.make_notification_template(db, None, channel="sms", locale="fr", body_template="Système fr")
+    factories.make_notification_template(db, None, channel="sms", locale="de", body_template="System de")
+
+    _queue(salon, client, appointment)
+
+    by_channel = {n.channel: n for n in _queued(db, appointment)}
+    assert by_channel["email"].template_id == own.id
+    assert by_channel["email"].body == f"Own {client.first_name}"
+    assert by_channel["sms"].body == "Système fr"
+    assert (
+        by_channel["sms"].recipient_phone == client.phone
+        and by_channel["email"].recipient_email == client.email
+    )
