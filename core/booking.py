@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select, text, true, update
+from sqlalchemy import bindparam, func, insert, select, text, true, update
 from sqlalchemy.dialects.postgresql import Range
 from sqlalchemy.exc import DBAPIError
 
@@ -197,18 +197,23 @@ class Candidate:
     exclusive: bool
 
 
+# The booking's hot statements are built once, with parameters: building one per call costs more
+# Python time than PostgreSQL takes to run it.
+_CANDIDATES = (
+    select(ServiceResource.resource_id, ServiceResource.quantity_required, Resource.capacity)
+    .join(Resource, Resource.id == ServiceResource.resource_id)
+    .where(
+        ServiceResource.service_id == bindparam("service_id"),
+        Resource.tenant_id == bindparam("tenant_id"),
+        Resource.is_active.is_(True),
+        Resource.deleted_at.is_(None),
+    )
+)
+
+
 def _candidates(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, Candidate]:
     """Every resource that could serve the service."""
-    links = uow.session.execute(
-        select(ServiceResource.resource_id, ServiceResource.quantity_required, Resource.capacity)
-        .join(Resource, Resource.id == ServiceResource.resource_id)
-        .where(
-            ServiceResource.service_id == service.id,
-            Resource.tenant_id == service.tenant_id,
-            Resource.is_active.is_(True),
-            Resource.deleted_at.is_(None),
-        )
-    ).all()
+    links = uow.session.execute(_CANDIDATES, {"service_id": service.id, "tenant_id": service.tenant_id})
     return {
         resource_id: Candidate(units=quantity or 1, exclusive=(capacity or 1) == 1)
         for resource_id, quantity, capacity in links
@@ -380,15 +385,20 @@ def _insert_with_new_reference(uow: UnitOfWork, **columns: Any) -> Appointment:
     raise RuntimeError("could not draw a free booking reference")
 
 
+_PLAN_LIMIT = (
+    select(SubscriptionPlan.max_appointments_per_month)
+    .join(Subscription, Subscription.plan_id == SubscriptionPlan.id)
+    .where(
+        Subscription.tenant_id == bindparam("tenant_id"), Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES)
+    )
+    .order_by(Subscription.current_period_end.desc())
+    .limit(1)
+)
+
+
 def _plan_limit(uow: UnitOfWork, tenant: Tenant) -> int | None:
     """The tenant's monthly appointment allowance; None when unlimited or when it has no live plan."""
-    limit = uow.session.scalar(
-        select(SubscriptionPlan.max_appointments_per_month)
-        .join(Subscription, Subscription.plan_id == SubscriptionPlan.id)
-        .where(Subscription.tenant_id == tenant.id, Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES))
-        .order_by(Subscription.current_period_end.desc())
-        .limit(1)
-    )
+    limit = uow.session.scalar(_PLAN_LIMIT, {"tenant_id": tenant.id})
     return None if limit is None or limit < 0 else limit
 
 

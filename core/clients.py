@@ -121,19 +121,20 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
     return client
 
 
+_FIND = (
+    select(Client)
+    .where(
+        Client.tenant_id == bindparam("tenant_id"),
+        Client.deleted_at.is_(None),
+        # A missing phone or email is NULL here, and matches nothing.
+        or_(Client.phone == bindparam("phone"), Client.email == bindparam("email")),
+    )
+    # The phone match first: a phone identifies a caller better than a shared family email.
+    .order_by(Client.phone.is_not_distinct_from(bindparam("phone")).desc())
+    .limit(1)
+)
+
+
 def _find(uow: UnitOfWork, tenant: Tenant, details: ClientDetails) -> Client | None:
     """The live client with the phone, else the one with the email (one statement for both)."""
-    if not details.phone and not details.email:
-        return None
-    matches = []
-    if details.phone:
-        matches.append(Client.phone == details.phone)
-    if details.email:
-        matches.append(Client.email == details.email)
-    return uow.session.scalar(
-        select(Client)
-        .where(Client.tenant_id == tenant.id, Client.deleted_at.is_(None), or_(*matches))
-        # The phone match first: a phone identifies a caller better than a shared family email.
-        .order_by(Client.phone.is_not_distinct_from(details.phone).desc())
-        .limit(1)
-    )
+    return uow.session.scalar(_FIND, {"tenant_id": tenant.id, "phone": details.phone, "email": details.email})

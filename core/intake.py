@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from core import booking
@@ -195,6 +195,14 @@ def get_job(uow: UnitOfWork, job_id: uuid.UUID | str) -> JobView:
     return JobView.from_row(job)
 
 
+_MARK_RUNNING = (
+    update(IntakeJob)
+    .where(IntakeJob.id == bindparam("job_id"), IntakeJob.status.in_(("queued", "running")))
+    .values(status="running", started_at=bindparam("now"), attempts=IntakeJob.attempts + 1)
+    .returning(IntakeJob.tenant_id)
+)
+
+
 def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, Any]:
     """Process one job. The booking and the job's outcome commit together; a domain error is an
     outcome (everything is rolled back and the job fails with its code), anything else propagates for
@@ -202,12 +210,7 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     # Losing this marker in a crash is harmless (the job is simply still `queued`), so it need not
     # wait for the WAL flush that the booking's own commit waits for.
     uow.session.execute(text("SET LOCAL synchronous_commit = off"))
-    tenant_id = uow.session.scalar(
-        update(IntakeJob)
-        .where(IntakeJob.id == uuid.UUID(str(job_id)), IntakeJob.status.in_(("queued", "running")))
-        .values(status="running", started_at=now, attempts=IntakeJob.attempts + 1)
-        .returning(IntakeJob.tenant_id)
-    )
+    tenant_id = uow.session.scalar(_MARK_RUNNING, {"job_id": uuid.UUID(str(job_id)), "now": now})
     uow.commit()  # visible as `running` to whoever polls the job
     if tenant_id is not None:
         # The rest runs as the job's tenant; the lock below makes a second delivery wait, then see the outcome.

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date, format_time
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import bindparam, or_, select, text, update
 
 from core.db import UnitOfWork
 from core.models import Appointment, Client, Notification, NotificationTemplate, Service, Tenant
@@ -53,18 +53,21 @@ def _channels_for(client: Client) -> list[str]:
     return channels
 
 
+_TEMPLATES = select(NotificationTemplate).where(
+    NotificationTemplate.type == bindparam("type"),
+    NotificationTemplate.channel.in_(bindparam("channels", expanding=True)),
+    NotificationTemplate.is_active.is_(True),
+    or_(NotificationTemplate.tenant_id == bindparam("tenant_id"), NotificationTemplate.tenant_id.is_(None)),
+)
+
+
 def _templates(
     uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: str
 ) -> dict[str, NotificationTemplate]:
     """The template to use per channel: the tenant's own wins over the system one, the client's language
     over English. Channels without any template are left out."""
     candidates = uow.session.scalars(
-        select(NotificationTemplate).where(
-            NotificationTemplate.type == notification_type,
-            NotificationTemplate.channel.in_(channels),
-            NotificationTemplate.is_active.is_(True),
-            or_(NotificationTemplate.tenant_id == tenant.id, NotificationTemplate.tenant_id.is_(None)),
-        )
+        _TEMPLATES, {"type": notification_type, "channels": channels, "tenant_id": tenant.id}
     ).all()
 
     def rank(template: NotificationTemplate) -> tuple[int, int]:
