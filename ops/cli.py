@@ -42,6 +42,8 @@ from ops.services import (
 QUEUES = "realtime,bookings,webhooks,notifications,scheduled"
 DEMO_TENANT_SLUG = "bella-hair-salon"
 CELERY_APP = "workers.celery_app"
+# The plaintext demo key, in the data folder, so that `up` can show the same key every time.
+DEMO_KEY_FILE = "demo-api-key"
 # Tools of the virtual environment this command runs from (not whatever is first on PATH).
 VENV_BIN = Path(sys.executable).parent
 
@@ -199,6 +201,28 @@ def _create_api_key(slug: str, name: str) -> str:
     with UnitOfWork(tenant_id=tenant_id) as uow:
         key = create_api_key(uow, tenant_id, name)
         uow.commit()
+    return key
+
+
+def _demo_api_key(key_file: Path, slug: str = DEMO_TENANT_SLUG) -> str:
+    """The key in `key_file` if it still authenticates for the tenant; otherwise a new key, saved there."""
+    from core.auth import tenant_for_api_key
+    from core.clock import utcnow
+    from core.db import UnitOfWork
+    from core.errors import Unauthorized
+
+    tenant_id = _tenant_id(slug)
+    with contextlib.suppress(OSError, Unauthorized):
+        key = key_file.read_text().strip()
+        # The row may have been revoked, or the database recreated since the file was written.
+        with UnitOfWork(system=True) as uow:
+            if tenant_for_api_key(uow, key, utcnow()) == tenant_id:
+                return key
+    key = _create_api_key(slug, f"demo key (voiceappoint up {datetime.now():%Y-%m-%d %H:%M})")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # a file left by an older run may be readable by others
+        handle.write(f"{key}\n")
     return key
 
 
@@ -454,7 +478,7 @@ def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
             f"  Flower   {flower_url}   (user '{settings.flower_user}', password from VOICEAPPOINT_FLOWER_PASSWORD)",
             f"  Database {shown_url(settings.database_url)}",
             f"  Redis    {shown_url(settings.redis_url)}",
-            f"  Demo tenant '{DEMO_TENANT_SLUG}', API key (shown once, only its hash is stored): {key}",
+            f"  Demo tenant '{DEMO_TENANT_SLUG}', API key (the next `up` shows it again): {key}",
             "",
             "Try:",
             f'  curl {auth} "{api_url}/v1/availability?service_id={seed.DEMO_SERVICE_IDS["haircut"]}&from={day}&to={day}"',
@@ -490,9 +514,7 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
             _migrate(database_url)
             _seed(demo=True)
             try:
-                api_key = _create_api_key(
-                    DEMO_TENANT_SLUG, f"demo key (voiceappoint up {datetime.now():%Y-%m-%d %H:%M})"
-                )
+                api_key = _demo_api_key(data_dir_from_env() / DEMO_KEY_FILE)
             except CommandError as exc:
                 click.echo(f"no demo API key: {exc}", err=True)
                 api_key = None
