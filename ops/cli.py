@@ -11,6 +11,7 @@ exit with status 2; a failing test run exits with 1.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -44,6 +45,7 @@ DEMO_TENANT_SLUG = "bella-hair-salon"
 CELERY_APP = "workers.celery_app"
 # The plaintext demo key, in the data folder, so that `up` can show the same key every time.
 DEMO_KEY_FILE = "demo-api-key"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # Tools of the virtual environment this command runs from (not whatever is first on PATH).
 VENV_BIN = Path(sys.executable).parent
 
@@ -376,6 +378,24 @@ def flower(address: str, port: int) -> None:
 # --- up ---------------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function after which the child gets SIGTERM when we die, even by SIGKILL (Linux only).
+
+    Without it a `kill -9` of `up` would leave the children running: they are in sessions of their own.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child should do as little as it can
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 class Supervisor:
     """Runs named child processes, prefixes their output with their name, and stops them all together."""
 
@@ -393,6 +413,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
         self.children[name] = process
         threading.Thread(target=self._relay, args=(name, process), daemon=True).start()

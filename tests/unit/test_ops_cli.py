@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from ops.cli import Supervisor, _pytest_args
+from ops.services import REPO_ROOT
 
 
 def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -94,3 +96,44 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period():
     supervisor.stop_all(grace_seconds=1)
     assert supervisor.children["stubborn"].returncode is not None
     assert time.monotonic() - started < 5
+
+
+def _running(pid: int) -> bool:
+    # A zombie has exited; it lingers only until whoever adopted it reaps it.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_the_children_get_sigterm_when_up_is_killed():
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ops.cli import Supervisor; supervisor = Supervisor();"
+            " supervisor.start('sleeper', [sys.executable, '-c', 'import time; time.sleep(60)']);"
+            " print(supervisor.children['sleeper'].pid, flush=True); time.sleep(60)",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = None
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _running(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        if child is not None and _running(child):
+            os.killpg(child, signal.SIGKILL)  # the child leads a session of its own
