@@ -32,8 +32,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +45,11 @@ from alembic import command  # noqa: E402
 from celery import Celery  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from core import intake, seed  # noqa: E402
+from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, seed_system_rows  # noqa: E402
 from core.config import get_settings  # noqa: E402
-from core.db import UnitOfWork  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
 from tests.e2e.processes import ProcessEnvironment, ProcessHarness, WorkerProcess  # noqa: E402
-from tests.scenarios import build_salon  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 RESULT_TIMEOUT = 300
@@ -63,6 +60,8 @@ class Measurement:
     name: str
     tasks: int
     seconds: float
+    # CPU milliseconds per task, by the kind of process that spent them (empty where /proc is missing).
+    cpu_ms_per_task: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -100,7 +99,7 @@ def bench_environment(workers: int = 2, concurrency: int = 2) -> Iterator[Bench]
     harness = None
     try:
         command.upgrade(alembic_config(database_url), "head")
-        _seed_system_rows(database_url)
+        seed_system_rows(database_url)
         harness = ProcessHarness(ProcessEnvironment(database_url, settings.redis_url, redis_prefix, log_dir))
         started = [harness.start_worker(name="bench-worker", concurrency=concurrency) for _ in range(workers)]
         yield Bench(database_url, settings.redis_url, redis_prefix, harness, started)
@@ -113,18 +112,6 @@ def bench_environment(workers: int = 2, concurrency: int = 2) -> Iterator[Bench]
         print(f"worker logs: {log_dir}")
 
 
-def _seed_system_rows(database_url: str) -> None:
-    """Plans and the system notification templates, as every installation has them: a booking then
-    renders and queues its confirmations, as it does in production."""
-    engine = create_engine(database_url)
-    try:
-        with UnitOfWork(system=True, factory=sessionmaker(engine)) as uow:
-            seed.seed_all(uow)
-            uow.commit()
-    finally:
-        engine.dispose()
-
-
 def _delete_keys(redis_url: str, prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -134,13 +121,50 @@ def _delete_keys(redis_url: str, prefix: str) -> None:
         client.close()
 
 
+def cpu_seconds_by_kind() -> dict[str, float]:
+    """CPU time spent so far by the processes a task goes through, by kind (Linux only: read from /proc).
+
+    With both cores busy, this says what a task costs in all (Python, PostgreSQL, Redis, Celery), which
+    the throughput alone does not."""
+    ticks: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        if int(entry.name) == os.getpid():
+            kind = "bench client"
+        elif "bench-worker" in command_line:
+            kind = "celery workers"
+        elif command_line.startswith("postgres"):
+            kind = "postgresql"
+        elif command_line.startswith("redis-server"):
+            kind = "redis"
+        else:
+            continue
+        user, system = stat[stat.rindex(")") + 2 :].split()[11:13]
+        ticks[kind] = ticks.get(kind, 0) + int(user) + int(system)
+    per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return {kind: count / per_second for kind, count in ticks.items()}
+
+
+def _cpu_ms_per_task(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    spent = {kind: (after[kind] - before.get(kind, 0.0)) * 1000 / n for kind in after}
+    return {kind: round(ms, 2) for kind, ms in sorted(spent.items(), key=lambda item: -item[1])}
+
+
 def _run_tasks(bench: Bench, name: str, task: str, n: int, queue: str) -> Measurement:
     gc.collect()
+    cpu_before = cpu_seconds_by_kind()
     started = time.perf_counter()
     results = [bench.client.send_task(task, queue=queue) for _ in range(n)]
     for result in results:
         result.get(timeout=RESULT_TIMEOUT)
-    return Measurement(name, n, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Measurement(name, n, seconds, _cpu_ms_per_task(cpu_before, cpu_seconds_by_kind(), n))
 
 
 def run_noop(n: int, bench: Bench) -> Measurement:
@@ -149,67 +173,21 @@ def run_noop(n: int, bench: Bench) -> Measurement:
     return _run_tasks(bench, "noop ceiling", "diagnostics.noop", n, queue="bookings")
 
 
-SLOT_MINUTES = 15
-SPREAD_BUSINESSES = 50
-
-
-def _prepare_bookings(bench: Bench, n: int, businesses: int) -> list[str]:
-    """n booking jobs over `businesses` salons of one stylist and one chair, each job at its own slot."""
-    engine = create_engine(bench.database_url)
-    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
-    per_business = -(-n // businesses)
-    job_ids: list[str] = []
-    try:
-        with Session(engine, expire_on_commit=False) as session:
-            salons = [
-                build_salon(
-                    session,
-                    stylists=1,
-                    chairs=1,
-                    duration_minutes=SLOT_MINUTES,
-                    opens="00:00",
-                    closes="23:45",
-                    max_advance_booking_days=120,
-                )
-                for _ in range(businesses)
-            ]
-            session.commit()
-        slots_per_day = 24 * 60 // SLOT_MINUTES - 1
-        for index in range(n):
-            salon, k = salons[index % businesses], index // businesses
-            day = tomorrow + timedelta(days=k // slots_per_day)
-            start = salon.at(day, "00:00") + timedelta(minutes=SLOT_MINUTES * (k % slots_per_day))
-            payload = {
-                "service_id": str(salon.haircut.id),
-                "start": start.isoformat(),
-                # Phone and email, as an online booking has them: an SMS and an email confirmation.
-                "client": {
-                    "first_name": "Bench",
-                    "phone": f"+3461{index % per_business:07d}",
-                    "email": f"client{index % per_business}@example.com",
-                },
-            }
-            with UnitOfWork(salon.tenant.id, factory=sessionmaker(engine)) as uow:
-                job, _ = intake.submit(uow, "booking", payload, None, datetime.now(UTC), lambda *_: None)
-            job_ids.append(str(job.job_id))
-    finally:
-        engine.dispose()
-    return job_ids
-
-
 def run_bookings(name: str, n: int, businesses: int, bench: Bench) -> Measurement:
-    job_ids = _prepare_bookings(bench, n, businesses)
+    job_ids = record_booking_jobs(bench.database_url, n, businesses)
     gc.collect()
+    cpu_before = cpu_seconds_by_kind()
     started = time.perf_counter()
     results = [
         bench.client.send_task("bookings.process", args=[job_id], queue="bookings") for job_id in job_ids
     ]
     outcomes = [result.get(timeout=RESULT_TIMEOUT) for result in results]
     seconds = time.perf_counter() - started
+    cpu = _cpu_ms_per_task(cpu_before, cpu_seconds_by_kind(), n)
     failed = [outcome for outcome in outcomes if outcome["status"] != "succeeded"]
     if failed:
         raise SystemExit(f"{name}: {len(failed)} bookings failed, e.g. {failed[0]}")
-    return Measurement(name, n, seconds)
+    return Measurement(name, n, seconds, cpu)
 
 
 def double_bookings(bench: Bench) -> int:
@@ -234,9 +212,13 @@ def median_round(rounds: list[Measurement]) -> Measurement:
 def report(measurements: list[Measurement], bench: Bench) -> None:
     shape = f"{len(bench.workers)} workers x {bench.workers[0].concurrency} processes"
     for measurement in measurements:
+        cpu = measurement.cpu_ms_per_task
+        spent = f"; CPU ms per task: {sum(cpu.values()):.1f} = " + ", ".join(
+            f"{kind} {ms}" for kind, ms in cpu.items()
+        )
         print(
             f"{measurement.name}: {measurement.tasks} tasks in {measurement.seconds:.2f} s = "
-            f"{measurement.per_second:.0f} tasks/s ({shape})"
+            f"{measurement.per_second:.0f} tasks/s ({shape}){spent if cpu else ''}"
         )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -271,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     # between measurements, where no Redis call is in flight.
     gc.disable()
     with bench_environment(workers=args.workers, concurrency=args.concurrency) as bench:
+        # A worker process's first booking costs ~0.2 s (imports, first compiles, connections): not measured.
+        run_bookings("warm-up", 100, SPREAD_BUSINESSES, bench)
         for _ in range(args.rounds):
             measured["noop"].append(run_noop(args.tasks, bench))
             measured["spread"].append(run_bookings("bookings spread", args.tasks, SPREAD_BUSINESSES, bench))

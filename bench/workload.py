@@ -1,0 +1,72 @@
+"""The booking workload the benches share: a database as every installation has it, and booking jobs
+recorded as the API records them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import intake, seed
+from core.db import UnitOfWork
+from tests.scenarios import build_salon
+
+SLOT_MINUTES = 15
+SPREAD_BUSINESSES = 50
+
+
+def seed_system_rows(database_url: str) -> None:
+    """Plans and the system notification templates: a booking then renders and queues its
+    confirmations, as it does in production."""
+    engine = create_engine(database_url)
+    try:
+        with UnitOfWork(system=True, factory=sessionmaker(engine)) as uow:
+            seed.seed_all(uow)
+            uow.commit()
+    finally:
+        engine.dispose()
+
+
+def record_booking_jobs(database_url: str, n: int, businesses: int) -> list[str]:
+    """n booking jobs over `businesses` new salons of one stylist and one chair, each job at its own slot."""
+    engine = create_engine(database_url)
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    per_business = -(-n // businesses)
+    job_ids: list[str] = []
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            salons = [
+                build_salon(
+                    session,
+                    stylists=1,
+                    chairs=1,
+                    duration_minutes=SLOT_MINUTES,
+                    opens="00:00",
+                    closes="23:45",
+                    max_advance_booking_days=120,
+                )
+                for _ in range(businesses)
+            ]
+            session.commit()
+        slots_per_day = 24 * 60 // SLOT_MINUTES - 1
+        for index in range(n):
+            salon, k = salons[index % businesses], index // businesses
+            day = tomorrow + timedelta(days=k // slots_per_day)
+            start = salon.at(day, "00:00") + timedelta(minutes=SLOT_MINUTES * (k % slots_per_day))
+            payload = {
+                "service_id": str(salon.haircut.id),
+                "start": start.isoformat(),
+                # Phone and email, as an online booking has them: an SMS and an email confirmation.
+                "client": {
+                    "first_name": "Bench",
+                    "phone": f"+3461{index % per_business:07d}",
+                    "email": f"client{index % per_business}@example.com",
+                },
+            }
+            with UnitOfWork(salon.tenant.id, factory=sessionmaker(engine)) as uow:
+                job, _ = intake.submit(uow, "booking", payload, None, datetime.now(UTC), lambda *_: None)
+            job_ids.append(str(job.job_id))
+    finally:
+        engine.dispose()
+    return job_ids
