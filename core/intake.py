@@ -226,23 +226,15 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     except DomainError as error:
         # Nothing of the refused request may stay: roll it all back, then record the outcome on its own.
         uow.rollback()
-        return _record_failure(uow, job.id, error, now)
-    job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
-    job.finished_at = now
-    uow.session.flush()
-    view = JobView.from_row(job).as_dict()
-    uow.commit()
-    return view
-
-
-def _record_failure(uow: UnitOfWork, job_id: uuid.UUID, error: DomainError, now: datetime) -> dict[str, Any]:
-    job = uow.session.get(IntakeJob, job_id, with_for_update=True, populate_existing=True)
-    # The lock was let go with the rollback: another delivery may have finished the job meanwhile.
-    if job.status not in FINISHED:
+        job = uow.session.get(IntakeJob, job.id, with_for_update=True, populate_existing=True)
+        if job.status in FINISHED:  # the lock went with the rollback: another delivery finished it
+            return JobView.from_row(job).as_dict()
         # The HTTP status the same error has when the API answers it directly (used by ?wait=).
         job.status, job.error = "failed", {**error.as_dict(), "http_status": error.http_status}
-        job.finished_at = now
-        uow.session.flush()
+    else:
+        job.status, job.result, job.appointment_id = "succeeded", booked.as_dict(), booked.appointment_id
+    job.finished_at = now
+    uow.session.flush()
     view = JobView.from_row(job).as_dict()
     uow.commit()
     return view
