@@ -96,6 +96,8 @@ def create_app() -> FastAPI:
     errors.install(app)
     for module in (health, catalog, jobs, appointments):
         app.include_router(module.router)
+    build_openapi = app.openapi
+    app.openapi = lambda: errors.problem_media_type(build_openapi())  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestId)
     # The application's long-lived objects leave the collector's generations: collections during

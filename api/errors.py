@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import Problem
 from core.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ HTTP_CODES = {
 }
 
 
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
@@ -41,7 +44,42 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JS
         "detail": detail,
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+ERROR_DESCRIPTIONS = {
+    400: "The body is not JSON",
+    401: "No API key, or one that is not valid",
+    404: "No such resource in this business",
+    409: "A conflict: an Idempotency-Key reused for another request, a change not allowed",
+    413: "The body is larger than 64 KiB",
+    422: "The request is not valid; `code` says why (and `errors` lists the fields)",
+    503: "The database is briefly unavailable; retry",
+}
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of the problem responses an operation can give (see `problem_media_type`)."""
+    return {status: {"model": Problem, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def problem_media_type(spec: dict[str, Any]) -> dict[str, Any]:
+    """Error responses are problem+json on the wire, and validation errors are Problems too (see
+    `install`); FastAPI documents every model as application/json and its own 422 body."""
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    for operation in (op for path in spec.get("paths", {}).values() for op in path.values()):
+        for status, response in operation.get("responses", {}).items():
+            content = response.get("content", {})
+            if status[0] in "45" and "application/json" in content:
+                content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+            if status == "422":
+                response.update(
+                    description=ERROR_DESCRIPTIONS[422], content={PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
+                )
+    for unused in ("HTTPValidationError", "ValidationError"):
+        spec.get("components", {}).get("schemas", {}).pop(unused, None)
+    return spec
 
 
 def domain_problem(error: DomainError) -> JSONResponse:
@@ -80,7 +118,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(error.status_code, "http_error")
-        return problem(error.status_code, code, code.replace("_", " ").capitalize(), str(error.detail))
+        # The error's own headers stay: a 405 must say which methods are allowed (RFC 9110).
+        return problem(
+            error.status_code, code, code.replace("_", " ").capitalize(), str(error.detail), error.headers
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)

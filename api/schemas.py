@@ -22,6 +22,11 @@ class Strict(BaseModel):
 
 
 class ClientIn(Strict):
+    # A phone or an email is needed to confirm the booking (else 422 contact_required): say so in the schema.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}
+    )
+
     first_name: str = Field(min_length=1, max_length=100)
     last_name: str | None = Field(None, max_length=100)
     phone: str | None = Field(None, max_length=32, description="Any common format; stored in E.164.")
@@ -142,9 +147,22 @@ class ServicesOut(BaseModel):
     services: list[ServiceOut]
 
 
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
 class Problem(BaseModel):
+    """application/problem+json (RFC 9457) with a stable `code` to switch on."""
+
     type: str
     title: str
     status: int
     code: str
     detail: str
+    errors: list[FieldProblem] | None = Field(
+        None, description="With validation errors: each field's problem."
+    )
+    alternatives: list[SlotOut] | None = Field(None, description="With slot_taken: the nearest free slots.")
+    job_id: uuid.UUID | None = Field(None, description="With ?wait=: the job that failed.")

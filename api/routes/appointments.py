@@ -3,7 +3,7 @@ import uuid
 from fastapi import APIRouter, Depends
 
 from api.deps import authenticated_tenant
-from api.schemas import Problem
+from api.errors import documented_errors
 from core import booking
 from core.db import UnitOfWork
 
@@ -12,7 +12,7 @@ router = APIRouter(prefix="/v1", tags=["appointments"])
 
 @router.get(
     "/appointments/{appointment_id}",
-    responses={401: {"model": Problem}, 404: {"model": Problem}},
+    responses=documented_errors(401, 404, 422, 503),
     summary="An appointment with its client, service, resources, status and times",
 )
 def get_appointment(appointment_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:

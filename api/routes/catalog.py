@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import authenticated_tenant
+from api.errors import documented_errors
 from api.schemas import AvailabilityOut, ServicesOut
 from core import availability, catalog
 from core.clock import utcnow
@@ -13,14 +14,22 @@ from core.db import UnitOfWork
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
-@router.get("/services", response_model=ServicesOut, summary="The business's bookable services")
+@router.get(
+    "/services",
+    response_model=ServicesOut,
+    responses=documented_errors(401, 503),
+    summary="The business's bookable services",
+)
 def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
     with UnitOfWork(tenant_id) as uow:
         return {"services": [service.as_dict() for service in catalog.list_services(uow)]}
 
 
 @router.get(
-    "/availability", response_model=AvailabilityOut, summary="Free slots of a service between two local dates"
+    "/availability",
+    response_model=AvailabilityOut,
+    responses=documented_errors(401, 404, 422, 503),
+    summary="Free slots of a service between two local dates",
 )
 def get_availability(
     service_id: uuid.UUID,

@@ -12,9 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import authenticated_tenant
-from api.errors import problem
+from api.errors import documented_errors, problem
 from api.queue import enqueue_intake_job
-from api.schemas import BookingIn, CancelIn, JobOut, Problem, RescheduleIn
+from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
 from core import intake
 from core.clock import utcnow
 from core.config import get_settings
@@ -26,7 +26,7 @@ WAIT_DESCRIPTION = "Seconds to hold the request until the job ends (at most 20):
 IDEMPOTENCY_DESCRIPTION = (
     "Repeating a request with the same key returns the first job instead of booking twice."
 )
-ERRORS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}}
+SUBMIT_ERRORS = documented_errors(400, 401, 404, 409, 413, 422, 503)
 
 
 def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:
@@ -85,7 +85,7 @@ async def _accept(
 
 
 @router.post(
-    "/bookings", status_code=202, response_model=JobOut, responses=ERRORS, summary="Request a booking"
+    "/bookings", status_code=202, response_model=JobOut, responses=SUBMIT_ERRORS, summary="Request a booking"
 )
 async def create_booking(
     body: BookingIn,
@@ -102,7 +102,7 @@ async def create_booking(
     "/appointments/{appointment_id}/reschedule",
     status_code=202,
     response_model=JobOut,
-    responses=ERRORS,
+    responses=SUBMIT_ERRORS,
     summary="Move an appointment to another time",
 )
 async def reschedule_appointment(
@@ -120,7 +120,7 @@ async def reschedule_appointment(
     "/appointments/{appointment_id}/cancel",
     status_code=202,
     response_model=JobOut,
-    responses=ERRORS,
+    responses=SUBMIT_ERRORS,
     summary="Cancel an appointment",
 )
 async def cancel_appointment(
@@ -137,6 +137,11 @@ async def cancel_appointment(
     return await _accept(tenant_id, "cancel", payload, idempotency_key, wait, 200)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS, summary="A job's status and outcome")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses=documented_errors(401, 404, 422, 503),
+    summary="A job's status and outcome",
+)
 def get_job(job_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
     return _read(tenant_id, job_id).as_dict()

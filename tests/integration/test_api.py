@@ -63,6 +63,32 @@ def test_health_and_openapi(client):
     assert spec["components"]["schemas"]["BookingIn"]["examples"]
 
 
+def test_the_openapi_contract_documents_every_error_as_problem_json(client):
+    spec = client.get("/openapi.json").json()
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status[0] in "45" and response.get("content"):
+                    assert response["content"] == {"application/problem+json": {"schema": problem}}, (
+                        method,
+                        path,
+                        status,
+                    )
+    assert {"400", "404", "409", "413", "422"} <= set(spec["paths"]["/v1/bookings"]["post"]["responses"])
+    assert "404" in spec["paths"]["/v1/availability"]["get"]["responses"]
+    assert spec["components"]["schemas"]["ClientIn"]["anyOf"] == [
+        {"required": ["phone"]},
+        {"required": ["email"]},
+    ]
+
+
+def test_a_method_the_path_does_not_have_is_405_with_allow(client):
+    response = client.delete("/v1/services")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET"
+
+
 def test_ready_checks_the_database_and_the_broker(client):
     response = client.get("/ready")
     assert response.status_code == 200
