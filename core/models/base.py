@@ -1,8 +1,9 @@
 """Declarative base and the column helpers every model module uses.
 
 The naming convention reproduces PostgreSQL's own default names (users_pkey, users_email_key,
-tenant_users_tenant_id_fkey), so a constraint has the same name whether a migration named it
-explicitly or let PostgreSQL pick. Check and exclusion constraints are always named explicitly.
+tenant_users_tenant_id_fkey, appointments_tenant_id_client_id_fkey), so a constraint has the same name
+whether a migration named it explicitly or let PostgreSQL pick. Check and exclusion constraints are
+always named explicitly.
 """
 
 from __future__ import annotations
@@ -12,14 +13,26 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, DateTime, ForeignKey, MetaData, Numeric, String, Time, Uuid, func, text
+from sqlalchemy import (
+    Date,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    MetaData,
+    Numeric,
+    String,
+    Time,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "%(table_name)s_%(column_0_N_name)s_key",
-    "fk": "%(table_name)s_%(column_0_name)s_fkey",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
     "pk": "%(table_name)s_pkey",
 }
 
@@ -80,3 +93,16 @@ class SoftDeleted:
 
     deleted_at: Mapped[datetime | None]
     deleted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+
+
+def same_tenant(column: str, parent: str, *, ondelete: str | None = None) -> ForeignKeyConstraint:
+    """`(tenant_id, column) REFERENCES parent (tenant_id, id)` (revision 015).
+
+    A foreign-key check bypasses row-level security, so a single-column reference would take another
+    tenant's id. With tenant_id in the key, the parent must belong to the row's own tenant. The parent
+    declares `UniqueConstraint("tenant_id", "id")`. A NULL column (MATCH SIMPLE) references nothing.
+    An ON DELETE SET NULL must name the column, `"SET NULL (column)"`, or it would null tenant_id too.
+    """
+    return ForeignKeyConstraint(
+        ["tenant_id", column], [f"{parent}.tenant_id", f"{parent}.id"], ondelete=ondelete
+    )

@@ -7,10 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.models.base import Base, created_at, flag, jsonb_object, updated_at, uuid_pk
+from core.models.base import Base, created_at, flag, jsonb_object, same_tenant, updated_at, uuid_pk
 
 
 class SubscriptionPlan(Base):
@@ -51,6 +51,7 @@ class Subscription(Base):
         CheckConstraint("billing_period IN ('monthly', 'yearly')", name="subscriptions_billing_period_valid"),
         CheckConstraint("current_period_end > current_period_start", name="subscriptions_period_valid"),
         Index("idx_subscriptions_tenant_status", "tenant_id", "status"),
+        UniqueConstraint("tenant_id", "id"),  # the target of same_tenant() references (revision 015)
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -74,7 +75,10 @@ class Subscription(Base):
     cancelled_at: Mapped[datetime | None]
 
     plan: Mapped[SubscriptionPlan] = relationship()
-    payments: Mapped[list[Payment]] = relationship(back_populates="subscription")
+    # Joined by id alone: tenant_id is the payment's own column.
+    payments: Mapped[list[Payment]] = relationship(
+        back_populates="subscription", primaryjoin="Subscription.id == Payment.subscription_id"
+    )
 
 
 class Payment(Base):
@@ -86,10 +90,11 @@ class Payment(Base):
         ),
         CheckConstraint("amount > 0", name="payments_amount_positive"),
         Index("idx_payments_subscription_status", "subscription_id", "status"),
+        same_tenant("subscription_id", "subscriptions"),  # revision 015
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
-    subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id"))
+    subscription_id: Mapped[uuid.UUID]
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
 
     amount: Mapped[Decimal]
@@ -105,4 +110,6 @@ class Payment(Base):
 
     created_at: Mapped[datetime] = created_at()
 
-    subscription: Mapped[Subscription] = relationship(back_populates="payments")
+    subscription: Mapped[Subscription] = relationship(
+        back_populates="payments", primaryjoin="Payment.subscription_id == Subscription.id"
+    )

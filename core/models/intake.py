@@ -10,7 +10,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstra
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, created_at, updated_at, uuid_pk
+from core.models.base import Base, created_at, same_tenant, updated_at, uuid_pk
 
 JOB_KINDS = ("booking", "reschedule", "cancel", "vapi_booking")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
@@ -33,6 +33,8 @@ class IntakeJob(Base):
             "created_at",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # Revision 015: the appointment is the job's tenant's; deleting it unlinks the job only.
+        same_tenant("appointment_id", "appointments", ondelete="SET NULL (appointment_id)"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -46,9 +48,7 @@ class IntakeJob(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
-    appointment_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("appointments.id", ondelete="SET NULL")
-    )
+    appointment_id: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
     enqueued_at: Mapped[datetime | None]

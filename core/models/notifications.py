@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.models.base import Base, created_at, flag, jsonb_object, updated_at, uuid_pk
+from core.models.base import Base, created_at, flag, jsonb_object, same_tenant, updated_at, uuid_pk
 
 NOTIFICATION_TYPES = (
     "appointment_confirmed",
@@ -92,6 +92,9 @@ class Notification(Base):
         Index("idx_notifications_recipient", "recipient_type", "recipient_id"),
         Index("idx_notifications_appointment_id", "appointment_id"),
         Index("idx_notifications_provider_message_id", "provider_message_id"),
+        # Revision 015: the appointment is the notification's tenant's; deleting it unlinks the
+        # notification and keeps its tenant_id. A notification without a tenant is not checked (MATCH SIMPLE).
+        same_tenant("appointment_id", "appointments", ondelete="SET NULL (appointment_id)"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -117,9 +120,7 @@ class Notification(Base):
     created_at: Mapped[datetime] = created_at()
 
     # Added by the lead for the send pipeline (see docs/schema.md).
-    appointment_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("appointments.id", ondelete="SET NULL")
-    )
+    appointment_id: Mapped[uuid.UUID | None]
     notification_type: Mapped[str | None] = mapped_column(String(50))
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     attempts: Mapped[int] = mapped_column(server_default=text("0"))

@@ -34,6 +34,7 @@ from core.models.base import (
     created_at,
     flag,
     jsonb_object,
+    same_tenant,
     updated_at,
     uuid_pk,
 )
@@ -54,6 +55,7 @@ class Service(Audited, SoftDeleted, Base):
         # The seed's UNIQUE(tenant_id, slug), but a soft-deleted service no longer holds its slug.
         Index("services_tenant_id_slug_key", "tenant_id", "slug", unique=True, postgresql_where=NOT_DELETED),
         Index("idx_services_tenant_active", "tenant_id", postgresql_where=ACTIVE_NOT_DELETED),
+        UniqueConstraint("tenant_id", "id"),  # the target of same_tenant() references (revision 015)
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -107,6 +109,7 @@ class Resource(Audited, SoftDeleted, Base):
         CheckConstraint("capacity IS NULL OR capacity > 0", name="resources_capacity_positive"),
         Index("idx_resources_tenant_active", "tenant_id", postgresql_where=ACTIVE_NOT_DELETED),
         Index("idx_resources_type_tenant", "tenant_id", "type", postgresql_where=ACTIVE_NOT_DELETED),
+        UniqueConstraint("tenant_id", "id"),  # the target of same_tenant() references (revision 015)
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -162,6 +165,7 @@ class Client(Audited, SoftDeleted, Base):
         Index(
             "idx_clients_tenant_name", "tenant_id", "first_name", "last_name", postgresql_where=NOT_DELETED
         ),
+        UniqueConstraint("tenant_id", "id"),  # the target of same_tenant() references (revision 015)
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -240,12 +244,16 @@ class Appointment(Audited, SoftDeleted, Base):
         Index(
             "idx_client_appointments", "client_id", text("scheduled_start DESC"), postgresql_where=NOT_DELETED
         ),
+        UniqueConstraint("tenant_id", "id"),  # the target of same_tenant() references (revision 015)
+        # The client and the service are the appointment's tenant's (revision 015).
+        same_tenant("service_id", "services"),
+        same_tenant("client_id", "clients"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"))
-    client_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("clients.id"))
+    service_id: Mapped[uuid.UUID]
+    client_id: Mapped[uuid.UUID]
 
     scheduled_start: Mapped[datetime]
     scheduled_end: Mapped[datetime]
@@ -274,10 +282,15 @@ class Appointment(Audited, SoftDeleted, Base):
     metadata_: Mapped[dict[str, Any]] = jsonb_object(name="metadata")
 
     tenant: Mapped[Tenant] = relationship()
-    service: Mapped[Service] = relationship()
-    client: Mapped[Client] = relationship()
+    # Joined by id alone: tenant_id is the appointment's own column (written through `tenant`), and the
+    # composite foreign keys already hold the tenants equal. A join on the primary key alone also lets a
+    # lazy load take the object from the identity map.
+    service: Mapped[Service] = relationship(primaryjoin="Appointment.service_id == Service.id")
+    client: Mapped[Client] = relationship(primaryjoin="Appointment.client_id == Client.id")
     resources: Mapped[list[AppointmentResource]] = relationship(
-        back_populates="appointment", passive_deletes=True
+        back_populates="appointment",
+        primaryjoin="Appointment.id == AppointmentResource.appointment_id",
+        passive_deletes=True,
     )
 
 
@@ -337,11 +350,15 @@ class AppointmentResource(Base):
             "occupied_until",
             postgresql_where=text("active"),
         ),
+        # Revision 015: the appointment and the resource are the allocation's tenant's. tenant_id is set
+        # by a BEFORE INSERT trigger, which runs before these checks.
+        same_tenant("appointment_id", "appointments", ondelete="CASCADE"),
+        same_tenant("resource_id", "resources"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
-    appointment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
-    resource_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resources.id"))
+    appointment_id: Mapped[uuid.UUID]
+    resource_id: Mapped[uuid.UUID]
     # Always the appointment's tenant: a trigger copies it on insert (revision 013), so nobody sets it.
     # It exists for row-level security, which would otherwise look up the appointment of every row read.
     tenant_id: Mapped[uuid.UUID] = mapped_column(server_default=FetchedValue())
@@ -362,8 +379,11 @@ class AppointmentResource(Base):
     created_at: Mapped[datetime] = created_at()
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
-    appointment: Mapped[Appointment] = relationship(back_populates="resources")
-    resource: Mapped[Resource] = relationship()
+    # Joined by id alone: tenant_id is the trigger's to write, not the ORM's.
+    appointment: Mapped[Appointment] = relationship(
+        back_populates="resources", primaryjoin="AppointmentResource.appointment_id == Appointment.id"
+    )
+    resource: Mapped[Resource] = relationship(primaryjoin="AppointmentResource.resource_id == Resource.id")
 
 
 class ResourceSchedule(Base):

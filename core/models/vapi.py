@@ -10,7 +10,7 @@ from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.models.base import Base, created_at, flag, jsonb_object, updated_at, uuid_pk
+from core.models.base import Base, created_at, flag, jsonb_object, same_tenant, updated_at, uuid_pk
 
 if TYPE_CHECKING:
     from core.models.scheduling import Appointment
@@ -61,7 +61,10 @@ class VapiConfiguration(Base):
 
 class VapiCallLog(Base):
     __tablename__ = "vapi_call_logs"
-    __table_args__ = (Index("idx_vapi_call_logs_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("idx_vapi_call_logs_tenant_created", "tenant_id", "created_at"),
+        same_tenant("appointment_id", "appointments"),  # revision 015
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
@@ -77,7 +80,7 @@ class VapiCallLog(Base):
     intent_detected: Mapped[str | None] = mapped_column(String(100))
     entities_extracted: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
-    appointment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointments.id"))
+    appointment_id: Mapped[uuid.UUID | None]
     booking_successful: Mapped[bool] = flag(False)
     booking_error: Mapped[str | None] = mapped_column(Text)
 
@@ -85,4 +88,7 @@ class VapiCallLog(Base):
     call_ended_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_at()
 
-    appointment: Mapped[Appointment | None] = relationship()
+    # Joined by id alone: tenant_id is the call's own column.
+    appointment: Mapped[Appointment | None] = relationship(
+        primaryjoin="VapiCallLog.appointment_id == Appointment.id"
+    )
