@@ -88,6 +88,10 @@ class Notification(Base):
             name="notifications_type_valid",
         ),
         CheckConstraint("attempts >= 0", name="notifications_attempts_non_negative"),
+        # The composite key on (tenant_id, appointment_id) checks nothing while tenant_id is NULL.
+        CheckConstraint(
+            "appointment_id IS NULL OR tenant_id IS NOT NULL", name="notifications_appointment_has_tenant"
+        ),
         Index("idx_notifications_status_created", "status", "created_at"),
         Index("idx_notifications_recipient", "recipient_type", "recipient_id"),
         Index("idx_notifications_appointment_id", "appointment_id"),

@@ -9,8 +9,8 @@ refuses them too.
   `(tenant_id, <column>) REFERENCES parent (tenant_id, id)`, with `UNIQUE (tenant_id, id)` on the parent.
   ON DELETE actions are kept; SET NULL names its column (`SET NULL (appointment_id)`, PostgreSQL 15),
   or it would null tenant_id too. A NULL reference is still allowed (MATCH SIMPLE).
-- notifications.tenant_id is nullable: a notification without a tenant is not checked (MATCH SIMPLE).
-  It is visible in system mode only, so it exposes nothing to a tenant (docs/schema.md, Known limits).
+- notifications.tenant_id is nullable, and MATCH SIMPLE checks nothing when it is NULL: the CHECK
+  notifications_appointment_has_tenant makes a notification about an appointment carry a tenant.
 - service_resources has no tenant_id: a trigger refuses a link between a service and a resource of
   different tenants (SQLSTATE 23514, constraint name service_resources_same_tenant).
 - appointment_resources.tenant_id is written by its BEFORE INSERT trigger (013); row triggers run before
@@ -84,6 +84,11 @@ def upgrade() -> None:
             ["tenant_id", "id"],
             ondelete=f"SET NULL ({column})" if ondelete == "SET NULL" else ondelete,
         )
+    op.create_check_constraint(
+        "notifications_appointment_has_tenant",
+        "notifications",
+        "appointment_id IS NULL OR tenant_id IS NOT NULL",
+    )
     op.execute(SERVICE_RESOURCES_FUNCTION)
     op.execute(
         "CREATE TRIGGER check_service_resources_tenant BEFORE INSERT OR UPDATE OF service_id, resource_id"
@@ -94,6 +99,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER check_service_resources_tenant ON service_resources")
     op.execute("DROP FUNCTION service_resources_check_tenant()")
+    op.drop_constraint("notifications_appointment_has_tenant", "notifications", type_="check")
     for table, column, parent, ondelete in reversed(LINKS):
         op.drop_constraint(_composite_name(table, column), table, type_="foreignkey")
         op.create_foreign_key(f"{table}_{column}_fkey", table, parent, [column], ["id"], ondelete=ondelete)

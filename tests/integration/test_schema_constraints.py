@@ -122,6 +122,9 @@ CHECK_CASES = {
     "notifications_channel_valid": lambda db: _notification(db, channel="fax"),
     "notifications_type_valid": lambda db: _notification(db, notification_type="spam"),
     "notifications_attempts_non_negative": lambda db: _notification(db, attempts=-1),
+    "notifications_appointment_has_tenant": lambda db: _notification(
+        db, appointment_id=make_appointment(db, *_setup(db), T0).id
+    ),
     "services_duration_positive": lambda db: make_service(db, make_tenant(db), duration_minutes=0),
     "services_price_non_negative": lambda db: make_service(db, make_tenant(db), base_price=Decimal("-1")),
     "services_buffer_non_negative": lambda db: make_service(db, make_tenant(db), buffer_time_minutes=-5),
