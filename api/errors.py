@@ -18,6 +18,7 @@ from core.errors import DomainError
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_BASE = "https://docs.voiceappoint.app/errors/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -47,7 +48,6 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 ERROR_DESCRIPTIONS = {
     400: "The body is not JSON",
     401: "No API key, or one that is not valid",
