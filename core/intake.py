@@ -209,14 +209,15 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     the worker to retry."""
     # Losing this marker in a crash is harmless (the job is simply still `queued`), so it need not
     # wait for the WAL flush that the booking's own commit waits for.
+    key = uuid.UUID(str(job_id))
     uow.session.execute(text("SET LOCAL synchronous_commit = off"))
-    tenant_id = uow.session.scalar(_MARK_RUNNING, {"job_id": uuid.UUID(str(job_id)), "now": now})
+    tenant_id = uow.session.scalar(_MARK_RUNNING, {"job_id": key, "now": now})
     uow.commit()  # visible as `running` to whoever polls the job
     if tenant_id is not None:
         # The rest runs as the job's tenant; the lock below makes a second delivery wait, then see the outcome.
         uow.set_tenant(tenant_id)
         app_logging.bind(tenant_id=str(tenant_id))
-    job = uow.session.get(IntakeJob, uuid.UUID(str(job_id)), with_for_update=True, populate_existing=True)
+    job = uow.session.get(IntakeJob, key, with_for_update=True, populate_existing=True)
     if job is None:
         raise NotFound(f"Job {job_id} does not exist", code="job_not_found")
     if tenant_id is None or job.status in FINISHED:
@@ -226,7 +227,7 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     except DomainError as error:
         # Nothing of the refused request may stay: roll it all back, then record the outcome on its own.
         uow.rollback()
-        job = uow.session.get(IntakeJob, job.id, with_for_update=True, populate_existing=True)
+        job = uow.session.get(IntakeJob, key, with_for_update=True, populate_existing=True)
         if job.status in FINISHED:  # the lock went with the rollback: another delivery finished it
             return JobView.from_row(job).as_dict()
         # The HTTP status the same error has when the API answers it directly (used by ?wait=).
