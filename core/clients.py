@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import phonenumbers
-from sqlalchemy import bindparam, or_, select, text
+from sqlalchemy import bindparam, func, or_, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from core.db import UnitOfWork
@@ -115,9 +115,10 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
             raise Conflict(
                 "The client's phone and email belong to two different clients.", code="client_conflict"
             )
-    client.total_appointments = (client.total_appointments or 0) + 1
-    if client.last_appointment_date is None or booked_start > client.last_appointment_date:
-        client.last_appointment_date = booked_start
+    # Counted in SQL, not from the values read above: two bookings of one client at once must not
+    # both write "previous + 1" (the row lock of the UPDATE orders them, each adds to the other's).
+    client.total_appointments = func.coalesce(Client.total_appointments, 0) + 1
+    client.last_appointment_date = func.greatest(Client.last_appointment_date, booked_start)
     return client
 
 

@@ -98,6 +98,11 @@ def test_one_new_client_booking_twice_at_once_is_created_once(committed_engine, 
     outcomes = book_all(salon, same_person)
     assert outcomes == ["booked"] * 4
     assert count(committed_engine, Client, Client.tenant_id == salon.tenant.id) == 1
+    # The winner counted its booking in the insert, each loser in an update of the winner's row.
+    with Session(committed_engine) as session:
+        client = session.scalar(select(Client).where(Client.tenant_id == salon.tenant.id))
+        assert client.total_appointments == 4
+        assert client.last_appointment_date == salon.at(DAY, "13:00")
 
 
 def test_two_bookings_cannot_both_take_the_last_unit_of_the_plan(committed_engine, committed):
