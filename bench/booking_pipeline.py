@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per measurement")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median round counts")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median round counts")
     args = parser.parse_args(argv)
     # `timeout` and Ctrl-C alike end the run through the clean-up below (workers stopped, database dropped).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
