@@ -120,11 +120,8 @@ def queue_for_appointment(
     """
     channels = _channels_for(client)
     if not channels:
-        return []
+        return
     templates = _templates(uow, tenant, notification_type, channels, client_locale(tenant, client))
-    keys = {
-        channel: f"{appointment.id}:{notification_type}:{channel}{dedupe_suffix}" for channel in templates
-    }
     context = appointment_context(tenant, client, service, appointment)
     rows = [
         {
@@ -141,7 +138,7 @@ def queue_for_appointment(
             "subject": render(template.subject_template, context) if template.subject_template else None,
             "body": render(template.body_template, context),
             "status": "pending",
-            "dedupe_key": keys[channel],
+            "dedupe_key": f"{appointment.id}:{notification_type}:{channel}{dedupe_suffix}",
         }
         for channel, template in templates.items()
     ]

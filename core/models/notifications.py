@@ -97,7 +97,8 @@ class Notification(Base):
         Index("idx_notifications_appointment_id", "appointment_id"),
         Index("idx_notifications_provider_message_id", "provider_message_id"),
         # Revision 015: the appointment is the notification's tenant's; deleting it unlinks the
-        # notification and keeps its tenant_id. A notification without a tenant is not checked (MATCH SIMPLE).
+        # notification and keeps its tenant_id (notifications_appointment_has_tenant above makes sure
+        # there is a tenant_id to check).
         same_tenant("appointment_id", "appointments", ondelete="SET NULL (appointment_id)"),
     )
 
