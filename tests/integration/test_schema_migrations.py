@@ -246,6 +246,11 @@ def test_triggers_and_views_exist(cycled):
         | {f"{table}.audit_{table}.audit_trigger_function" for table in audited}
         | {"appointment_resources.set_appointment_resources_tenant.appointment_resources_set_tenant"}
         | {"service_resources.check_service_resources_tenant.service_resources_check_tenant"}
+        | {"notifications.check_notifications_template.notifications_check_template"}
+        | {
+            f"{table}.keep_{table}_tenant.keep_tenant_id"
+            for table in ("services", "resources", "notification_templates")
+        }
     )
     assert triggers == expected
     assert views == VIEWS

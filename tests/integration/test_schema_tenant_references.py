@@ -16,12 +16,14 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import Range
 from sqlalchemy.exc import IntegrityError
 
+from core.db import UnitOfWork
 from core.models import (
     Appointment,
     AppointmentResource,
     Client,
     IntakeJob,
     Notification,
+    NotificationTemplate,
     Payment,
     Resource,
     Service,
@@ -36,6 +38,7 @@ from tests.factories import (
     link_service_resource,
     make_appointment,
     make_client,
+    make_notification_template,
     make_resource,
     make_service,
     make_subscription,
@@ -279,3 +282,94 @@ def test_deleting_an_appointment_a_call_refers_to_is_still_refused(db, a):
     db.flush()
     with violates(db, "vapi_call_logs_tenant_id_appointment_id_fkey", FOREIGN_KEY_VIOLATION):
         db.execute(text("DELETE FROM appointments WHERE id = :id"), {"id": a.appointment.id})
+
+
+# --- revision 016: a notification's template, and rows that keep their tenant ------------------------
+
+
+def _notification_from(owner: Business, template: NotificationTemplate, tenant_id: uuid.UUID | None = None):
+    notification = _notification(owner, None)
+    notification.template_id = template.id
+    if tenant_id is not None:
+        notification.tenant_id = tenant_id
+    return notification
+
+
+def test_a_notification_may_use_a_system_template_or_its_tenants_own(db, a):
+    for template in (make_notification_template(db), make_notification_template(db, a.tenant)):
+        notification = _notification_from(a, template)
+        db.add(notification)
+        db.flush()
+        assert (
+            db.scalar(select(Notification.template_id).where(Notification.id == notification.id))
+            == template.id
+        )
+
+
+def test_a_notification_cannot_use_another_tenants_template(db, a, b):
+    with violates(db, "notifications_template_of_tenant", CHECK_VIOLATION):
+        db.add(_notification_from(a, make_notification_template(db, b.tenant)))
+
+
+def test_a_notification_cannot_be_moved_to_another_tenant_with_its_template(db, a, b):
+    notification = _notification_from(a, make_notification_template(db, a.tenant))
+    db.add(notification)
+    db.flush()
+    with violates(db, "notifications_template_of_tenant", CHECK_VIOLATION):
+        db.execute(
+            update(Notification).where(Notification.id == notification.id).values(tenant_id=b.tenant.id)
+        )
+
+
+def test_a_notification_without_a_tenant_may_use_system_templates_only(db, a):
+    system = make_notification_template(db)
+    db.add(Notification(recipient_type="client", channel="email", body="Hello", template_id=system.id))
+    db.flush()
+    with violates(db, "notifications_template_of_tenant", CHECK_VIOLATION):
+        db.add(
+            Notification(
+                recipient_type="client",
+                channel="email",
+                body="Hello",
+                template_id=make_notification_template(db, a.tenant).id,
+            )
+        )
+
+
+def test_in_a_tenants_unit_of_work_another_tenants_template_is_refused_too(db, a, b):
+    # Invisible under the policies, and the foreign key alone (which bypasses them) would accept it.
+    foreign = make_notification_template(db, b.tenant)
+    with UnitOfWork(a.tenant.id) as uow, pytest.raises(IntegrityError) as caught:
+        uow.session.add(_notification_from(a, foreign))
+        uow.session.flush()
+    assert caught.value.orig.diag.constraint_name == "notifications_template_of_tenant"
+
+
+@pytest.mark.parametrize("model", [Service, Resource, NotificationTemplate])
+def test_services_resources_and_templates_keep_their_tenant(db, a, b, model):
+    row = {
+        Service: lambda: a.service,
+        Resource: lambda: a.resource,
+        NotificationTemplate: lambda: make_notification_template(db, a.tenant),
+    }[model]()
+    with violates(db, f"{model.__tablename__}_tenant_id_fixed", CHECK_VIOLATION):
+        db.execute(update(model).where(model.id == row.id).values(tenant_id=b.tenant.id))
+    # Setting the same tenant again, or changing anything else, is an ordinary update.
+    db.execute(update(model).where(model.id == row.id).values(tenant_id=a.tenant.id, name="Renamed"))
+    assert db.scalar(select(model.name).where(model.id == row.id)) == "Renamed"
+
+
+def test_a_system_template_cannot_be_given_to_a_tenant(db, a):
+    template = make_notification_template(db)
+    with violates(db, "notification_templates_tenant_id_fixed", CHECK_VIOLATION):
+        db.execute(
+            update(NotificationTemplate)
+            .where(NotificationTemplate.id == template.id)
+            .values(tenant_id=a.tenant.id)
+        )
+
+
+def test_moving_a_linked_service_away_no_longer_makes_the_link_cross_tenants(db, a, b):
+    link_service_resource(db, a.service, a.resource)
+    with violates(db, "services_tenant_id_fixed", CHECK_VIOLATION):
+        db.execute(update(Service).where(Service.id == a.service.id).values(tenant_id=b.tenant.id))
