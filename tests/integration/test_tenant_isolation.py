@@ -320,8 +320,10 @@ def test_another_tenants_rows_cannot_be_changed_or_deleted_nor_ours_given_away(d
         renamed = session.execute(update(Service).where(Service.id == b.service.id).values(name="Mine"))
         removed = session.execute(delete(Client).where(Client.id == b.client.id))
         assert (renamed.rowcount, removed.rowcount) == (0, 0)
+        # A client: services, resources and templates never change tenant at all (revision 016's trigger,
+        # which fires before the policy's check).
         with pytest.raises(DBAPIError) as refused, session.begin_nested():
-            session.execute(update(Service).where(Service.id == a.service.id).values(tenant_id=b.tenant.id))
+            session.execute(update(Client).where(Client.id == a.client.id).values(tenant_id=b.tenant.id))
         assert sqlstate(refused.value) == INSUFFICIENT_PRIVILEGE
         system_template = session.execute(
             update(NotificationTemplate).where(NotificationTemplate.tenant_id.is_(None)).values(name="Mine")
