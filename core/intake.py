@@ -32,6 +32,10 @@ Enqueue = Callable[[uuid.UUID, str], None]
 FINISHED = ("succeeded", "failed")
 # Started this often without finishing, a job is failed instead of re-sent (see claim_stale).
 MAX_ATTEMPTS = 5
+# Started more often than this, a job is failed as it starts. A delivery whose job kills its worker
+# process is handed back by the broker at once (reject_on_worker_lost) and would loop forever; the cap
+# leaves room for the worker's transient retries (JobTask.max_retries, each a new start) and re-sends.
+MAX_STARTS = 15
 INTERNAL_ERROR = {
     "code": "internal_error",
     "message": "The request could not be processed; please try again.",
@@ -199,7 +203,7 @@ _MARK_RUNNING = (
     update(IntakeJob)
     .where(IntakeJob.id == bindparam("job_id"), IntakeJob.status.in_(("queued", "running")))
     .values(status="running", started_at=bindparam("now"), attempts=IntakeJob.attempts + 1)
-    .returning(IntakeJob.tenant_id)
+    .returning(IntakeJob.tenant_id, IntakeJob.attempts)
 )
 
 
@@ -211,8 +215,13 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     # wait for the WAL flush that the booking's own commit waits for.
     key = uuid.UUID(str(job_id))
     uow.session.execute(text("SET LOCAL synchronous_commit = off"))
-    tenant_id = uow.session.scalar(_MARK_RUNNING, {"job_id": key, "now": now})
+    marked = uow.session.execute(_MARK_RUNNING, {"job_id": key, "now": now}).one_or_none()
+    if marked is not None and marked.attempts > MAX_STARTS:
+        log.error("job %s started %s times without finishing: failed", key, marked.attempts)
+        fail_unexpectedly(uow, key, now)
+        return get_job(uow, key).as_dict()
     uow.commit()  # visible as `running` to whoever polls the job
+    tenant_id = marked.tenant_id if marked is not None else None
     if tenant_id is not None:
         # The rest runs as the job's tenant; the lock below makes a second delivery wait, then see the outcome.
         uow.set_tenant(tenant_id)

@@ -12,7 +12,7 @@ class IntakeJobTask(JobTask):
         # Retries are exhausted or the error is not transient: the job must not stay `running` forever.
         # System mode: only the job's id is known here, not its tenant.
         with UnitOfWork(system=True) as uow:
-            intake.fail_unexpectedly(uow, args[0], utcnow())
+            intake.fail_unexpectedly(uow, kwargs.get("job_id") or args[0], utcnow())
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 

@@ -1,7 +1,8 @@
 """The base class of every task: late acknowledgement, time limits, and retries for transient errors only.
 
 What is transient: the database or Redis being unreachable, a connection dropped mid-transaction, a
-deadlock or serialization failure (psycopg reports those as OperationalError too), and any
+deadlock or serialization failure (psycopg reports those as OperationalError too), the soft time
+limit (a lock wait or a slow database under load, like a statement timeout), and any
 `TransientError` a task raises (provider 5xx/429 wrappers will derive from it or be added to
 TRANSIENT_ERRORS). A DomainError is a final outcome: the task records it on its job and is never retried,
 and neither is anything else (a bug does not get better by running it again).
@@ -14,6 +15,7 @@ from typing import Any
 
 import redis.exceptions
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy import exc as sa_exc
 
@@ -35,6 +37,9 @@ class TransientError(Exception):
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientError,
+    # Over the soft time limit, a task is usually waiting on a lock or a slow database under load: the
+    # same reason a statement timeout (an OperationalError, below) is retried.
+    SoftTimeLimitExceeded,
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     redis.exceptions.ConnectionError,

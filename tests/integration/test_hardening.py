@@ -19,7 +19,7 @@ from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork
 from core.errors import LimitReached
-from core.models import Client, IntakeJob, Notification
+from core.models import Appointment, Client, IntakeJob, Notification
 from tests import factories
 from tests.scenarios import build_salon
 from workers.celery_app import app as celery_app
@@ -229,3 +229,26 @@ def test_the_review_fixture_builds_a_bookable_salon(db, salon):
     # Guards the fixtures above: the tests here must fail for their stated reason, not a broken setup.
     booked = book(salon, request(salon))
     assert booked.appointment_id and rows(db, Client, salon) == 1
+
+
+def test_a_job_started_too_often_is_failed_as_it_starts_and_books_nothing(db, salon):
+    # A job that kills its worker process comes straight back (reject_on_worker_lost), again and again.
+    job = submit_job(salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", intake.MAX_STARTS
+    db.flush()
+    with UnitOfWork(system=True) as uow:
+        outcome = intake.run(uow, job.job_id, now=NOW)
+    db.refresh(stored)
+    assert outcome["status"] == "failed" and outcome["error"]["code"] == "internal_error"
+    assert (stored.status, stored.attempts, stored.finished_at) == ("failed", intake.MAX_STARTS + 1, NOW)
+    assert rows(db, Appointment, salon) == 0
+
+
+def test_a_job_one_start_below_the_cap_still_books(db, salon):
+    job = submit_job(salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", intake.MAX_STARTS - 1
+    db.flush()
+    with UnitOfWork(system=True) as uow:
+        assert intake.run(uow, job.job_id, now=NOW)["status"] == "succeeded"

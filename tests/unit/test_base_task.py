@@ -11,8 +11,10 @@ from unittest import mock
 import pytest
 import redis.exceptions
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import exc as sa_exc
 
+from core import intake
 from core import logging as core_logging
 from core.errors import NotFound, SlotUnavailable
 from workers.base import JobTask, TransientError, is_transient
@@ -35,6 +37,7 @@ ERRORS: dict[str, Callable[[], Exception]] = {
     "integrity": lambda: sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key value")),
     "redis": lambda: redis.exceptions.ConnectionError("Connection refused"),
     "transient": lambda: TransientError("provider answered 503"),
+    "soft_time_limit": lambda: SoftTimeLimitExceeded(),
     "slot_taken": lambda: SlotUnavailable("10:00 is taken", alternatives=[]),
     "not_found": lambda: NotFound("no such service"),
     "bug": lambda: ValueError("a bug"),
@@ -58,7 +61,9 @@ def fresh_attempts():
     attempts.clear()
 
 
-@pytest.mark.parametrize("error", ["operational", "interface", "invalidated", "redis", "transient"])
+@pytest.mark.parametrize(
+    "error", ["operational", "interface", "invalidated", "redis", "transient", "soft_time_limit"]
+)
 def test_a_transient_error_is_retried_until_the_task_succeeds(error):
     result = fails_then_succeeds.apply(args=(error, 2))
 
@@ -157,3 +162,8 @@ def test_in_production_a_failure_is_one_json_line_with_the_task_id():
     assert failure["level"] == "ERROR"
     assert failure["task_id"] == "task-json-1"
     assert "ValueError: a bug" in failure["exc_info"]
+
+
+def test_a_job_may_start_more_often_than_the_worker_retries_it():
+    # Each transient retry is a new start of the job; intake.run fails a job started MAX_STARTS times.
+    assert JobTask.max_retries + 1 < intake.MAX_STARTS
