@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import phonenumbers
@@ -84,13 +84,20 @@ _INSERT_CLIENT = select(Client).from_statement(
 
 
 def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_start: datetime) -> Client:
-    """The tenant's client with this phone (else email), or a new one, with the booking counted.
+    """The tenant's client with this phone (else email, unless that client has another phone), or a new
+    one, with the booking counted.
 
     Two bookings for the same new client can race to create it: the partial unique indexes decide,
     and the loser reads the winner's row.
     """
     details = normalise(details, tenant)
     client = _find(uow, tenant, details)
+    if client is not None and details.phone is not None and client.phone not in (None, details.phone):
+        # Found by email alone, with another phone: someone else sharing the address (a family's). A
+        # new client by phone; the address stays the other client's (unique per tenant), so that
+        # nothing of this booking reaches the other person.
+        details = replace(details, email=None)
+        client = None
     if client is None:
         client = uow.session.scalar(
             _INSERT_CLIENT,

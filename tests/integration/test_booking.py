@@ -134,6 +134,19 @@ def test_a_clients_bookings_are_counted_and_the_phone_wins_over_the_email(db, sa
     assert email_client.last_appointment_date == salon.at(DAY, "10:00")
 
 
+def test_a_shared_email_does_not_make_two_people_one_client(db, salon):
+    ana = book(salon, request(salon, "10:00", phone="612 000 111", email="family@example.com"))
+    pedro = book(salon, request(salon, "12:00", phone="612 000 222", email="family@example.com"))
+
+    ana_client = db.get(Client, db.get(Appointment, ana.appointment_id).client_id)
+    pedro_client = db.get(Client, db.get(Appointment, pedro.appointment_id).client_id)
+    assert ana_client.id != pedro_client.id
+    assert (pedro_client.phone, pedro_client.email) == ("+34612000222", None)
+    # Pedro's confirmation goes to Pedro's phone, and nothing of his booking to Ana.
+    sent = db.scalars(select(Notification).where(Notification.appointment_id == pedro.appointment_id)).all()
+    assert [(n.channel, n.recipient_phone) for n in sent] == [("sms", "+34612000222")]
+
+
 def test_a_taken_slot_offers_the_three_nearest_free_alternatives(db, salon):
     # One chair: the chair is the bottleneck whichever stylist is free.
     book(salon, request(salon, "10:00"))
