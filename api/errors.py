@@ -103,6 +103,9 @@ def install(app: FastAPI) -> None:
             {"field": _field_name(tuple(item["loc"])), "message": item["msg"], "type": item["type"]}
             for item in error.errors()
         ]
+        if any(item["type"] == "json_invalid" for item in errors):
+            # Pydantic reports it as a field error located at the byte offset: it is the body that is bad.
+            return problem(400, "bad_request", "Bad request", "The request body is not valid JSON.")
         unknown = [item["field"] for item in errors if item["type"] == "extra_forbidden"]
         if unknown and len(unknown) == len(errors):
             return problem(

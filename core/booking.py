@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import MAXYEAR, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -230,6 +230,8 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
         local = start.astimezone(ZoneInfo(tenant.timezone))
     except OverflowError:  # 0001-01-01T00:00:00+01:00 and the like
         raise InvalidRequest("The start is not a usable date.", code="invalid_start", field="start") from None
+    if local.year == MAXYEAR:  # the calendar's last year: its local days cannot be stepped past
+        raise InvalidRequest("The start is not a usable date.", code="invalid_start", field="start")
     minutes = local.hour * 60 + local.minute
     if local.second or local.microsecond or minutes % step:
         raise InvalidRequest(
@@ -457,15 +459,16 @@ def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointme
 
 
 def _check_change_window(service: Service, appointment: Appointment, now: datetime, action: str) -> None:
+    done = {"cancel": "cancelled", "reschedule": "rescheduled"}[action]
     if not service.allows_cancellation:
         raise Conflict(
-            f"{service.name} appointments cannot be {action}d online; please call the business.",
+            f"{service.name} appointments cannot be {done} online; please call the business.",
             code=f"{action}_not_allowed",
         )
     window = timedelta(hours=service.cancellation_policy_hours or 0)
     if appointment.scheduled_start - now < window:
         raise Conflict(
-            f"Appointments can be {action}d up to {service.cancellation_policy_hours} hours before they start.",
+            f"Appointments can be {done} up to {service.cancellation_policy_hours} hours before they start.",
             code=f"{action}_window_passed",
         )
 

@@ -90,7 +90,9 @@ async def _accept(
 async def create_booking(
     body: BookingIn,
     wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
-    idempotency_key: str | None = Header(None, max_length=255, description=IDEMPOTENCY_DESCRIPTION),
+    idempotency_key: str | None = Header(
+        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
+    ),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     return await _accept(
@@ -109,7 +111,9 @@ async def reschedule_appointment(
     appointment_id: uuid.UUID,
     body: RescheduleIn,
     wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
-    idempotency_key: str | None = Header(None, max_length=255, description=IDEMPOTENCY_DESCRIPTION),
+    idempotency_key: str | None = Header(
+        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
+    ),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {"appointment_id": str(appointment_id), **body.model_dump(mode="json", exclude_none=True)}
@@ -127,7 +131,9 @@ async def cancel_appointment(
     appointment_id: uuid.UUID,
     body: CancelIn | None = None,
     wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
-    idempotency_key: str | None = Header(None, max_length=255, description=IDEMPOTENCY_DESCRIPTION),
+    idempotency_key: str | None = Header(
+        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
+    ),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {

@@ -284,11 +284,15 @@ def test_cancel_honours_the_services_policy(db, salon):
     with pytest.raises(Exception) as refused, UnitOfWork(salon.tenant.id) as uow:
         booking.cancel(uow, booked.appointment_id, None, late)
     assert refused.value.code == "cancel_window_passed"
+    assert refused.value.message == "Appointments can be cancelled up to 24 hours before they start."
     salon.haircut.allows_cancellation = False
     db.flush()
     with pytest.raises(Exception) as refused, UnitOfWork(salon.tenant.id) as uow:
         booking.cancel(uow, booked.appointment_id, None, NOW)
     assert refused.value.code == "cancel_not_allowed"
+    assert refused.value.message.endswith(
+        "appointments cannot be cancelled online; please call the business."
+    )
 
 
 def test_the_state_machine_completes_a_past_appointment_and_refuses_illegal_changes(db, salon):

@@ -113,8 +113,26 @@ def test_a_nul_character_in_the_body_is_a_4xx_not_a_500(db, api, salon):
     assert rows(db, IntakeJob, salon) == 0
 
 
-def test_a_start_at_the_edge_of_the_calendar_is_a_4xx_not_a_500(db, api, salon):
-    response = api.post("/v1/bookings", json=api_body(salon, "0001-01-01T00:00:00+01:00"))
+def test_a_body_that_is_not_json_is_a_400_bad_request(db, api, salon):
+    response = api.post(
+        "/v1/bookings", content=b'{"service_id": ', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_request"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_an_empty_idempotency_key_is_refused_not_shared(db, api, salon):
+    start = salon.at(datetime.now(UTC).date() + timedelta(days=2), "10:00").isoformat()
+    response = api.post("/v1/bookings", json=api_body(salon, start), headers={"Idempotency-Key": ""})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize("start", ["0001-01-01T00:00:00+01:00", "9999-12-31T10:00:00+01:00"])
+def test_a_start_at_the_edge_of_the_calendar_is_a_4xx_not_a_500(db, api, salon, start):
+    response = api.post("/v1/bookings", json=api_body(salon, start))
     assert response.status_code == 422, response.text
     assert response.json()["code"] in ("start_in_past", "invalid_start", "validation_error")
     assert rows(db, IntakeJob, salon) == 0
