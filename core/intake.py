@@ -158,6 +158,7 @@ def submit(
             request_hash=digest,
             payload=payload,
             status="queued",
+            created_at=now,
             enqueued_at=now,
         )
         .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
@@ -280,11 +281,17 @@ def claim_stale(
         )
         .values(status="failed", finished_at=now, error=INTERNAL_ERROR)
     )
+    # A queued job is re-sent when it has waited since its last send at least as long as it had waited
+    # before it: at 1, 2, 4, 8… times queued_for. A job merely waiting behind a backlog would otherwise get
+    # one more copy in the queue for every sweep it waits through, and a slow queue would only grow.
+    waited_before_last_send = IntakeJob.enqueued_at - IntakeJob.created_at
     stale = (
         select(IntakeJob.id)
         .where(
             or_(
-                (IntakeJob.status == "queued") & (IntakeJob.enqueued_at < now - queued_for),
+                (IntakeJob.status == "queued")
+                & (IntakeJob.enqueued_at < now - queued_for)
+                & (waited_before_last_send <= now - IntakeJob.enqueued_at),
                 (IntakeJob.status == "running") & (running_since < now - running_for),
             )
         )

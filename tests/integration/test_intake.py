@@ -130,3 +130,20 @@ def test_a_replay_returns_the_first_job_even_when_the_request_would_now_be_refus
         )
     assert again.job_id == first.job_id and not created
     assert again.status == "succeeded"
+
+
+def test_a_job_waiting_behind_a_backlog_is_re_sent_ever_more_rarely(db, salon):
+    job, _ = submit(salon, payload(salon))
+
+    def sweep(at: datetime) -> bool:
+        with UnitOfWork(system=True) as uow:
+            claimed = intake.claim_stale(
+                uow, at, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
+            )
+            uow.commit()
+        return job.job_id in {job_id for job_id, _ in claimed}
+
+    minute = timedelta(minutes=1)
+    # Sent at 0; re-sent after waiting 1 minute, then 2 more, then 4 more: not at every sweep.
+    sent_at = [m for m in range(0, 16) if m and sweep(NOW + m * minute + timedelta(seconds=1))]
+    assert sent_at == [1, 3, 7, 15]
