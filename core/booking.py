@@ -174,18 +174,44 @@ def _checked(
     tenant = bookable_tenant(uow)
     service = bookable_service(uow, request.service_id)
     clients.normalise(request.client, tenant)
-    _check_on_grid(tenant, request.start)
-    if request.start <= now:
+    return tenant, service, _checked_slot(uow, tenant, service, request.start, now, request.resource_ids)
+
+
+def validate_reschedule(
+    uow: UnitOfWork,
+    appointment_id: uuid.UUID,
+    new_start: datetime,
+    now: datetime,
+    resource_ids: tuple[uuid.UUID, ...],
+) -> None:
+    """What can be said about a move without looking at the calendar: it is rejected before a job exists."""
+    tenant = bookable_tenant(uow)
+    appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
+    service = bookable_service(uow, appointment.service_id)
+    _checked_slot(uow, tenant, service, new_start, now, resource_ids)
+
+
+def _checked_slot(
+    uow: UnitOfWork,
+    tenant: Tenant,
+    service: Service,
+    start: datetime,
+    now: datetime,
+    resource_ids: tuple[uuid.UUID, ...],
+) -> dict[uuid.UUID, Candidate]:
+    """The units each candidate resource would give, once the start and the chosen resources are valid."""
+    _check_on_grid(tenant, start)
+    if start <= now:
         raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
     candidates = _candidates(uow, service)
-    unknown = [r for r in request.resource_ids if r not in candidates]
+    unknown = [r for r in resource_ids if r not in candidates]
     if unknown:
         raise InvalidRequest(
             f"Resource {unknown[0]} does not provide {service.name}.",
             code="resource_not_eligible",
             field="resource_ids",
         )
-    return tenant, service, candidates
+    return candidates
 
 
 @dataclass(frozen=True)
@@ -496,11 +522,9 @@ def reschedule(
         raise IllegalTransition(
             f"A {appointment.status} appointment cannot be rescheduled.", code="illegal_status_change"
         )
-    service = uow.get(Service, appointment.service_id)
+    service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, "reschedule")
-    _check_on_grid(tenant, new_start)
-    if new_start <= now:
-        raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
+    candidates = _checked_slot(uow, tenant, service, new_start, now, resource_ids)
     _enforce_monthly_limit(uow, tenant, new_start, moving=appointment.id)
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
@@ -509,7 +533,7 @@ def reschedule(
         resource_ids = _same_resources_if_free(uow, service, new_start, now, previous_resources)
     appointment.scheduled_start = new_start
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
-    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, _candidates(uow, service))
+    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
     history = list((appointment.metadata_ or {}).get("reschedules", []))
     history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}

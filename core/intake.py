@@ -56,18 +56,27 @@ def _handle_booking(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> 
     return booking.book(uow, booking.BookingRequest.from_payload(payload), now)
 
 
-def _validate_change(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> None:
+def _validate_cancel(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> None:
     uow.get(Appointment, payload["appointment_id"], code="appointment_not_found", what="Appointment")
 
 
-def _handle_reschedule(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
-    return booking.reschedule(
-        uow,
+def _move(payload: dict[str, Any]) -> tuple[uuid.UUID, datetime, tuple[uuid.UUID, ...]]:
+    """A reschedule payload's appointment, new start and chosen resources."""
+    return (
         uuid.UUID(payload["appointment_id"]),
         datetime.fromisoformat(payload["start"]),
-        now,
         tuple(uuid.UUID(r) for r in payload.get("resource_ids") or ()),
     )
+
+
+def _validate_reschedule(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> None:
+    appointment_id, start, resource_ids = _move(payload)
+    booking.validate_reschedule(uow, appointment_id, start, now, resource_ids)
+
+
+def _handle_reschedule(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+    appointment_id, start, resource_ids = _move(payload)
+    return booking.reschedule(uow, appointment_id, start, now, resource_ids)
 
 
 def _handle_cancel(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
@@ -77,8 +86,8 @@ def _handle_cancel(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> b
 KINDS: dict[str, JobKind] = {
     "booking": JobKind(_validate_booking, _handle_booking),
     "vapi_booking": JobKind(_validate_booking, _handle_booking),
-    "reschedule": JobKind(_validate_change, _handle_reschedule),
-    "cancel": JobKind(_validate_change, _handle_cancel),
+    "reschedule": JobKind(_validate_reschedule, _handle_reschedule),
+    "cancel": JobKind(_validate_cancel, _handle_cancel),
 }
 
 

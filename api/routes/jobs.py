@@ -26,7 +26,7 @@ WAIT_DESCRIPTION = "Seconds to hold the request until the job ends (at most 20):
 IDEMPOTENCY_DESCRIPTION = (
     "Repeating a request with the same key returns the first job instead of booking twice."
 )
-SUBMIT_ERRORS = documented_errors(400, 401, 404, 409, 413, 422, 503)
+SUBMIT_ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 422, 503)
 
 
 def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:

@@ -270,3 +270,36 @@ def test_a_job_one_start_below_the_cap_still_books(db, salon):
     db.flush()
     with UnitOfWork(system=True) as uow:
         assert intake.run(uow, job.job_id, now=NOW)["status"] == "succeeded"
+
+
+def _booked_in_a_few_days(salon):
+    day = datetime.now(UTC).date() + timedelta(days=3)
+    return day, book(salon, request(salon, day=day), now=datetime.now(UTC))
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ("off_grid", 422, "off_grid"),
+        ("past", 422, "start_in_past"),
+        ("service_off", 422, "service_inactive"),
+        ("suspended", 403, "tenant_inactive"),
+    ],
+)
+def test_a_reschedule_that_can_never_succeed_is_refused_before_a_job_exists(
+    db, api, salon, change, status, code
+):
+    day, booked = _booked_in_a_few_days(salon)
+    start = salon.at(day, "12:07" if change == "off_grid" else "12:00")
+    if change == "past":
+        start = salon.at(datetime.now(UTC).date() - timedelta(days=2), "12:00")
+    if change == "service_off":
+        salon.haircut.is_active = False
+    if change == "suspended":
+        salon.tenant.subscription_status = "suspended"
+    db.flush()
+    response = api.post(
+        f"/v1/appointments/{booked.appointment_id}/reschedule", json={"start": start.isoformat()}
+    )
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
+    assert rows(db, IntakeJob, salon) == 0
