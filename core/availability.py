@@ -790,6 +790,7 @@ def nearest_alternatives(
 # What the planner needs of a service and its tenant; read as plain columns, not as ORM objects.
 _SERVICE_COLUMNS = (
     Service.id,
+    Service.name,
     Service.tenant_id,
     Service.is_active,
     Service.deleted_at,
@@ -805,8 +806,8 @@ _SERVICE_COLUMNS = (
 
 
 def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
-    """The service's rules in its tenant's zone, or NotFound("service_not_found") for a service that is not
-    this tenant's, is inactive or deleted. Given a row (the booking has one), its tenant is usually in the
+    """The service's rules in its tenant's zone; NotFound("service_not_found") for a service that is not
+    this tenant's or is deleted, InvalidRequest("service_inactive") for one switched off. Given a row (the booking has one), its tenant is usually in the
     session already; given an id, service and tenant come in one query."""
     if isinstance(service, Service):
         row: Any = service
@@ -828,8 +829,12 @@ def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
             raise missing
         timezone, tenant_settings = row.timezone, row.settings
     elsewhere = uow.tenant_id is not None and row.tenant_id != uow.tenant_id
-    if elsewhere or row.deleted_at is not None or row.is_active is False:
+    if elsewhere or row.deleted_at is not None:
         raise NotFound(f"Service {row.id} does not exist", code="service_not_found")
+    if row.is_active is False:  # the same answer a booking of it gets
+        raise InvalidRequest(
+            f"The service {row.name} is not bookable at the moment.", code="service_inactive"
+        )
 
     step = slot_step_minutes(tenant_settings)
     days = row.available_days

@@ -260,12 +260,16 @@ def test_the_tenant_slot_step_and_time_zone_are_used(db):
     ]
 
 
-def test_unknown_inactive_deleted_or_foreign_services_are_not_found(db, salon):
+def test_unknown_deleted_or_foreign_services_are_not_found_and_inactive_ones_not_bookable(db, salon):
     other_tenant = f.make_tenant(db)
     foreign = f.make_service(db, other_tenant)
     inactive = f.make_service(db, salon.tenant, is_active=False)
     deleted = f.make_service(db, salon.tenant, deleted_at=NOW)
-    for service_id in (foreign.id, inactive.id, deleted.id, uuid.uuid4()):
+    for service in (inactive.id, inactive):
+        with salon.uow() as uow, pytest.raises(InvalidRequest) as raised:
+            find_slots(uow, service, MONDAY, MONDAY, NOW)
+        assert raised.value.code == "service_inactive"
+    for service_id in (foreign.id, deleted.id, uuid.uuid4()):
         with salon.uow() as uow, pytest.raises(NotFound) as raised:
             find_slots(uow, service_id, MONDAY, MONDAY, NOW)
         assert raised.value.code == "service_not_found"
