@@ -194,7 +194,7 @@ def evaluate_slot(
 ) -> Slot:
     """The slot starting exactly at `start`, or the precise reason it cannot be booked.
 
-    Raises InvalidRequest ("off_grid", "resource_not_eligible", "invalid_start") for a request that can never
+    Raises InvalidRequest ("off_grid", "repeated_time", "resource_not_eligible", "invalid_start") for a request that can never
     be right, and SlotUnavailable ("too_soon", "too_far", "outside_hours", "slot_taken") otherwise.
     """
     return _Planner(calendar, now, resource_ids).check(start)
@@ -639,10 +639,16 @@ class _Planner:
         clock = self._day(local.date())
         wall = local.replace(tzinfo=None) - clock.midnight
         converted = self._wall_to_utc(clock, wall)
-        if wall % self.step or converted is None or converted[0] != start:
-            # Off the grid, or the second pass through a fall-back hour (offered once, the first time).
+        if wall % self.step or converted is None:
             raise InvalidRequest(
                 f"{local:%H:%M} is not on the {self.step.seconds // 60}-minute slot grid.", code="off_grid"
+            )
+        if converted[0] != start:
+            # A fall-back hour is offered once, the first time round: one booking per wall-clock time.
+            raise InvalidRequest(
+                f"{local:%H:%M} happens twice on {local:%Y-%m-%d} (the clocks go back); only the first"
+                f" {local:%H:%M} can be booked, {converted[0].astimezone(self.tz).isoformat()}.",
+                code="repeated_time",
             )
         if start < self.earliest:
             raise SlotUnavailable("That time is too soon to book.", code="too_soon")

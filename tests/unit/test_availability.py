@@ -248,7 +248,10 @@ def test_check_slot_refuses_the_second_pass_through_the_fall_back_hour():
     cal = night(MADRID)
     first = evaluate_slot(cal, at(MADRID, 2027, 10, 31, 2, 30, fold=0), LONG_AGO)
     assert first.start == datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
-    assert reason(cal, at(MADRID, 2027, 10, 31, 2, 30, fold=1)) == "off_grid"
+    with pytest.raises(InvalidRequest) as second:
+        evaluate_slot(cal, at(MADRID, 2027, 10, 31, 2, 30, fold=1), LONG_AGO)
+    assert second.value.code == "repeated_time"
+    assert "only the first 02:30 can be booked, 2027-10-31T02:30:00+02:00" in second.value.message
 
 
 # --- buffers, blocks --------------------------------------------------------------------------------------
@@ -708,8 +711,10 @@ def test_the_fast_sweep_agrees_with_the_rule_written_plainly_and_with_check_slot
             found = evaluate_slot(cal, t, LONG_AGO)
         except (SlotUnavailable, InvalidRequest) as refused:
             assert t not in offered, (t, refused.code)
-            assert (on_grid and not second_pass) or refused.code == "off_grid"
-            if refused.code != "off_grid":
+            assert (on_grid and not second_pass) or refused.code == (
+                "repeated_time" if on_grid else "off_grid"
+            )
+            if refused.code not in ("off_grid", "repeated_time"):
                 assert not _oracle_bookable(cal, t), (t, refused.code)
         else:
             assert offered.get(t) == found
