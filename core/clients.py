@@ -14,7 +14,9 @@ from core.db import UnitOfWork
 from core.errors import Conflict, InvalidRequest
 from core.models import Client, Tenant
 
-EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+# The local part takes RFC 5322's atext (o'brien@…, a+b@…), in ASCII: a non-ASCII local part needs
+# SMTPUTF8 on every server on the way, which many lack.
+EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
 @dataclass(frozen=True)
