@@ -150,7 +150,14 @@ class ManagedProcess:
 
 
 class WorkerProcess(ManagedProcess):
-    def __init__(self, name: str, queues: Sequence[str], concurrency: int, environment: ProcessEnvironment):
+    def __init__(
+        self,
+        name: str,
+        queues: Sequence[str],
+        concurrency: int,
+        environment: ProcessEnvironment,
+        app: str = "workers.celery_app",
+    ):
         self.queues = list(queues)
         self.concurrency = concurrency
         # Unique per start, so two harnesses on one host (xdist, a benchmark next to a test run) never
@@ -160,7 +167,7 @@ class WorkerProcess(ManagedProcess):
         argv = [
             str(BIN_DIR / "celery"),
             "-A",
-            "workers.celery_app",
+            app,
             "worker",
             "-P",
             "prefork",
@@ -263,8 +270,9 @@ class ProcessHarness:
         concurrency: int = 2,
         name: str = "worker",
         timeout: float = 60.0,
+        app: str = "workers.celery_app",
     ) -> WorkerProcess:
-        worker = WorkerProcess(self._unique(name), list(queues), concurrency, self.environment)
+        worker = WorkerProcess(self._unique(name), list(queues), concurrency, self.environment, app)
         self.processes.append(worker)
         worker.start()
         # Ready means it answers a control ping through this run's prefixed Redis, so it consumes too.

@@ -282,3 +282,39 @@ def test_a_booking_accepted_while_redis_is_down_is_not_lost(
 
     (finished,) = wait_for_jobs(committed_engine, [job_id])
     assert finished.status == "succeeded", finished.error
+
+
+def test_a_booking_that_kills_its_worker_every_time_is_failed_and_the_worker_goes_on(
+    committed_engine, processes, celery_client, salon
+):
+    # A queue of its own: only the crashing worker consumes it.
+    queue = f"crash-{uuid.uuid4().hex[:8]}"
+    processes.start_worker(queues=[queue], concurrency=1, name="crashing", app="tests.e2e.crashing_app")
+
+    def submit(first_name: str, clock_time: str) -> str:
+        payload = body(salon, salon.at(booking_day(salon), clock_time), "+34612999100")
+        payload["client"]["first_name"] = first_name
+        with UnitOfWork(salon.tenant.id) as uow:
+            job, _ = intake.submit(
+                uow,
+                "booking",
+                payload,
+                None,
+                datetime.now(UTC),
+                lambda job_id, _: celery_client.send_task(
+                    "bookings.process", args=[str(job_id)], queue=queue
+                ),
+            )
+        return str(job.job_id)
+
+    # The broker hands the message back after each crash (reject_on_worker_lost): without a cap, forever.
+    (crashed,) = wait_for_jobs(committed_engine, [submit("Crash", "10:00")])
+    assert crashed.status == "failed" and crashed.error["code"] == "internal_error"
+    assert crashed.attempts == intake.MAX_STARTS + 1
+    (after,) = wait_for_jobs(committed_engine, [submit("Caller", "11:00")])
+    assert after.status == "succeeded", after.error
+    with Session(committed_engine) as session:
+        booked = session.scalars(
+            select(Appointment.status).where(Appointment.tenant_id == salon.tenant.id)
+        ).all()
+    assert booked == ["confirmed"]
