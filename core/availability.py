@@ -194,8 +194,8 @@ def evaluate_slot(
 ) -> Slot:
     """The slot starting exactly at `start`, or the precise reason it cannot be booked.
 
-    Raises InvalidRequest ("off_grid", "repeated_time", "resource_not_eligible", "invalid_start") for a request that can never
-    be right, and SlotUnavailable ("too_soon", "too_far", "outside_hours", "slot_taken") otherwise.
+    Raises InvalidRequest ("off_grid", "repeated_time", "resource_not_eligible", "invalid_start") for a
+    request that can never be right, and SlotUnavailable ("too_soon", "too_far", "outside_hours", "slot_taken") otherwise.
     """
     return _Planner(calendar, now, resource_ids).check(start)
 
@@ -811,10 +811,16 @@ _SERVICE_COLUMNS = (
 )
 
 
+def inactive_service(name: str) -> InvalidRequest:
+    """The refusal of a service switched off, the same for its availability and its booking."""
+    return InvalidRequest(f"The service {name} is not bookable at the moment.", code="service_inactive")
+
+
 def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
     """The service's rules in its tenant's zone; NotFound("service_not_found") for a service that is not
-    this tenant's or is deleted, InvalidRequest("service_inactive") for one switched off. Given a row (the booking has one), its tenant is usually in the
-    session already; given an id, service and tenant come in one query."""
+    this tenant's or is deleted, InvalidRequest("service_inactive") for one switched off. Given a row (the
+    booking has one), its tenant is usually in the session already; given an id, service and tenant come
+    in one query."""
     if isinstance(service, Service):
         row: Any = service
         # Under row-level security another tenant's row is invisible: no tenant is no service.
@@ -837,10 +843,8 @@ def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
     elsewhere = uow.tenant_id is not None and row.tenant_id != uow.tenant_id
     if elsewhere or row.deleted_at is not None:
         raise NotFound(f"Service {row.id} does not exist", code="service_not_found")
-    if row.is_active is False:  # the same answer a booking of it gets
-        raise InvalidRequest(
-            f"The service {row.name} is not bookable at the moment.", code="service_inactive"
-        )
+    if row.is_active is False:
+        raise inactive_service(row.name)
 
     step = slot_step_minutes(tenant_settings)
     days = row.available_days

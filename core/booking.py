@@ -156,9 +156,7 @@ def bookable_tenant(uow: UnitOfWork) -> Tenant:
 def bookable_service(uow: UnitOfWork, service_id: uuid.UUID) -> Service:
     service = uow.get(Service, service_id, code="service_not_found", what="Service")
     if not service.is_active:
-        raise InvalidRequest(
-            f"The service {service.name} is not bookable at the moment.", code="service_inactive"
-        )
+        raise availability.inactive_service(service.name)
     return service
 
 

@@ -94,12 +94,10 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
     """
     details = normalise(details, tenant)
     client = _find(uow, tenant, details)
-    if client is not None and details.phone is not None and client.phone not in (None, details.phone):
-        # Found by email alone, with another phone: someone else sharing the address (a family's). A
-        # new client by phone; the address stays the other client's (unique per tenant), so that
+    if client is not None and _someone_else(client, details):
+        # A new client by phone; the address stays the other client's (unique per tenant), so that
         # nothing of this booking reaches the other person.
-        details = replace(details, email=None)
-        client = None
+        details, client = replace(details, email=None), None
     if client is None:
         client = uow.session.scalar(
             _INSERT_CLIENT,
@@ -120,7 +118,7 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
         if client is not None:
             return client
         client = _find(uow, tenant, details)
-        if client is None:
+        if client is None or _someone_else(client, details):
             raise Conflict(
                 "The client's phone and email belong to two different clients.", code="client_conflict"
             )
@@ -129,6 +127,11 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
     client.total_appointments = func.coalesce(Client.total_appointments, 0) + 1
     client.last_appointment_date = func.greatest(Client.last_appointment_date, booked_start)
     return client
+
+
+def _someone_else(client: Client, details: ClientDetails) -> bool:
+    """Found by email alone, with another phone: someone else sharing the address (a family's)."""
+    return details.phone is not None and client.phone not in (None, details.phone)
 
 
 _FIND = (
