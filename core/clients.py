@@ -90,15 +90,23 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
     one, with the booking counted.
 
     Two bookings for the same new client can race to create it: the partial unique indexes decide,
-    and the loser reads the winner's row.
+    and the loser looks again and finds the winner's row (or, for a shared email, another person's).
     """
     details = normalise(details, tenant)
-    client = _find(uow, tenant, details)
-    if client is not None and _someone_else(client, details):
-        # A new client by phone; the address stays the other client's (unique per tenant), so that
-        # nothing of this booking reaches the other person.
-        details, client = replace(details, email=None), None
-    if client is None:
+    # Each lost race means another booking created a client with this phone or email meanwhile; the
+    # third look finds it, whatever the two others lost to.
+    for _ in range(3):
+        client = _find(uow, tenant, details)
+        if client is not None and _someone_else(client, details):
+            # A new client by phone; the address stays the other client's (unique per tenant), so that
+            # nothing of this booking reaches the other person.
+            details, client = replace(details, email=None), None
+        if client is not None:
+            # Counted in SQL, not from the values read above: two bookings of one client at once must not
+            # both write "previous + 1" (the row lock of the UPDATE orders them, each adds to the other's).
+            client.total_appointments = func.coalesce(Client.total_appointments, 0) + 1
+            client.last_appointment_date = func.greatest(Client.last_appointment_date, booked_start)
+            return client
         client = uow.session.scalar(
             _INSERT_CLIENT,
             {
@@ -117,16 +125,7 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
         )
         if client is not None:
             return client
-        client = _find(uow, tenant, details)
-        if client is None or _someone_else(client, details):
-            raise Conflict(
-                "The client's phone and email belong to two different clients.", code="client_conflict"
-            )
-    # Counted in SQL, not from the values read above: two bookings of one client at once must not
-    # both write "previous + 1" (the row lock of the UPDATE orders them, each adds to the other's).
-    client.total_appointments = func.coalesce(Client.total_appointments, 0) + 1
-    client.last_appointment_date = func.greatest(Client.last_appointment_date, booked_start)
-    return client
+    raise Conflict("The client's phone and email belong to two different clients.", code="client_conflict")
 
 
 def _someone_else(client: Client, details: ClientDetails) -> bool:

@@ -3,9 +3,10 @@ exclusion constraint must give one winner per slot and never exceed a plan's mon
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -103,6 +104,29 @@ def test_one_new_client_booking_twice_at_once_is_created_once(committed_engine, 
         client = session.scalar(select(Client).where(Client.tenant_id == salon.tenant.id))
         assert client.total_appointments == 4
         assert client.last_appointment_date == salon.at(DAY, "13:00")
+
+
+def test_two_people_sharing_an_email_booking_at_once_get_a_client_each(committed_engine, committed):
+    salon = committed(stylists=1, chairs=1)
+    for n in range(5):  # five new families: the race for the shared address is run five times
+        family = [
+            BookingRequest(
+                salon.haircut.id,
+                salon.at(DAY, clock),
+                ClientDetails(name, phone=f"+3461200{n}{digit}00", email=f"family{n}@example.com"),
+            )
+            for name, clock, digit in (("Ana", "10:00", 1), ("Pedro", "13:00", 2))
+        ]
+        salon_day = [dataclasses.replace(r, start=r.start + timedelta(days=n)) for r in family]
+        assert book_all(salon, salon_day) == ["booked", "booked"]
+    with Session(committed_engine) as session:
+        clients = session.execute(
+            select(Client.phone, Client.email).where(Client.tenant_id == salon.tenant.id)
+        ).all()
+    # Each person has a client of their own; each address stays with exactly one of them.
+    assert len(clients) == 10
+    assert len({c.phone for c in clients}) == 10
+    assert sorted(c.email for c in clients if c.email) == [f"family{n}@example.com" for n in range(5)]
 
 
 def test_two_bookings_cannot_both_take_the_last_unit_of_the_plan(committed_engine, committed):
