@@ -49,7 +49,7 @@ def problem(
 
 
 ERROR_DESCRIPTIONS = {
-    400: "The body is not JSON",
+    400: "The body is not a JSON object",
     401: "No API key, or one that is not valid",
     403: "The business cannot take bookings or changes while its subscription is suspended or cancelled",
     404: "No such resource in this business",
@@ -107,6 +107,14 @@ def install(app: FastAPI) -> None:
         if any(item["type"] == "json_invalid" for item in errors):
             # Pydantic reports it as a field error located at the byte offset: it is the body that is bad.
             return problem(400, "bad_request", "Bad request", "The request body is not valid JSON.")
+        if any(tuple(item["loc"]) == ("body",) for item in error.errors()):
+            # Not a JSON object at all: another content type (a form, text/plain), or an array or a string.
+            return problem(
+                400,
+                "bad_request",
+                "Bad request",
+                "The request body must be a JSON object, sent as Content-Type: application/json.",
+            )
         unknown = [item["field"] for item in errors if item["type"] == "extra_forbidden"]
         if unknown and len(unknown) == len(errors):
             return problem(

@@ -113,10 +113,17 @@ def test_a_nul_character_in_the_body_is_a_4xx_not_a_500(db, api, salon):
     assert rows(db, IntakeJob, salon) == 0
 
 
-def test_a_body_that_is_not_json_is_a_400_bad_request(db, api, salon):
-    response = api.post(
-        "/v1/bookings", content=b'{"service_id": ', headers={"Content-Type": "application/json"}
-    )
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"service_id": ', "application/json"),
+        (b'{"service_id": "x"}', "text/plain"),
+        (b"service_id=x", "application/x-www-form-urlencoded"),
+        (b'["not", "an", "object"]', "application/json"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_a_400_bad_request(db, api, salon, content, content_type):
+    response = api.post("/v1/bookings", content=content, headers={"Content-Type": content_type})
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "bad_request"
     assert rows(db, IntakeJob, salon) == 0
