@@ -100,14 +100,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        found = error.errors()
         errors = [
             {"field": _field_name(tuple(item["loc"])), "message": item["msg"], "type": item["type"]}
-            for item in error.errors()
+            for item in found
         ]
         if any(item["type"] == "json_invalid" for item in errors):
             # Pydantic reports it as a field error located at the byte offset: it is the body that is bad.
             return problem(400, "bad_request", "Bad request", "The request body is not valid JSON.")
-        if any(tuple(item["loc"]) == ("body",) for item in error.errors()):
+        if any(tuple(item["loc"]) == ("body",) for item in found):
             # Not a JSON object at all: another content type (a form, text/plain), or an array or a string.
             return problem(
                 400,

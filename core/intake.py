@@ -291,8 +291,9 @@ def claim_stale(
         .values(status="failed", finished_at=now, error=INTERNAL_ERROR)
     )
     # A queued job is re-sent when it has waited since its last send at least as long as it had waited
-    # before it: at 1, 2, 4, 8… times queued_for. A job merely waiting behind a backlog would otherwise get
-    # one more copy in the queue for every sweep it waits through, and a slow queue would only grow.
+    # before it: after waits of 1, 2, 4, 8… × queued_for (at ages 1, 3, 7, 15…). A job merely waiting
+    # behind a backlog would otherwise get one more copy in the queue for every sweep it waits through,
+    # and a slow queue would only grow.
     waited_before_last_send = IntakeJob.enqueued_at - IntakeJob.created_at
     stale = (
         select(IntakeJob.id)
