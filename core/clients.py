@@ -30,15 +30,25 @@ class ClientDetails:
 
 def normalise_phone(raw: str, default_region: str | None) -> str:
     """E.164 form of a phone number; numbers without a country code are read in the business's country."""
+    if any(character.isalpha() for character in raw):
+        # phonenumbers reads letters as a keypad spells them (612-ABC-DEF is 612 222 333): a typo would
+        # become somebody else's number. An extension ("ext. 12", "x12") is refused below anyway.
+        raise _invalid_phone(f"'{raw}' is not a phone number: it should have digits only.")
     try:
         number = phonenumbers.parse(raw, (default_region or "ES").upper())
     except phonenumbers.NumberParseException:
         number = None
     if number is None or not phonenumbers.is_valid_number(number):
-        raise InvalidRequest(
-            f"'{raw}' is not a valid phone number.", code="invalid_phone", field="client.phone"
-        )
+        raise _invalid_phone(f"'{raw}' is not a valid phone number.")
+    if number.extension:
+        # Confirmations and reminders go by SMS, which an extension cannot receive; dropping it silently
+        # would leave the business calling a switchboard.
+        raise _invalid_phone(f"'{raw}' has an extension; give a number that reaches the client directly.")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _invalid_phone(message: str) -> InvalidRequest:
+    return InvalidRequest(message, code="invalid_phone", field="client.phone")
 
 
 def normalise_email(raw: str) -> str:

@@ -32,3 +32,27 @@ def test_unusable_emails_are_refused(raw):
 def test_a_national_number_is_read_in_the_business_country():
     assert normalise_phone("612 345 678", "ES") == "+34612345678"
     assert normalise_phone("(212) 555-0123", "US") == "+12125550123"
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        # Read as a keypad spells them, these would be +34612222333 and +34900235567.
+        ("612-ABC-DEF", "digits only"),
+        ("900 CALL ME", "digits only"),
+        ("+34 612 345 678 ext. 12", "digits only"),
+        ("+34 612 345 678 x12", "digits only"),
+        # Extensions without letters: phonenumbers would keep them aside and E.164 drops them.
+        ("+1 (212) 555-0123 #123", "extension"),
+        ("612 345 678 # 55", "extension"),
+    ],
+)
+def test_letters_and_extensions_are_refused_not_rewritten(raw, says):
+    with pytest.raises(InvalidRequest) as refused:
+        normalise_phone(raw, "ES")
+    assert (refused.value.code, refused.value.details["field"]) == ("invalid_phone", "client.phone")
+    assert says in refused.value.message
+
+
+def test_digits_of_other_scripts_are_digits():
+    assert normalise_phone("٦١٢٣٤٥٦٧٨", "ES") == "+34612345678"
