@@ -17,6 +17,7 @@ import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
 
 from core.errors import DomainError
@@ -56,7 +57,21 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
 
 
+class JobRequest(Request):
+    """A task's message as the worker's main process handles it.
+
+    The hard time limit kills the pool process mid-task: nothing runs there any more (no on_failure), and
+    the message is acknowledged. Only the main process knows, so it tells the task here.
+    """
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            self.task.on_hard_time_limit(self.args, self.kwargs, self.delivery_info.get("routing_key"))
+
+
 class JobTask(Task):
+    Request = JobRequest
     acks_late = True
     reject_on_worker_lost = True
     # The soft limit raises SoftTimeLimitExceeded inside the task (its transaction rolls back); the hard
@@ -96,6 +111,10 @@ class JobTask(Task):
             maximum=self.retry_backoff_max,
             full_jitter=self.retry_jitter,
         )
+
+    def on_hard_time_limit(self, args: Any, kwargs: Any, queue: str | None) -> None:
+        """Called in the worker's main process when the hard time limit stops the task (the process is
+        being killed): the task's arguments, and the queue its message came from."""
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         logger.warning(

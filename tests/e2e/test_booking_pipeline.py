@@ -284,12 +284,12 @@ def test_a_booking_accepted_while_redis_is_down_is_not_lost(
     assert finished.status == "succeeded", finished.error
 
 
-def test_a_booking_that_kills_its_worker_every_time_is_failed_and_the_worker_goes_on(
+def test_bookings_that_kill_or_hang_their_worker_are_failed_and_the_worker_goes_on(
     committed_engine, processes, celery_client, salon
 ):
-    # A queue of its own: only the crashing worker consumes it.
-    queue = f"crash-{uuid.uuid4().hex[:8]}"
-    processes.start_worker(queues=[queue], concurrency=1, name="crashing", app="tests.e2e.crashing_app")
+    # A queue of its own: only the misbehaving worker consumes it.
+    queue = f"misbehaving-{uuid.uuid4().hex[:8]}"
+    processes.start_worker(queues=[queue], concurrency=1, name="misbehaving", app="tests.e2e.misbehaving_app")
 
     def submit(first_name: str, clock_time: str) -> str:
         payload = body(salon, salon.at(booking_day(salon), clock_time), "+34612999100")
@@ -311,6 +311,11 @@ def test_a_booking_that_kills_its_worker_every_time_is_failed_and_the_worker_goe
     (crashed,) = wait_for_jobs(committed_engine, [submit("Crash", "10:00")])
     assert crashed.status == "failed" and crashed.error["code"] == "internal_error"
     assert crashed.attempts == intake.MAX_STARTS + 1
+    # The hard time limit kills the process and Celery acknowledges the message: without the worker's
+    # main process failing the job, it would stay `running` until the sweeper (not running here) gave up.
+    (hung,) = wait_for_jobs(committed_engine, [submit("Hang", "10:30")])
+    assert hung.status == "failed" and hung.error["code"] == "internal_error"
+    assert hung.attempts == 1
     (after,) = wait_for_jobs(committed_engine, [submit("Caller", "11:00")])
     assert after.status == "succeeded", after.error
     with Session(committed_engine) as session:
