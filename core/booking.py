@@ -16,8 +16,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, insert, select, text, true, update
-from sqlalchemy.dialects.postgresql import Range
+from sqlalchemy import bindparam, func, select, text, true, update
 from sqlalchemy.exc import DBAPIError
 
 from core import availability, clients, notifications
@@ -293,6 +292,18 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     return _booked(appointment, slot.resource_ids, tenant)
 
 
+# All of a slot's rows in one statement of fixed shape: a multi-row insert(...).values() is compiled anew
+# for every booking (SQLAlchemy gives it no cache key). unnest keeps the arrays' order.
+_INSERT_ALLOCATIONS = text(
+    "INSERT INTO appointment_resources (id, appointment_id, resource_id, allocated_start, allocated_end,"
+    " allocated_during, active, units, exclusive)"
+    " SELECT id, :appointment_id, resource_id, :start, :end, tstzrange(:start, :occupied_until, '[)'), true,"
+    " units, exclusive"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:resource_ids AS uuid[]), CAST(:units AS integer[]),"
+    " CAST(:exclusive AS boolean[])) AS allocation (id, resource_id, units, exclusive)"
+)
+
+
 def _allocate(
     uow: UnitOfWork,
     service: Service,
@@ -321,26 +332,22 @@ def _allocate(
             slot = availability.check_slot(uow, service, start, now, resource_ids or None)
         except SlotUnavailable as unavailable:
             raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
-        occupied_until = slot.end + timedelta(minutes=service.buffer_time_minutes or 0)
-        allocations = [
-            {
-                "id": uuid.uuid4(),
-                "appointment_id": appointment.id,
-                "resource_id": resource_id,
-                "allocated_start": slot.start,
-                "allocated_end": slot.end,
-                "allocated_during": Range(slot.start, occupied_until, bounds="[)"),
-                "units": candidates[resource_id].units,
-                "exclusive": candidates[resource_id].exclusive,
-                "active": True,
-            }
-            # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
-            for resource_id in sorted(slot.resource_ids)
-        ]
+        # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
+        resources = sorted(slot.resource_ids)
+        allocations = {
+            "ids": [uuid.uuid4() for _ in resources],
+            "resource_ids": resources,
+            "units": [candidates[resource_id].units for resource_id in resources],
+            "exclusive": [candidates[resource_id].exclusive for resource_id in resources],
+            "appointment_id": appointment.id,
+            "start": slot.start,
+            "end": slot.end,
+            "occupied_until": slot.end + timedelta(minutes=service.buffer_time_minutes or 0),
+        }
         try:
             # The savepoint keeps the transaction usable after a violation.
             with uow.session.begin_nested():
-                uow.session.execute(insert(AppointmentResource).values(allocations))
+                uow.session.execute(_INSERT_ALLOCATIONS, allocations)
             return slot
         except DBAPIError as error:
             # 23P01: an overlapping booking of one of these resources committed first. 40P01: two bookings
