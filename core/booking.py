@@ -143,7 +143,10 @@ class AppointmentView:
 
 
 def bookable_tenant(uow: UnitOfWork) -> Tenant:
-    tenant = uow.get(Tenant, uow.tenant_id, code="tenant_not_found", what="Business")
+    return _bookable_tenant(uow.get(Tenant, uow.tenant_id, code="tenant_not_found", what="Business"))
+
+
+def _bookable_tenant(tenant: Tenant) -> Tenant:
     if tenant.subscription_status not in BOOKABLE_TENANT_STATUSES:
         raise TenantNotAllowed(
             f"{tenant.name} cannot take bookings while its subscription is {tenant.subscription_status}.",
@@ -153,7 +156,10 @@ def bookable_tenant(uow: UnitOfWork) -> Tenant:
 
 
 def bookable_service(uow: UnitOfWork, service_id: uuid.UUID) -> Service:
-    service = uow.get(Service, service_id, code="service_not_found", what="Service")
+    return _bookable_service(uow.get(Service, service_id, code="service_not_found", what="Service"))
+
+
+def _bookable_service(service: Service) -> Service:
     if not service.is_active:
         raise availability.inactive_service(service.name)
     return service
@@ -166,12 +172,23 @@ def validate_request(uow: UnitOfWork, request: BookingRequest, now: datetime) ->
 
 def _checked(
     uow: UnitOfWork, request: BookingRequest, now: datetime
-) -> tuple[Tenant, Service, dict[uuid.UUID, Candidate]]:
-    """The tenant, the service and the units each candidate resource would give, once the request is valid."""
-    tenant = bookable_tenant(uow)
-    service = bookable_service(uow, request.service_id)
+) -> tuple[Tenant, Service, int | None, dict[uuid.UUID, Candidate]]:
+    """The tenant, the service, the plan's monthly allowance (see `_plan_limit`) and the units each
+    candidate resource would give, once the request is valid."""
+    # One round trip for what bookable_tenant, bookable_service and _plan_limit would read in three.
+    row = uow.session.execute(
+        _REQUEST_CONTEXT, {"tenant_id": uow.tenant_id, "service_id": request.service_id}
+    ).one_or_none()
+    tenant, service, limit = row if row is not None else (None, None, None)
+    tenant = _bookable_tenant(
+        uow.visible(Tenant, uow.tenant_id, tenant, code="tenant_not_found", what="Business")
+    )
+    service = _bookable_service(
+        uow.visible(Service, request.service_id, service, code="service_not_found", what="Service")
+    )
     clients.normalise(request.client, tenant)
-    return tenant, service, _checked_slot(uow, tenant, service, request.start, now, request.resource_ids)
+    candidates = _checked_slot(uow, tenant, service, request.start, now, request.resource_ids)
+    return tenant, service, _allowance(limit), candidates
 
 
 def validate_reschedule(
@@ -268,8 +285,8 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
 
 
 def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
-    tenant, service, candidates = _checked(uow, request, now)
-    _enforce_monthly_limit(uow, tenant, request.start)
+    tenant, service, limit, candidates = _checked(uow, request, now)
+    _enforce_monthly_limit(uow, tenant, limit, request.start)
     client = clients.for_booking(uow, tenant, request.client, request.start)
     appointment = _insert_with_new_reference(
         uow,
@@ -429,18 +446,29 @@ _PLAN_LIMIT = (
 )
 
 
+# A booking's tenant and service with the plan's limit; the service is missing (NULL) when it is not
+# visible to the tenant, the tenant when it is not visible either.
+_REQUEST_CONTEXT = (
+    select(Tenant, Service, _PLAN_LIMIT.scalar_subquery())
+    .outerjoin(Service, Service.id == bindparam("service_id"))
+    .where(Tenant.id == bindparam("tenant_id"))
+)
+
+
 def _plan_limit(uow: UnitOfWork, tenant: Tenant) -> int | None:
     """The tenant's monthly appointment allowance; None when unlimited or when it has no live plan."""
-    limit = uow.session.scalar(_PLAN_LIMIT, {"tenant_id": tenant.id})
+    return _allowance(uow.session.scalar(_PLAN_LIMIT, {"tenant_id": tenant.id}))
+
+
+def _allowance(limit: int | None) -> int | None:
     return None if limit is None or limit < 0 else limit
 
 
 def _enforce_monthly_limit(
-    uow: UnitOfWork, tenant: Tenant, start: datetime, moving: uuid.UUID | None = None
+    uow: UnitOfWork, tenant: Tenant, limit: int | None, start: datetime, moving: uuid.UUID | None = None
 ) -> None:
-    """Refuse a booking in a local month the plan has no room left in (`moving`: the appointment being
-    rescheduled, which does not count against itself)."""
-    limit = _plan_limit(uow, tenant)
+    """Refuse a booking in a local month the plan has no room left in, given its `_plan_limit` (`moving`:
+    the appointment being rescheduled, which does not count against itself)."""
     if limit is None:
         return
     # Two bookings must not both take the last unit: serialise the count per tenant, only for limited plans.
@@ -530,7 +558,7 @@ def reschedule(
     service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, "reschedule")
     candidates = _checked_slot(uow, tenant, service, new_start, now, resource_ids)
-    _enforce_monthly_limit(uow, tenant, new_start, moving=appointment.id)
+    _enforce_monthly_limit(uow, tenant, _plan_limit(uow, tenant), new_start, moving=appointment.id)
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
     _release(uow, appointment)

@@ -175,7 +175,13 @@ class UnitOfWork:
             key = uuid.UUID(str(ident))
         except ValueError:
             raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code) from None
-        row = self.session.get(model, key)
+        return self.visible(model, ident, self.session.get(model, key), code=code, what=what)
+
+    def visible(
+        self, model: type[T], ident: Any, row: T | None, *, code: str = "not_found", what: str | None = None
+    ) -> T:
+        """`row`, read by the caller as the `model` with id `ident`, or NotFound when there is no such row
+        in the current tenant (missing, another tenant's, deleted), as `get` decides."""
         row_tenant = getattr(row, "tenant_id", None)
         if row is None or (
             self.tenant_id is not None and row_tenant is not None and row_tenant != self.tenant_id
