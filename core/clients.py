@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -16,6 +17,8 @@ from core.models import Client, Tenant
 
 # The local part takes RFC 5322's atext (o'brien@…, a+b@…), in ASCII: a non-ASCII local part needs
 # SMTPUTF8 on every server on the way, which many lack.
+KEYPAD_LETTER = re.compile(r"[A-Za-z]")
+TEL_PREFIX = re.compile(r"^\s*tel:", re.IGNORECASE)
 EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
@@ -30,12 +33,15 @@ class ClientDetails:
 
 def normalise_phone(raw: str, default_region: str | None) -> str:
     """E.164 form of a phone number; numbers without a country code are read in the business's country."""
-    if any(character.isalpha() for character in raw):
-        # phonenumbers reads letters as a keypad spells them (612-ABC-DEF is 612 222 333): a typo would
-        # become somebody else's number. An extension ("ext. 12", "x12") is refused below anyway.
+    # NFKC: full-width letters are letters too. A tel: link (RFC 3966) is a number.
+    typed = TEL_PREFIX.sub("", unicodedata.normalize("NFKC", raw))
+    if KEYPAD_LETTER.search(typed):
+        # phonenumbers reads Latin letters as a keypad spells them (612-ABC-DEF is 612 222 333): a typo
+        # would become somebody else's number. Other scripts' marks (the Japanese long dash ー) are
+        # punctuation to it. An extension label ("ext. 12", "x12") is refused here too.
         raise _invalid_phone(f"'{raw}' is not a phone number: it should have digits only.")
     try:
-        number = phonenumbers.parse(raw, (default_region or "ES").upper())
+        number = phonenumbers.parse(typed, (default_region or "ES").upper())
     except phonenumbers.NumberParseException:
         number = None
     if number is None or not phonenumbers.is_valid_number(number):

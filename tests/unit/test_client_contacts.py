@@ -40,6 +40,7 @@ def test_a_national_number_is_read_in_the_business_country():
         # Read as a keypad spells them, these would be +34612222333 and +34900235567.
         ("612-ABC-DEF", "digits only"),
         ("900 CALL ME", "digits only"),
+        ("612-ＡＢＣ-ＤＥＦ", "digits only"),  # full-width
         ("+34 612 345 678 ext. 12", "digits only"),
         ("+34 612 345 678 x12", "digits only"),
         # Extensions without letters: phonenumbers would keep them aside and E.164 drops them.
@@ -54,5 +55,15 @@ def test_letters_and_extensions_are_refused_not_rewritten(raw, says):
     assert says in refused.value.message
 
 
-def test_digits_of_other_scripts_are_digits():
-    assert normalise_phone("٦١٢٣٤٥٦٧٨", "ES") == "+34612345678"
+@pytest.mark.parametrize(
+    ("raw", "region", "stored"),
+    [
+        ("٦١٢٣٤٥٦٧٨", "ES", "+34612345678"),  # Arabic-Indic digits
+        ("090ー1234ー5678", "JP", "+819012345678"),  # the long dash a Japanese keyboard types for "-"
+        ("０９０ー１２３４ー５６７８", "JP", "+819012345678"),  # full-width
+        ("tel:+34-612-345-678", "ES", "+34612345678"),  # a tel: link
+        ("0034 612 345 678", "ES", "+34612345678"),
+    ],
+)
+def test_what_people_type_for_a_number_is_read(raw, region, stored):
+    assert normalise_phone(raw, region) == stored
