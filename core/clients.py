@@ -15,10 +15,10 @@ from core.db import UnitOfWork
 from core.errors import Conflict, InvalidRequest
 from core.models import Client, Tenant
 
-# The local part takes RFC 5322's atext (o'brien@…, a+b@…), in ASCII: a non-ASCII local part needs
-# SMTPUTF8 on every server on the way, which many lack.
 KEYPAD_LETTER = re.compile(r"[A-Za-z]")
 TEL_PREFIX = re.compile(r"^\s*tel:", re.IGNORECASE)
+# The local part takes RFC 5322's atext (o'brien@…, a+b@…), in ASCII: a non-ASCII local part needs
+# SMTPUTF8 on every server on the way, which many lack.
 EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
