@@ -10,13 +10,19 @@ What it measures, through the same workers in one run:
 - the no-op ceiling: `diagnostics.noop` tasks on the `bookings` queue, the lane booking jobs use, i.e.
   what the worker machinery alone allows (broker round trips, acks, result writes, events);
 - bookings spread over many businesses (no two jobs compete for a resource lock);
-- bookings all on one hot resource (every job locks the same stylist and chair, at distinct times).
+- bookings all on one hot resource (every job locks the same stylist and chair, at distinct times);
+- the same SQL without the application: `bench.replay_booking` tasks, each sending a recorded booking's
+  statements again by bare psycopg (bench/sql_replay.py; the bookings are run and recorded in this
+  process before the workers start, on a database of their own, and replayed on a copy made before
+  they ran). This is the most any booking task that sends the booking's SQL could reach: what is left
+  between it and the no-op is PostgreSQL's work and the driver's.
 Booking jobs are recorded as intake jobs before the clock starts, as the API records them (each client
 with a phone and an email, the system templates seeded, so each booking queues two confirmations); the clock
 runs from the first `bookings.process` sent to the last result. Every booking must succeed, and the
 run checks that no resource is ever allocated twice at overlapping times.
 
 Targets (issue 4): bookings >= 0.5 x the no-op ceiling; hot >= 0.9 x spread; zero double bookings.
+The workers run bench/replay_worker_app.py: the real app with the replay task added.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import gc
 import json
 import os
+import pickle
 import signal
 import sys
 import tempfile
@@ -45,9 +52,12 @@ from alembic import command  # noqa: E402
 from celery import Celery  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.orm import sessionmaker  # noqa: E402
 
-from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, seed_system_rows  # noqa: E402
+from bench.sql_replay import copy_database, database, mark_client_references, record  # noqa: E402
+from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_booking_jobs, seed_system_rows  # noqa: E402
 from core.config import get_settings  # noqa: E402
+from core.db import make_engine  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
 from tests.e2e.processes import ProcessEnvironment, ProcessHarness, WorkerProcess  # noqa: E402
 
@@ -101,7 +111,10 @@ def bench_environment(workers: int = 2, concurrency: int = 2) -> Iterator[Bench]
         command.upgrade(alembic_config(database_url), "head")
         seed_system_rows(database_url)
         harness = ProcessHarness(ProcessEnvironment(database_url, settings.redis_url, redis_prefix, log_dir))
-        started = [harness.start_worker(name="bench-worker", concurrency=concurrency) for _ in range(workers)]
+        started = [
+            harness.start_worker(name="bench-worker", concurrency=concurrency, app="bench.replay_worker_app")
+            for _ in range(workers)
+        ]
         yield Bench(database_url, settings.redis_url, redis_prefix, harness, started)
     finally:
         if harness is not None:
@@ -190,6 +203,81 @@ def run_bookings(name: str, n: int, businesses: int, bench: Bench) -> Measuremen
     return Measurement(name, n, seconds, cpu)
 
 
+@dataclass
+class Recording:
+    path: str  # the pickled transactions of each job, by job number
+    replay_url: str  # a copy of the database the jobs ran on, made before they ran
+    jobs: int
+
+
+@contextmanager
+def recorded_bookings(n: int) -> Iterator[Recording]:
+    """n spread bookings (every client a new one, so they can be replayed in any order) run by
+    `intake.run` in this process and recorded; their database and its copy are dropped at the end."""
+    run_id = uuid.uuid4().hex[:10]
+    source_url = database(get_settings().database_url, f"va_bench_{run_id}_recorded")
+    replay_url = database(source_url, f"va_bench_{run_id}_replayed")
+    path = Path(tempfile.mkdtemp(prefix=f"va_bench_{run_id}_")) / "recording.pickle"
+    created = [source_url]
+    try:
+        create_database_if_missing(source_url)
+        command.upgrade(alembic_config(source_url), "head")
+        seed_system_rows(source_url)
+        job_ids = record_booking_jobs(source_url, n, SPREAD_BUSINESSES, returning_clients=False)
+        copy_database(source_url, make_url(replay_url).database)
+        created.append(replay_url)
+        engine = make_engine(source_url, pool_size=1, max_overflow=0)
+        try:
+            recording = record(engine)
+            run_booking_jobs(sessionmaker(engine, expire_on_commit=False), job_ids)
+        finally:
+            engine.dispose()
+        transactions = [t for t in recording if t.statements]
+        # A booking job commits twice: its running marker, then the booking with its outcome.
+        if len(transactions) != 2 * n:
+            raise SystemExit(f"expected two transactions per job, recorded {len(transactions)}")
+        mark_client_references(transactions)
+        path.write_bytes(pickle.dumps([transactions[2 * i : 2 * i + 2] for i in range(n)]))
+        yield Recording(str(path), replay_url, n)
+    finally:
+        path.unlink(missing_ok=True)
+        for url in created:
+            drop_database(url)
+
+
+def run_replays(name: str, jobs: range, recording: Recording, bench: Bench) -> Measurement:
+    """Recorded bookings `jobs` replayed by the workers, from the first send to the last result."""
+    gc.collect()
+    cpu_before = cpu_seconds_by_kind()
+    started = time.perf_counter()
+    results = [
+        bench.client.send_task(
+            "bench.replay_booking", args=[recording.path, recording.replay_url, job], queue="bookings"
+        )
+        for job in jobs
+    ]
+    for result in results:
+        result.get(timeout=RESULT_TIMEOUT)
+    seconds = time.perf_counter() - started
+    return Measurement(
+        name, len(jobs), seconds, _cpu_ms_per_task(cpu_before, cpu_seconds_by_kind(), len(jobs))
+    )
+
+
+def check_replayed(recording: Recording) -> None:
+    """Every recorded booking was replayed in full: its job succeeded in the copy, as in the original."""
+    engine = create_engine(recording.replay_url)
+    try:
+        with engine.connect() as connection:
+            succeeded = connection.execute(
+                text("SELECT count(*) FROM intake_jobs WHERE status = 'succeeded'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    if succeeded != recording.jobs:
+        raise SystemExit(f"{recording.jobs} bookings replayed, but {succeeded} jobs succeeded in the copy")
+
+
 def double_bookings(bench: Bench) -> int:
     engine = create_engine(bench.database_url)
     try:
@@ -247,26 +335,41 @@ def main(argv: list[str] | None = None) -> None:
 
     # Rounds alternate the three measurements so that a slow moment of a shared host, or the growing
     # tables, does not fall on one of them only; each figure is the median of its rounds.
-    measured: dict[str, list[Measurement]] = {"noop": [], "spread": [], "hot": []}
+    measured: dict[str, list[Measurement]] = {"noop": [], "spread": [], "hot": [], "replay": []}
     # The cyclic collector may run an AsyncResult's __del__ (which unsubscribes from the result channel)
     # while a send is subscribing on that same Redis connection, and the two deadlock. Collect only
     # between measurements, where no Redis call is in flight.
     gc.disable()
-    with bench_environment(workers=args.workers, concurrency=args.concurrency) as bench:
+    warm_up = 100
+    with (
+        recorded_bookings(warm_up + args.rounds * args.tasks) as recording,
+        bench_environment(workers=args.workers, concurrency=args.concurrency) as bench,
+    ):
         # A worker process's first booking costs ~0.2 s (imports, first compiles, connections): not measured.
-        run_bookings("warm-up", 100, SPREAD_BUSINESSES, bench)
-        for _ in range(args.rounds):
+        run_bookings("warm-up", warm_up, SPREAD_BUSINESSES, bench)
+        run_replays("warm-up", range(warm_up), recording, bench)
+        for round_ in range(args.rounds):
             measured["noop"].append(run_noop(args.tasks, bench))
             measured["spread"].append(run_bookings("bookings spread", args.tasks, SPREAD_BUSINESSES, bench))
             measured["hot"].append(run_bookings("bookings on one hot resource", args.tasks, 1, bench))
-        noop, spread, hot = (median_round(measured[name]) for name in ("noop", "spread", "hot"))
-        report([m for name in ("noop", "spread", "hot") for m in measured[name]], bench)
+            first = warm_up + round_ * args.tasks
+            replays = range(first, first + args.tasks)
+            measured["replay"].append(run_replays("same SQL by bare psycopg", replays, recording, bench))
+        names = ("noop", "spread", "hot", "replay")
+        noop, spread, hot, replayed = (median_round(measured[name]) for name in names)
+        report([m for name in names for m in measured[name]], bench)
         overlaps = double_bookings(bench)
+        check_replayed(recording)
     print(
-        f"median rounds: no-op {noop.per_second:.0f}/s, spread {spread.per_second:.0f}/s, hot {hot.per_second:.0f}/s"
+        f"median rounds: no-op {noop.per_second:.0f}/s, spread {spread.per_second:.0f}/s,"
+        f" hot {hot.per_second:.0f}/s, same SQL by bare psycopg {replayed.per_second:.0f}/s"
     )
     slowest = min(spread.per_second, hot.per_second)
     print(f"bookings / no-op ceiling: {slowest / noop.per_second:.2f} (target >= 0.5)")
+    print(
+        f"same SQL by bare psycopg / no-op ceiling: {replayed.per_second / noop.per_second:.2f}"
+        " (what a booking task sending this SQL could reach at most)"
+    )
     print(f"hot / spread: {hot.per_second / spread.per_second:.2f} (target >= 0.9)")
     print(f"double bookings: {overlaps} (target 0)")
 

@@ -22,7 +22,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +33,9 @@ from sqlalchemy import event  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
-from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, seed_system_rows  # noqa: E402
-from core import intake  # noqa: E402
+from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_booking_jobs, seed_system_rows  # noqa: E402
 from core.config import get_settings  # noqa: E402
-from core.db import UnitOfWork, make_engine  # noqa: E402
+from core.db import make_engine  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
 
 WARM_UP = 50
@@ -68,19 +66,12 @@ def run_jobs(database_url: str, job_ids: list[str]) -> dict:
     def _count(conn, cursor, statement, parameters, context, executemany) -> None:
         statements[_label(statement)] += 1
 
-    def run(ids: list[str]) -> None:
-        for job_id in ids:
-            with UnitOfWork(system=True, factory=factory) as uow:
-                outcome = intake.run(uow, job_id, now=datetime.now(UTC))
-            if outcome["status"] != "succeeded":
-                raise SystemExit(f"booking failed: {outcome}")
-
     try:
-        run(job_ids[:WARM_UP])
+        run_booking_jobs(factory, job_ids[:WARM_UP])
         statements.clear()
         gc.freeze()  # as the worker processes do after start-up
         began, wall, cpu = time.time(), time.perf_counter(), time.process_time()
-        run(job_ids[WARM_UP:])
+        run_booking_jobs(factory, job_ids[WARM_UP:])
         return {
             "bookings": len(job_ids) - WARM_UP,
             "began": began,

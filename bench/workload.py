@@ -28,8 +28,14 @@ def seed_system_rows(database_url: str) -> None:
         engine.dispose()
 
 
-def record_booking_jobs(database_url: str, n: int, businesses: int) -> list[str]:
-    """n booking jobs over `businesses` new salons of one stylist and one chair, each job at its own slot."""
+def record_booking_jobs(
+    database_url: str, n: int, businesses: int, *, returning_clients: bool = True
+) -> list[str]:
+    """n booking jobs over `businesses` new salons of one stylist and one chair, each job at its own slot.
+
+    Job i's client is number i mod ceil(n / businesses): over many salons, most of a salon's jobs are
+    one returning client's (found, and counted again); at one salon, every job is a new client's. With
+    `returning_clients=False`, every job is a new client's wherever it is."""
     engine = create_engine(database_url)
     tomorrow = datetime.now(UTC).date() + timedelta(days=1)
     per_business = -(-n // businesses)
@@ -52,6 +58,7 @@ def record_booking_jobs(database_url: str, n: int, businesses: int) -> list[str]
         slots_per_day = 24 * 60 // SLOT_MINUTES - 1
         for index in range(n):
             salon, k = salons[index % businesses], index // businesses
+            client = index % per_business if returning_clients else index
             day = tomorrow + timedelta(days=k // slots_per_day)
             start = salon.at(day, "00:00") + timedelta(minutes=SLOT_MINUTES * (k % slots_per_day))
             payload = {
@@ -60,8 +67,8 @@ def record_booking_jobs(database_url: str, n: int, businesses: int) -> list[str]
                 # Phone and email, as an online booking has them: an SMS and an email confirmation.
                 "client": {
                     "first_name": "Bench",
-                    "phone": f"+3461{index % per_business:07d}",
-                    "email": f"client{index % per_business}@example.com",
+                    "phone": f"+3461{client:07d}",
+                    "email": f"client{client}@example.com",
                 },
             }
             with UnitOfWork(salon.tenant.id, factory=sessionmaker(engine)) as uow:
@@ -70,3 +77,12 @@ def record_booking_jobs(database_url: str, n: int, businesses: int) -> list[str]
     finally:
         engine.dispose()
     return job_ids
+
+
+def run_booking_jobs(factory: sessionmaker[Session], job_ids: list[str]) -> None:
+    """Run the jobs one after another in this process, as a worker runs them; every booking must succeed."""
+    for job_id in job_ids:
+        with UnitOfWork(system=True, factory=factory) as uow:
+            outcome = intake.run(uow, job_id, now=datetime.now(UTC))
+        if outcome["status"] != "succeeded":
+            raise SystemExit(f"booking failed: {outcome}")
