@@ -339,8 +339,13 @@ def _allocate(
     """
     shared = sorted(resource_id for resource_id, candidate in candidates.items() if not candidate.exclusive)
     if shared:
+        # FOR NO KEY UPDATE, as for the plan's count: rows referencing the resource (a block, a schedule)
+        # can still be written meanwhile.
         uow.session.execute(
-            select(Resource.id).where(Resource.id.in_(shared)).order_by(Resource.id).with_for_update()
+            select(Resource.id)
+            .where(Resource.id.in_(shared))
+            .order_by(Resource.id)
+            .with_for_update(key_share=True)
         )
     # Each lost race means another booking took (or is taking) one of the candidates, so the looks are
     # bounded by the number of candidates; twice that, for races lost to a deadlock's victim choice.
@@ -472,7 +477,9 @@ def _enforce_monthly_limit(
     if limit is None:
         return
     # Two bookings must not both take the last unit: serialise the count per tenant, only for limited plans.
-    uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    # FOR NO KEY UPDATE (key_share): it excludes other counts, not the foreign-key checks of rows that
+    # reference the tenant, so the API records the business's new requests meanwhile without waiting.
+    uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update(key_share=True))
     zone = ZoneInfo(tenant.timezone)
     local = start.astimezone(zone)
     month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -513,7 +520,9 @@ def _booked(
 
 def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointment:
     appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
-    uow.session.refresh(appointment, with_for_update=True)
+    # FOR NO KEY UPDATE: it excludes other changes to the appointment, not rows that refer to it (a call
+    # log, a reminder), which would otherwise wait for this change to commit.
+    uow.session.refresh(appointment, with_for_update={"key_share": True})
     return appointment
 
 

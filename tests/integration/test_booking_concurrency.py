@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from core import booking
+from core import booking, intake
 from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork
 from core.errors import DomainError
-from core.models import Appointment, AppointmentResource, Client
+from core.models import Appointment, AppointmentResource, Client, IntakeJob, VapiCallLog
 from tests import factories
 from tests.scenarios import build_salon
 
@@ -140,6 +140,62 @@ def test_two_bookings_cannot_both_take_the_last_unit_of_the_plan(committed_engin
     assert outcomes.count("booked") == 3
     assert outcomes.count("plan_limit_reached") == 3
     assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 3
+
+
+def test_a_booking_counting_its_plan_does_not_hold_up_new_requests_of_its_business(
+    committed_engine, committed
+):
+    """The count is serialised by a lock on the tenant's row that excludes only other counts and changes
+    (FOR NO KEY UPDATE): a request recorded meanwhile, whose row references the tenant (its foreign key
+    check takes a KEY SHARE lock), goes in at once instead of waiting for the booking to commit."""
+    salon = committed(stylists=1, chairs=1)
+    with Session(committed_engine) as session:
+        plan = factories.make_plan(session, max_appointments_per_month=10)
+        factories.make_subscription(session, session.merge(salon.tenant), plan, status="active")
+        session.commit()
+    later = {
+        "service_id": str(salon.haircut.id),
+        "start": salon.at(DAY, "11:00").isoformat(),
+        "client": {"first_name": "Online", "phone": "+34614009999"},
+    }
+    with UnitOfWork(salon.tenant.id) as counting:
+        booking.book(counting, haircut_at(salon, "09:00", 1), NOW)  # holds the tenant's row, not committed
+        with UnitOfWork(salon.tenant.id) as recording:
+            recording.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            job, created = intake.submit(recording, "booking", later, None, NOW, lambda *_: None)
+        counting.commit()
+    assert created
+    assert count(committed_engine, IntakeJob, IntakeJob.id == job.job_id) == 1
+    assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 1
+
+
+def test_a_change_to_an_appointment_does_not_hold_up_rows_that_refer_to_it(committed_engine, committed):
+    """A cancellation locks the appointment against other changes only (FOR NO KEY UPDATE): the voice
+    assistant's log of a call about it goes in meanwhile, without waiting for the cancellation to commit."""
+    salon = committed(stylists=1, chairs=1)
+    with UnitOfWork(salon.tenant.id) as uow:
+        appointment_id = booking.book(uow, haircut_at(salon, "09:00", 1), NOW).appointment_id
+        uow.commit()
+    with UnitOfWork(salon.tenant.id) as cancelling:
+        booking.cancel(cancelling, appointment_id, "Caller asked", NOW)  # holds the appointment's row
+        with UnitOfWork(salon.tenant.id) as logging:
+            logging.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            logging.session.add(
+                VapiCallLog(
+                    tenant_id=salon.tenant.id,
+                    vapi_call_id=factories.unique("call"),
+                    appointment_id=appointment_id,
+                )
+            )
+            logging.commit()
+        cancelling.commit()
+    assert count(committed_engine, VapiCallLog, VapiCallLog.appointment_id == appointment_id) == 1
+    assert (
+        count(
+            committed_engine, Appointment, Appointment.status == "cancelled", Appointment.id == appointment_id
+        )
+        == 1
+    )
 
 
 def test_simultaneous_bookings_that_lose_a_stylist_take_the_next_free_one(committed_engine, committed):
