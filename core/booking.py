@@ -518,12 +518,22 @@ def _booked(
 # --- changes to an existing appointment ---------------------------------------------------------------
 
 
+# FOR NO KEY UPDATE (key_share): it excludes other changes to the appointment, not rows that refer to it
+# (a call log, a reminder), which would otherwise wait for this change to commit. populate_existing: the
+# values read under the lock win over any the session holds from before it.
+_LOCK_APPOINTMENT = (
+    select(Appointment)
+    .where(Appointment.id == bindparam("appointment_id"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+
+
 def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointment:
-    appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
-    # FOR NO KEY UPDATE: it excludes other changes to the appointment, not rows that refer to it (a call
-    # log, a reminder), which would otherwise wait for this change to commit.
-    uow.session.refresh(appointment, with_for_update={"key_share": True})
-    return appointment
+    appointment = uow.session.scalar(_LOCK_APPOINTMENT, {"appointment_id": appointment_id})
+    return uow.visible(
+        Appointment, appointment_id, appointment, code="appointment_not_found", what="Appointment"
+    )
 
 
 def _check_change_window(service: Service, appointment: Appointment, now: datetime, action: str) -> None:
@@ -573,12 +583,13 @@ def reschedule(
     _release(uow, appointment)
     if not resource_ids:
         resource_ids = _same_resources_if_free(uow, service, new_start, now, previous_resources)
-    appointment.scheduled_start = new_start
-    appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
-    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
+    # All of the move in one UPDATE (and one audit row); a refused allocation rolls it all back.
     history = list((appointment.metadata_ or {}).get("reschedules", []))
     history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
+    appointment.scheduled_start = new_start
+    appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
+    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
     uow.session.flush()
     client = uow.session.get(Client, appointment.client_id)
     # The confirmation of the old time must not go out after the one of the new time.
@@ -608,7 +619,13 @@ def change_status(
     now: datetime,
     reason: str | None = None,
 ) -> BookedAppointment:
-    appointment = _locked_appointment(uow, appointment_id)
+    return _change_status(uow, _locked_appointment(uow, appointment_id), new_status, now, reason)
+
+
+def _change_status(
+    uow: UnitOfWork, appointment: Appointment, new_status: str, now: datetime, reason: str | None = None
+) -> BookedAppointment:
+    """The one place a status changes, on an appointment the caller has locked."""
     allowed = TRANSITIONS.get(appointment.status, set())
     if new_status not in allowed:
         raise IllegalTransition(
@@ -644,8 +661,9 @@ def cancel(
             f"A {appointment.status} appointment cannot be cancelled.", code="illegal_status_change"
         )
     _check_change_window(service, appointment, now, "cancel")
-    result = change_status(uow, appointment_id, "cancelled", now, reason=reason)
+    # Read before the change, which reads it too: the session holds rows only while they are referenced.
     tenant = uow.get(Tenant, appointment.tenant_id)
+    result = _change_status(uow, appointment, "cancelled", now, reason=reason)
     client = uow.session.get(Client, appointment.client_id)
     notifications.withdraw_pending(uow, appointment.id)
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_cancelled")

@@ -21,7 +21,7 @@ from core.errors import (
     SlotUnavailable,
     TenantNotAllowed,
 )
-from core.models import Appointment, AppointmentResource, Client, Notification
+from core.models import Appointment, AppointmentResource, AuditLog, Client, Notification
 from tests import factories
 from tests.scenarios import build_salon
 
@@ -253,6 +253,20 @@ def test_reschedule_moves_the_allocation_in_one_transaction(db, salon):
     assert {row.allocated_start for row in new} == {salon.at(DAY, "10:15")}
     # The old time is free again for someone else.
     book(salon, request(salon, "09:15", phone="612 345 679"))
+
+
+def test_a_reschedule_is_one_change_in_the_audit_trail(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "10:15"), NOW)
+        uow.commit()
+    (change,) = db.scalars(
+        select(AuditLog).where(AuditLog.record_id == booked.appointment_id, AuditLog.action == "UPDATE")
+    ).all()
+    assert datetime.fromisoformat(change.old_values["scheduled_start"]) == salon.at(DAY, "10:00")
+    assert datetime.fromisoformat(change.new_values["scheduled_start"]) == salon.at(DAY, "10:15")
+    (move,) = change.new_values["metadata"]["reschedules"]
+    assert datetime.fromisoformat(move["to"]) == salon.at(DAY, "10:15")
 
 
 def test_a_failed_reschedule_leaves_the_appointment_where_it_was(db, salon):
