@@ -50,7 +50,7 @@ from bench.sql_replay import (  # noqa: E402
     record,
     replay,
 )
-from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_booking_jobs, seed_system_rows  # noqa: E402
+from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_intake_jobs, seed_system_rows  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.db import make_engine  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
@@ -88,11 +88,11 @@ def run_application(database_url: str, job_ids: list[str]) -> tuple[Figures, lis
     recording = record(engine)
 
     try:
-        run_booking_jobs(factory, job_ids[:WARM_UP])
+        run_intake_jobs(factory, job_ids[:WARM_UP])
         (pid,) = backends
         gc.freeze()  # as the worker processes do after start-up
         server, wall, cpu = backend_cpu(pid), time.perf_counter(), time.process_time()
-        run_booking_jobs(factory, job_ids[WARM_UP:])
+        run_intake_jobs(factory, job_ids[WARM_UP:])
         figures = Figures(
             bookings=len(job_ids) - WARM_UP,
             client_cpu=time.process_time() - cpu,

@@ -55,7 +55,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from bench.sql_replay import copy_database, database, mark_client_references, record  # noqa: E402
-from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_booking_jobs, seed_system_rows  # noqa: E402
+from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_intake_jobs, seed_system_rows  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.db import make_engine  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
@@ -229,7 +229,7 @@ def recorded_bookings(n: int) -> Iterator[Recording]:
         engine = make_engine(source_url, pool_size=1, max_overflow=0)
         try:
             recording = record(engine)
-            run_booking_jobs(sessionmaker(engine, expire_on_commit=False), job_ids)
+            run_intake_jobs(sessionmaker(engine, expire_on_commit=False), job_ids)
         finally:
             engine.dispose()
         transactions = [t for t in recording if t.statements]

@@ -3,13 +3,15 @@ recorded as the API records them."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import intake, seed
 from core.db import UnitOfWork
+from core.models import Appointment
 from tests.scenarios import build_salon
 
 SLOT_MINUTES = 15
@@ -29,15 +31,16 @@ def seed_system_rows(database_url: str) -> None:
 
 
 def record_booking_jobs(
-    database_url: str, n: int, businesses: int, *, returning_clients: bool = True
+    database_url: str, n: int, businesses: int, *, returning_clients: bool = True, days_ahead: int = 1
 ) -> list[str]:
-    """n booking jobs over `businesses` new salons of one stylist and one chair, each job at its own slot.
+    """n booking jobs over `businesses` new salons of one stylist and one chair, each job at its own slot,
+    from `days_ahead` days after today on.
 
     Job i's client is number i mod ceil(n / businesses): over many salons, most of a salon's jobs are
     one returning client's (found, and counted again); at one salon, every job is a new client's. With
     `returning_clients=False`, every job is a new client's wherever it is."""
     engine = create_engine(database_url)
-    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    first_day = datetime.now(UTC).date() + timedelta(days=days_ahead)
     per_business = -(-n // businesses)
     job_ids: list[str] = []
     try:
@@ -59,7 +62,7 @@ def record_booking_jobs(
         for index in range(n):
             salon, k = salons[index % businesses], index // businesses
             client = index % per_business if returning_clients else index
-            day = tomorrow + timedelta(days=k // slots_per_day)
+            day = first_day + timedelta(days=k // slots_per_day)
             start = salon.at(day, "00:00") + timedelta(minutes=SLOT_MINUTES * (k % slots_per_day))
             payload = {
                 "service_id": str(salon.haircut.id),
@@ -79,10 +82,42 @@ def record_booking_jobs(
     return job_ids
 
 
-def run_booking_jobs(factory: sessionmaker[Session], job_ids: list[str]) -> None:
-    """Run the jobs one after another in this process, as a worker runs them; every booking must succeed."""
+def record_change_jobs(database_url: str, booked: list[dict], kind: str) -> list[str]:
+    """A `kind` job ("reschedule": the same time a week later; "cancel") for each booking job outcome in
+    `booked`, recorded as the API records them."""
+    engine = create_engine(database_url)
+    job_ids: list[str] = []
+    try:
+        appointment_ids = [uuid.UUID(outcome["result"]["appointment_id"]) for outcome in booked]
+        with Session(engine) as session:
+            tenant_of = dict(
+                session.execute(
+                    select(Appointment.id, Appointment.tenant_id).where(Appointment.id.in_(appointment_ids))
+                ).all()
+            )
+        for outcome, appointment_id in zip(booked, appointment_ids, strict=True):
+            payload: dict = {"appointment_id": str(appointment_id)}
+            if kind == "reschedule":
+                payload["start"] = (
+                    datetime.fromisoformat(outcome["result"]["start"]) + timedelta(days=7)
+                ).isoformat()
+            else:
+                payload["reason"] = "Bench"
+            with UnitOfWork(tenant_of[appointment_id], factory=sessionmaker(engine)) as uow:
+                job, _ = intake.submit(uow, kind, payload, None, datetime.now(UTC), lambda *_: None)
+            job_ids.append(str(job.job_id))
+    finally:
+        engine.dispose()
+    return job_ids
+
+
+def run_intake_jobs(factory: sessionmaker[Session], job_ids: list[str]) -> list[dict]:
+    """Run the jobs one after another in this process, as a worker runs them; every one must succeed."""
+    outcomes = []
     for job_id in job_ids:
         with UnitOfWork(system=True, factory=factory) as uow:
             outcome = intake.run(uow, job_id, now=datetime.now(UTC))
         if outcome["status"] != "succeeded":
-            raise SystemExit(f"booking failed: {outcome}")
+            raise SystemExit(f"a job failed: {outcome}")
+        outcomes.append(outcome)
+    return outcomes
