@@ -286,8 +286,9 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
 
 def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
     tenant, service, limit, candidates = _checked(uow, request, now)
+    # A full month is refused before any work; the count that decides comes last (below).
     _enforce_monthly_limit(uow, tenant, limit, request.start)
-    client = clients.for_booking(uow, tenant, request.client, request.start)
+    client, new_client = clients.for_booking(uow, tenant, request.client, request.start)
     appointment = _insert_with_new_reference(
         uow,
         tenant_id=tenant.id,
@@ -306,6 +307,11 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     # competing for the same stylist waits only on the check and the insert. A taken slot rolls it all back.
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_confirmed")
     slot = _allocate(uow, service, appointment, request.start, now, request.resource_ids, candidates)
+    # Last, as what they lock (the client's row, the tenant's count) is then held only for the commit: the
+    # same person's or, on a limited plan, the same business's next booking waits for that, not for all of this.
+    if not new_client:
+        clients.count_booking(uow, client, request.start)
+    _enforce_monthly_limit(uow, tenant, limit, request.start, besides=appointment.id, lock=True)
     return _booked(appointment, slot.resource_ids, tenant)
 
 
@@ -470,16 +476,27 @@ def _allowance(limit: int | None) -> int | None:
 
 
 def _enforce_monthly_limit(
-    uow: UnitOfWork, tenant: Tenant, limit: int | None, start: datetime, moving: uuid.UUID | None = None
+    uow: UnitOfWork,
+    tenant: Tenant,
+    limit: int | None,
+    start: datetime,
+    besides: uuid.UUID | None = None,
+    *,
+    lock: bool = False,
 ) -> None:
-    """Refuse a booking in a local month the plan has no room left in, given its `_plan_limit` (`moving`:
-    the appointment being rescheduled, which does not count against itself)."""
+    """Refuse a booking in a local month that holds `limit` (see `_plan_limit`) appointments already,
+    `besides` the one being booked or moved.
+
+    Without `lock`, a look that refuses a full month before any work. With it, the count that decides:
+    two bookings must not both take the last unit, so the count is serialised per tenant (for limited
+    plans only) by a lock on its row, held to the commit; the caller sends it last, once the appointment
+    is in place, so that the lock is held for the commit and not for the booking. FOR NO KEY UPDATE
+    (key_share): it excludes other counts, not the foreign-key checks of rows that reference the tenant,
+    so the API records the business's new requests meanwhile without waiting."""
     if limit is None:
         return
-    # Two bookings must not both take the last unit: serialise the count per tenant, only for limited plans.
-    # FOR NO KEY UPDATE (key_share): it excludes other counts, not the foreign-key checks of rows that
-    # reference the tenant, so the API records the business's new requests meanwhile without waiting.
-    uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update(key_share=True))
+    if lock:
+        uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update(key_share=True))
     zone = ZoneInfo(tenant.timezone)
     local = start.astimezone(zone)
     month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -491,7 +508,7 @@ def _enforce_monthly_limit(
             Appointment.status.not_in(NOT_COUNTED_STATUSES),
             Appointment.scheduled_start >= month_start,
             Appointment.scheduled_start < next_month,
-            Appointment.id != moving if moving is not None else true(),
+            Appointment.id != besides if besides is not None else true(),
         )
     )
     if booked >= limit:
@@ -577,7 +594,8 @@ def reschedule(
     service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, "reschedule")
     candidates = _checked_slot(uow, tenant, service, new_start, now, resource_ids)
-    _enforce_monthly_limit(uow, tenant, _plan_limit(uow, tenant), new_start, moving=appointment.id)
+    limit = _plan_limit(uow, tenant)
+    _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
     _release(uow, appointment)
@@ -597,6 +615,8 @@ def reschedule(
     notifications.queue_for_appointment(
         uow, tenant, client, service, appointment, "appointment_confirmed", notifications.event_suffix(now)
     )
+    # Last, as in `book`: the tenant's count stays locked only for the commit.
+    _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id, lock=True)
     return _booked(appointment, slot.resource_ids, tenant)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import phonenumbers
-from sqlalchemy import bindparam, func, or_, select, text
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from core.db import UnitOfWork
@@ -101,9 +101,12 @@ _INSERT_CLIENT = select(Client).from_statement(
 )
 
 
-def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_start: datetime) -> Client:
+def for_booking(
+    uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_start: datetime
+) -> tuple[Client, bool]:
     """The tenant's client with this phone (else email, unless that client has another phone), or a new
-    one, with the booking counted.
+    one; and whether it is new. A new client's row counts this booking already; a returning client's
+    booking is counted by `count_booking`, which the caller sends last (it locks the client's row).
 
     Two bookings for the same new client can race to create it: the partial unique indexes decide,
     and the loser looks again and finds the winner's row (or, for a shared email, another person's).
@@ -118,11 +121,7 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
             # nothing of this booking reaches the other person.
             details, client = replace(details, email=None), None
         if client is not None:
-            # Counted in SQL, not from the values read above: two bookings of one client at once must not
-            # both write "previous + 1" (the row lock of the UPDATE orders them, each adds to the other's).
-            client.total_appointments = func.coalesce(Client.total_appointments, 0) + 1
-            client.last_appointment_date = func.greatest(Client.last_appointment_date, booked_start)
-            return client
+            return client, False
         client = uow.session.scalar(
             _INSERT_CLIENT,
             {
@@ -140,8 +139,30 @@ def for_booking(uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_
             },
         )
         if client is not None:
-            return client
+            return client, True
     raise Conflict("The client's phone and email belong to two different clients.", code="client_conflict")
+
+
+# Counted in SQL, not from values read before: two bookings of one client at once must not both write
+# "previous + 1" (the row lock of the UPDATE orders them, each adds to the other's). On the table, not the
+# mapped class: the client read by the booking keeps its old figures, which nothing reads afterwards.
+_COUNT_BOOKING = (
+    update(Client.__table__)
+    .where(Client.__table__.c.id == bindparam("client_id"))
+    .values(
+        total_appointments=func.coalesce(Client.__table__.c.total_appointments, 0) + 1,
+        last_appointment_date=func.greatest(
+            Client.__table__.c.last_appointment_date, bindparam("booked_start")
+        ),
+    )
+)
+
+
+def count_booking(uow: UnitOfWork, client: Client, booked_start: datetime) -> None:
+    """Count a returning client's booking. Its UPDATE locks the client's row until the commit, so the
+    booking sends it last: a second booking of the same person (a parent booking for the family) then
+    waits only for this one's commit, not for all of it."""
+    uow.session.execute(_COUNT_BOOKING, {"client_id": client.id, "booked_start": booked_start})
 
 
 def _someone_else(client: Client, details: ClientDetails) -> bool:

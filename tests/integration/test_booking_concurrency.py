@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from core import booking, intake
@@ -17,7 +20,7 @@ from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork
 from core.errors import DomainError
-from core.models import Appointment, AppointmentResource, Client, IntakeJob, VapiCallLog
+from core.models import Appointment, AppointmentResource, Client, IntakeJob, Resource, VapiCallLog
 from tests import factories
 from tests.scenarios import build_salon
 
@@ -196,6 +199,104 @@ def test_a_change_to_an_appointment_does_not_hold_up_rows_that_refer_to_it(commi
         )
         == 1
     )
+
+
+@contextmanager
+def a_booking_waiting_for_its_stylist(committed_engine, salon, request: BookingRequest) -> Iterator[None]:
+    """`request` being booked in a thread of its own and held inside its allocation, where another
+    transaction has taken the same stylist at that time and not committed yet. On leaving, that
+    transaction rolls back and the booking goes through and commits."""
+    holder = Session(committed_engine)
+    stylist = holder.get(Resource, request.resource_ids[0])
+    someone = factories.make_client(holder, holder.merge(salon.tenant))
+    factories.make_appointment(
+        holder, salon.tenant, salon.haircut, someone, request.start, resources=[stylist]
+    )
+    booked: list[booking.BookedAppointment] = []
+
+    def book_it() -> None:
+        with UnitOfWork(salon.tenant.id) as uow:
+            booked.append(booking.book(uow, request, NOW))
+            uow.commit()
+
+    thread = threading.Thread(target=book_it)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not _waiting_to_allocate(committed_engine):
+            assert time.monotonic() < deadline, "the booking never reached its allocation"
+            time.sleep(0.02)
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(timeout=30)
+    assert len(booked) == 1
+
+
+def _waiting_to_allocate(engine) -> bool:
+    # As the tables' owner: the application role may not read other sessions' statements.
+    owner = create_engine(engine.url)
+    try:
+        with owner.connect() as connection:
+            waiting = connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO appointment_resources%'"
+                )
+            )
+    finally:
+        owner.dispose()
+    return waiting == 1
+
+
+def book_at_once(salon, request: BookingRequest) -> booking.BookedAppointment:
+    """Book and commit, failing (55P03) instead of waiting more than two seconds for a lock."""
+    with UnitOfWork(salon.tenant.id) as uow:
+        uow.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+        booked = booking.book(uow, request, NOW)
+        uow.commit()
+    return booked
+
+
+def stylist_request(salon, clock: str, stylist: int, phone: str) -> BookingRequest:
+    return BookingRequest(
+        salon.haircut.id,
+        salon.at(DAY, clock),
+        ClientDetails("Caller", phone=phone),
+        (salon.stylists[stylist].id,),
+    )
+
+
+def test_a_persons_second_booking_does_not_wait_for_their_first_one_in_progress(committed_engine, committed):
+    """A parent booking for the family: the booking that counts the returning client (its row locked to the
+    commit) does so last, so a second booking of the same person waits at most for that commit."""
+    salon = committed(stylists=2, chairs=0)
+    phone = "+34614002222"
+    book_at_once(salon, stylist_request(salon, "09:00", 1, phone))  # a returning client from now on
+    with a_booking_waiting_for_its_stylist(
+        committed_engine, salon, stylist_request(salon, "10:00", 0, phone)
+    ):
+        book_at_once(salon, stylist_request(salon, "12:00", 1, phone))
+    with Session(committed_engine) as session:
+        client = session.scalars(select(Client).where(Client.tenant_id == salon.tenant.id)).one()
+    assert client.total_appointments == 3
+    assert client.last_appointment_date == salon.at(DAY, "12:00")
+
+
+def test_a_limited_plans_bookings_do_not_wait_for_each_other_until_their_commits(committed_engine, committed):
+    """The plan's count is serialised per business, but it comes last: a booking waiting for its stylist
+    holds up no other booking of the business."""
+    salon = committed(stylists=2, chairs=0)
+    with Session(committed_engine) as session:
+        plan = factories.make_plan(session, max_appointments_per_month=10)
+        factories.make_subscription(session, session.merge(salon.tenant), plan, status="active")
+        session.commit()
+    with a_booking_waiting_for_its_stylist(
+        committed_engine, salon, stylist_request(salon, "10:00", 0, "+34614003333")
+    ):
+        book_at_once(salon, stylist_request(salon, "12:00", 1, "+34614004444"))
+    assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 2
 
 
 def test_simultaneous_bookings_that_lose_a_stylist_take_the_next_free_one(committed_engine, committed):
