@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = 30.0
     db_connect_timeout_seconds: int = 5
     db_statement_timeout_ms: int = 30_000
+    # How often PostgreSQL checks, while a statement runs, that its client is still there (0: never).
+    db_client_check_interval_ms: int = 1_000
 
     env: str = "development"
     secret_key: str = "dev-secret-change-me"

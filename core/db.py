@@ -37,12 +37,14 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_timeout", settings.db_pool_timeout_seconds)
     # A database host that drops packets must fail a request in seconds, not hang it; and no statement
     # of the application may run longer than a task is allowed to.
+    options = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    if settings.db_client_check_interval_ms:
+        # A worker process killed while its statement waits for a lock (the hard time limit, the OOM
+        # killer, a deploy) leaves that statement running, with its transaction's locks, until the wait
+        # ends: PostgreSQL notices a vanished client only when it next talks to it, unless it checks.
+        options += f" -c client_connection_check_interval={settings.db_client_check_interval_ms}"
     kwargs.setdefault(
-        "connect_args",
-        {
-            "connect_timeout": settings.db_connect_timeout_seconds,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
-        },
+        "connect_args", {"connect_timeout": settings.db_connect_timeout_seconds, "options": options}
     )
     engine = create_engine(url or settings.database_url, **kwargs)
     if settings.db_app_role:

@@ -1,17 +1,24 @@
 """Defects found in review, each fixed and guarded here: hostile input that must be a 4xx (NUL
 characters, dates at the calendar's edge, oversized chunked bodies, odd request ids), the plan limit and
-the notifications of a reschedule, the resources a changed appointment reports, and the sweeper's
-handling of jobs that keep dying or have just started."""
+the notifications of a reschedule, the resources a changed appointment reports, the sweeper's
+handling of jobs that keep dying or have just started, and the locks of a process killed mid-wait."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from api.app import create_app
 from core import booking, intake
@@ -310,3 +317,53 @@ def test_a_reschedule_that_can_never_succeed_is_refused_before_a_job_exists(
     )
     assert (response.status_code, response.json()["code"]) == (status, code), response.text
     assert rows(db, IntakeJob, salon) == 0
+
+
+# A process of the application (its engine, from core.db) that waits for an advisory lock forever.
+_WAITER = """
+import sys
+from sqlalchemy import text
+from core.db import make_engine
+with make_engine(sys.argv[1]).connect() as connection:
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": int(sys.argv[2])})
+"""
+
+
+def test_a_process_killed_while_waiting_for_a_lock_leaves_nothing_running_behind(database_url):
+    """A worker killed in a lock wait (hard time limit, OOM, deploy): PostgreSQL would run its statement,
+    and keep its transaction's locks, until the wait ended; the application's connections ask it to
+    check that the client is still there, so the statement ends within about a second."""
+    key = uuid.uuid4().int % 2**62
+    owner = create_engine(database_url)
+
+    def waiting() -> list[int]:
+        # A connection of its own each time: a transaction sees one snapshot of pg_stat_activity.
+        with owner.connect() as connection:
+            return connection.scalars(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'SELECT pg_advisory_lock%'"
+                )
+            ).all()
+
+    try:
+        with owner.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            waiter = subprocess.Popen(
+                [sys.executable, "-c", _WAITER, database_url, str(key)], cwd=Path(__file__).parents[2]
+            )
+            try:
+                deadline = time.monotonic() + 15
+                while not (pids := waiting()):
+                    assert time.monotonic() < deadline and waiter.poll() is None, "the waiter never waited"
+                    time.sleep(0.05)
+            finally:
+                os.kill(waiter.pid, signal.SIGKILL)
+                waiter.wait()
+            deadline = time.monotonic() + 5
+            while waiting():
+                assert time.monotonic() < deadline, f"backend {pids} still waits for its killed client"
+                time.sleep(0.1)
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        owner.dispose()
