@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import MAXYEAR, datetime, timedelta
+from datetime import MAXYEAR, UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -341,18 +341,12 @@ def _allocate(
     Resources of capacity 1 are guarded by the exclusion constraint itself: two bookings wait for each
     other only when their times overlap on a resource, and the loser sees 23P01 and looks again (another
     stylist may still be free). Shared resources (capacity > 1) are counted, and counting is only
-    safe one booking at a time: those rows are locked, in id order so that no two bookings deadlock.
+    safe one booking at a time among those that could overlap: see `_lock_shared_resources`.
     """
     shared = sorted(resource_id for resource_id, candidate in candidates.items() if not candidate.exclusive)
     if shared:
-        # FOR NO KEY UPDATE, as for the plan's count: rows referencing the resource (a block, a schedule)
-        # can still be written meanwhile.
-        uow.session.execute(
-            select(Resource.id)
-            .where(Resource.id.in_(shared))
-            .order_by(Resource.id)
-            .with_for_update(key_share=True)
-        )
+        duration = timedelta(minutes=service.duration_minutes + (service.buffer_time_minutes or 0))
+        _lock_shared_resources(uow, shared, start, start + duration)
     # Each lost race means another booking took (or is taking) one of the candidates, so the looks are
     # bounded by the number of candidates; twice that, for races lost to a deadlock's victim choice.
     for _ in range(2 * len(candidates) + 2):
@@ -385,6 +379,30 @@ def _allocate(
                 raise
     taken = SlotUnavailable("That time was just taken.", code="slot_taken")
     raise _with_alternatives(uow, service, start, now, resource_ids, taken)
+
+
+# Transaction-level advisory locks (released at commit or rollback), in a key space of their own.
+SHARED_RESOURCE_LOCKS = 0x56410001
+_LOCK_SHARED_DAYS = text(
+    "SELECT pg_advisory_xact_lock(:namespace, hashtext(key)) FROM unnest(CAST(:keys AS text[])) AS key"
+)
+
+
+def _lock_shared_resources(
+    uow: UnitOfWork, resource_ids: list[uuid.UUID], start: datetime, occupied_until: datetime
+) -> None:
+    """Serialise the counting of these shared resources with every booking that could overlap
+    [start, occupied_until) on them: a lock per resource and UTC day the interval touches (two
+    overlapping intervals share the day of any instant they share). A room's bookings on other days do
+    not wait for this one. Keys in sorted order (unnest keeps it), so that no two bookings deadlock; a
+    clash of two keys' hashes only makes two bookings wait for each other needlessly."""
+    first, last = (
+        start.astimezone(UTC).date(),
+        (occupied_until - timedelta(microseconds=1)).astimezone(UTC).date(),
+    )
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    keys = sorted(f"{resource_id}:{day.isoformat()}" for resource_id in resource_ids for day in days)
+    uow.session.execute(_LOCK_SHARED_DAYS, {"namespace": SHARED_RESOURCE_LOCKS, "keys": keys})
 
 
 def _with_alternatives(

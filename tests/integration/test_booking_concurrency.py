@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core import booking, intake
@@ -312,7 +313,8 @@ def test_simultaneous_bookings_that_lose_a_stylist_take_the_next_free_one(commit
     assert sorted(stylists) == sorted(s.id for s in salon.stylists)
 
 
-def test_a_shared_room_takes_as_many_bookings_as_its_capacity(committed_engine):
+def yoga_room(committed_engine):
+    """A salon whose haircut takes a place in a room for three, open 09:00-18:00 every day."""
     with Session(committed_engine, expire_on_commit=False) as session:
         salon = build_salon(session, stylists=0, chairs=0)
         room = factories.make_resource(session, salon.tenant, "room", 3, name="Yoga room")
@@ -320,13 +322,37 @@ def test_a_shared_room_takes_as_many_bookings_as_its_capacity(committed_engine):
         for day in range(7):
             factories.make_schedule(session, room, day, "09:00", "18:00")
         session.commit()
-    outcomes = book_all(salon, [haircut_at(salon, "10:00", n) for n in range(10)])
-    assert outcomes.count("booked") == 3
-    assert set(outcomes) == {"booked", "slot_taken"}
-    units = count(
+    return salon, room
+
+
+def places_taken(committed_engine, room) -> int:
+    return count(
         committed_engine,
         AppointmentResource,
         AppointmentResource.resource_id == room.id,
         AppointmentResource.active,
     )
-    assert units == 3
+
+
+def test_a_shared_room_takes_as_many_bookings_as_its_capacity(committed_engine):
+    salon, room = yoga_room(committed_engine)
+    outcomes = book_all(salon, [haircut_at(salon, "10:00", n) for n in range(10)])
+    assert outcomes.count("booked") == 3
+    assert set(outcomes) == {"booked", "slot_taken"}
+    assert places_taken(committed_engine, room) == 3
+
+
+def test_a_shared_rooms_bookings_wait_for_each_other_only_on_the_same_day(committed_engine):
+    """Counting a room's free places is serialised per room and day: a booking of the same room a week
+    later goes in while one of today is in progress; one of the same day waits for it."""
+    salon, room = yoga_room(committed_engine)
+    week_later = dataclasses.replace(
+        haircut_at(salon, "10:00", 2), start=salon.at(DAY + timedelta(days=7), "10:00")
+    )
+    with UnitOfWork(salon.tenant.id) as in_progress:
+        booking.book(in_progress, haircut_at(salon, "10:00", 1), NOW)  # not committed yet
+        book_at_once(salon, week_later)
+        with pytest.raises(OperationalError, match="lock timeout"):
+            book_at_once(salon, haircut_at(salon, "10:00", 3))
+        in_progress.commit()
+    assert places_taken(committed_engine, room) == 2
