@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 import uuid
 
 from fastapi import FastAPI
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.routes import appointments, catalog, health, jobs
+from api.waiting import JobWaiter
 from core import logging as app_logging
 from core.config import get_settings
 
@@ -89,6 +91,18 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
 
 
+class ArrivalTime:
+    """Notes when a request arrived (`request.state.arrived`, monotonic): a `?wait=` counts from there."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrived"] = time.monotonic()
+        await self.app(scope, receive, send)
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     app_logging.configure(settings.log_level, json=settings.is_production)
@@ -98,8 +112,10 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     build_openapi = app.openapi
     app.openapi = lambda: errors.problem_media_type(build_openapi())  # type: ignore[method-assign]
+    app.state.job_waiter = JobWaiter(settings.booking_wait_poll_seconds, settings.booking_wait_max_requests)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestId)
+    app.add_middleware(ArrivalTime)  # the outermost: it sees the request first
     # The application's long-lived objects leave the collector's generations: collections during
     # requests then walk only what requests allocate (see bench/availability.py).
     gc.freeze()

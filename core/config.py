@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     default_slot_step_minutes: int = 15
     max_availability_days: int = 62
     booking_wait_max_seconds: float = 20.0
+    # Requests held by ?wait= share one poll of their jobs per API process, this often; past this many
+    # held at once, a request is answered without waiting (202 while its job runs).
+    booking_wait_poll_seconds: float = 0.05
+    booking_wait_max_requests: int = 1000
     intake_sweep_after_seconds: int = 60
 
     stripe_api_key: str = ""

@@ -251,6 +251,16 @@ _FAILED = (
 )
 
 
+_ENDED = select(_jobs.c.id).where(
+    _jobs.c.id.in_(bindparam("job_ids", expanding=True)), _jobs.c.status.in_(FINISHED)
+)
+
+
+def ended_among(uow: UnitOfWork, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of the jobs that have ended (succeeded or failed), in one statement however many they are."""
+    return set(uow.session.scalars(_ENDED, {"job_ids": job_ids}))
+
+
 def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, Any]:
     """Process one job. The booking and the job's outcome commit together; a domain error is an
     outcome (everything is rolled back and the job fails with its code), anything else propagates for

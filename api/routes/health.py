@@ -1,3 +1,6 @@
+import asyncio
+from collections.abc import Callable
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -8,27 +11,42 @@ from workers.celery_app import app as celery_app
 
 router = APIRouter(tags=["health"])
 
+# A dependency that has not answered by then counts as unavailable: a probe must get its answer quickly.
+READY_TIMEOUT_SECONDS = 3.0
+
 
 @router.get("/health", summary="The process is up")
-def health() -> dict:
+async def health() -> dict:
+    # Answered on the event loop itself, never queued behind requests waiting for a thread: a liveness
+    # probe must not fail because the process is busy.
     return {"status": "ok"}
+
+
+def _database_answers() -> None:
+    with get_engine().connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _broker_answers() -> None:
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+async def _check(probe: Callable[[], None]) -> str:
+    # The event loop's own threads, not the request threads, which a burst of requests may all occupy.
+    try:
+        await asyncio.wait_for(asyncio.to_thread(probe), READY_TIMEOUT_SECONDS)
+    except Exception:
+        return "unavailable"
+    return "ok"
 
 
 @router.get(
     "/ready", summary="The database and the broker answer", responses={503: {"description": "Not ready"}}
 )
-def ready() -> JSONResponse:
-    checks = {"database": "ok", "broker": "ok"}
-    try:
-        with get_engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception:
-        checks["database"] = "unavailable"
-    try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
-    except Exception:
-        checks["broker"] = "unavailable"
+async def ready() -> JSONResponse:
+    database, broker = await asyncio.gather(_check(_database_answers), _check(_broker_answers))
+    checks = {"database": database, "broker": broker}
     if all(value == "ok" for value in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     failing = ", ".join(name for name, value in checks.items() if value != "ok")

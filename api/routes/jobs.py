@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -41,13 +40,14 @@ def _read(tenant_id: uuid.UUID, job_id: uuid.UUID) -> intake.JobView:
 
 
 async def _answer(
-    tenant_id: uuid.UUID, job: intake.JobView, wait: float, success_status: int
+    request: Request, tenant_id: uuid.UUID, job: intake.JobView, wait: float, success_status: int
 ) -> JSONResponse:
-    deadline = time.monotonic() + min(wait, get_settings().booking_wait_max_seconds)
-    delay = 0.02
-    while not job.finished and time.monotonic() < deadline:
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+    if wait > 0 and not job.finished:
+        # From the request's arrival: the time it queued for a thread counts against its wait too.
+        arrived = getattr(request.state, "arrived", time.monotonic())
+        deadline = arrived + min(wait, get_settings().booking_wait_max_seconds)
+        await request.app.state.job_waiter.until_ended(job.job_id, deadline - time.monotonic())
+        # One more look however the wait ended: a job that ended as the time ran out is answered as ended.
         job = await run_in_threadpool(_read, tenant_id, job.job_id)
     body = job.as_dict()
     headers = {"Location": f"/v1/jobs/{job.job_id}"}
@@ -73,6 +73,7 @@ async def _answer(
 
 
 async def _accept(
+    request: Request,
     tenant_id: uuid.UUID,
     kind: str,
     payload: dict[str, Any],
@@ -81,13 +82,14 @@ async def _accept(
     success_status: int,
 ) -> JSONResponse:
     job = await run_in_threadpool(_submit, tenant_id, kind, payload, key)
-    return await _answer(tenant_id, job, wait, success_status)
+    return await _answer(request, tenant_id, job, wait, success_status)
 
 
 @router.post(
     "/bookings", status_code=202, response_model=JobOut, responses=SUBMIT_ERRORS, summary="Request a booking"
 )
 async def create_booking(
+    request: Request,
     body: BookingIn,
     wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
     idempotency_key: str | None = Header(
@@ -96,7 +98,13 @@ async def create_booking(
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     return await _accept(
-        tenant_id, "booking", body.model_dump(mode="json", exclude_none=True), idempotency_key, wait, 201
+        request,
+        tenant_id,
+        "booking",
+        body.model_dump(mode="json", exclude_none=True),
+        idempotency_key,
+        wait,
+        201,
     )
 
 
@@ -108,6 +116,7 @@ async def create_booking(
     summary="Move an appointment to another time",
 )
 async def reschedule_appointment(
+    request: Request,
     appointment_id: uuid.UUID,
     body: RescheduleIn,
     wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
@@ -117,7 +126,7 @@ async def reschedule_appointment(
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {"appointment_id": str(appointment_id), **body.model_dump(mode="json", exclude_none=True)}
-    return await _accept(tenant_id, "reschedule", payload, idempotency_key, wait, 200)
+    return await _accept(request, tenant_id, "reschedule", payload, idempotency_key, wait, 200)
 
 
 @router.post(
@@ -128,6 +137,7 @@ async def reschedule_appointment(
     summary="Cancel an appointment",
 )
 async def cancel_appointment(
+    request: Request,
     appointment_id: uuid.UUID,
     body: CancelIn | None = None,
     wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
@@ -140,7 +150,7 @@ async def cancel_appointment(
         "appointment_id": str(appointment_id),
         **(body.model_dump(mode="json", exclude_none=True) if body else {}),
     }
-    return await _accept(tenant_id, "cancel", payload, idempotency_key, wait, 200)
+    return await _accept(request, tenant_id, "cancel", payload, idempotency_key, wait, 200)
 
 
 @router.get(

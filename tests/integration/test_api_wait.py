@@ -1,0 +1,131 @@
+"""Requests held by `?wait=` (api/waiting.py) on the real database, with real commits: the held requests
+of a process share one poll of their jobs, and a request is answered with its job's outcome as soon as
+the job has ended, however many requests are held."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api import waiting
+from api.app import create_app
+from api.waiting import JobWaiter
+from core import intake
+from core.db import UnitOfWork
+from core.models import Appointment, IntakeJob
+from tests.scenarios import build_salon
+
+NOW = datetime.now(UTC)
+DAY = (NOW + timedelta(days=2)).date()
+
+
+@pytest.fixture
+def salon(committed_engine, redis_prefix):
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, with_api_key=True)
+        session.commit()
+    return salon
+
+
+def booking(salon, clock: str, phone: str) -> dict:
+    return {
+        "service_id": str(salon.haircut.id),
+        "start": salon.at(DAY, clock).isoformat(),
+        "client": {"first_name": "Held", "phone": phone},
+    }
+
+
+def queued_jobs(salon, n: int) -> list:
+    job_ids = []
+    for i in range(n):
+        with UnitOfWork(salon.tenant.id) as uow:
+            job, _ = intake.submit(
+                uow, "booking", booking(salon, "09:00", f"+3461470{i:04d}"), None, NOW, lambda *_: None
+            )
+        job_ids.append(job.job_id)
+    return job_ids
+
+
+def test_held_requests_share_one_poll_and_each_learns_when_its_job_ends(committed_engine, salon, monkeypatch):
+    job_ids = queued_jobs(salon, 40)
+    polls = []
+    real_ended_among = intake.ended_among
+
+    def counted(uow, ids):
+        polls.append(len(ids))
+        return real_ended_among(uow, ids)
+
+    monkeypatch.setattr(waiting.intake, "ended_among", counted)
+
+    def end(ids) -> None:
+        with Session(committed_engine) as session:
+            session.execute(update(IntakeJob).where(IntakeJob.id.in_(ids)).values(status="failed", error={}))
+            session.commit()
+
+    async def hold_all() -> list[bool]:
+        waiter = JobWaiter(interval_seconds=0.05, max_waiting=1000)
+        held = [asyncio.create_task(waiter.until_ended(job_id, 1.5)) for job_id in job_ids]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(end, job_ids[:20])
+        outcomes = await asyncio.gather(*held)
+        assert waiter.waiting == 0
+        return outcomes
+
+    outcomes = asyncio.run(hold_all())
+    assert outcomes == [True] * 20 + [False] * 20
+    # One poll per tick for all 40 (1.5 s / 0.05 s), not one per request per tick.
+    assert len(polls) <= 35
+    assert max(polls) == 40
+
+
+def test_past_the_limit_a_request_is_not_held(salon):
+    (job_id,) = queued_jobs(salon, 1)
+
+    async def hold() -> tuple[bool, float]:
+        started = time.monotonic()
+        ended = await JobWaiter(interval_seconds=0.05, max_waiting=0).until_ended(job_id, 5)
+        return ended, time.monotonic() - started
+
+    ended, held_for = asyncio.run(hold())
+    assert not ended
+    assert held_for < 1
+
+
+def run_the_next_job(salon) -> None:
+    """Wait for the API to record a job, then run it as a worker would (unless a worker of the e2e tests,
+    which share this run's queues, has taken it meanwhile)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with UnitOfWork(system=True) as uow:
+            job_id = uow.session.scalar(
+                select(IntakeJob.id).where(
+                    IntakeJob.tenant_id == salon.tenant.id, IntakeJob.status == "queued"
+                )
+            )
+        if job_id is not None:
+            with UnitOfWork(system=True) as uow:
+                intake.run(uow, job_id, datetime.now(UTC))
+            return
+        time.sleep(0.05)
+
+
+def test_a_held_booking_is_answered_with_its_appointment_once_a_worker_has_booked_it(committed_engine, salon):
+    worker = threading.Thread(target=run_the_next_job, args=(salon,))
+    worker.start()
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        response = client.post("/v1/bookings?wait=10", json=booking(salon, "11:00", "+34614709999"))
+    worker.join()
+    assert response.status_code == 201, response.text
+    result = response.json()["result"]
+    with Session(committed_engine) as session:
+        appointment = session.get(Appointment, result["appointment_id"])
+    assert appointment.tenant_id == salon.tenant.id
+    assert appointment.scheduled_start == salon.at(DAY, "11:00")
+    assert result["start"] == salon.at(DAY, "11:00").isoformat()
