@@ -35,8 +35,10 @@ class JobWaiter:
             return False
         ended = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(job_id, []).append(ended)
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.create_task(self._poll())
+        loop = asyncio.get_running_loop()
+        # A poller of a loop that has ended (an app served by a second loop, as tests do) never wakes anyone.
+        if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
+            self._poller = loop.create_task(self._poll())
         try:
             await asyncio.wait_for(ended, timeout)
             return True
