@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from core import intake
 from core.db import UnitOfWork
@@ -23,6 +24,9 @@ class JobWaiter:
         self.max_waiting = max_waiting
         self._waiting: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
         self._poller: asyncio.Task[None] | None = None
+        # A thread of its own: neither the request threads nor the loop's shared ones, which others may fill.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-waiter")
+        self._failing = False
 
     @property
     def waiting(self) -> int:
@@ -58,12 +62,16 @@ class JobWaiter:
             if not job_ids:
                 break
             try:
-                # The event loop's own threads, not the request threads: a queue of requests waiting for
-                # one of those must not hold up the answers of requests whose jobs have ended.
-                ended = await asyncio.to_thread(_ended, job_ids)
+                ended = await asyncio.get_running_loop().run_in_executor(self._thread, _ended, job_ids)
             except Exception:
-                log.exception("could not read the state of %d held jobs; trying again", len(job_ids))
+                # Once per outage, not at every tick.
+                if not self._failing:
+                    log.exception("could not read the state of %d held jobs; trying again", len(job_ids))
+                self._failing = True
                 continue
+            if self._failing:
+                log.info("reading the state of held jobs again")
+                self._failing = False
             for job_id in ended:
                 for future in self._waiting.pop(job_id, []):
                     if not future.done():

@@ -3,7 +3,9 @@
 Allocation (DESIGN §5, refined in `_allocate`): the slot is checked against the rows as they are now
 and every resource is inserted at once. The exclusion constraint on appointment_resources serialises
 bookings of one resource whose times overlap, and only those; its violation becomes `slot_taken` (after
-looking again), never a 500. Resources of capacity > 1 are counted under a row lock.
+looking again), never a 500. Resources of capacity > 1 are counted under an advisory lock per resource and
+day (`_lock_shared_resources`). The locks others may wait for (the plan's count, a returning client's count)
+are taken last, just before the commit.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from core.errors import (
     IllegalTransition,
     InvalidRequest,
     LimitReached,
+    NotFound,
     SlotUnavailable,
     TenantNotAllowed,
 )
@@ -396,13 +399,16 @@ def _lock_shared_resources(
     overlapping intervals share the day of any instant they share). A room's bookings on other days do
     not wait for this one. Keys in sorted order (unnest keeps it), so that no two bookings deadlock; a
     clash of two keys' hashes only makes two bookings wait for each other needlessly."""
-    first, last = (
-        start.astimezone(UTC).date(),
-        (occupied_until - timedelta(microseconds=1)).astimezone(UTC).date(),
-    )
-    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-    keys = sorted(f"{resource_id}:{day.isoformat()}" for resource_id in resource_ids for day in days)
+    keys = shared_lock_keys(resource_ids, start, occupied_until)
     uow.session.execute(_LOCK_SHARED_DAYS, {"namespace": SHARED_RESOURCE_LOCKS, "keys": keys})
+
+
+def shared_lock_keys(resource_ids: list[uuid.UUID], start: datetime, occupied_until: datetime) -> list[str]:
+    """The sorted lock keys, "<resource id>:<UTC date>", of every UTC day [start, occupied_until) touches."""
+    first = start.astimezone(UTC).date()
+    last = (occupied_until - timedelta(microseconds=1)).astimezone(UTC).date()
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    return sorted(f"{resource_id}:{day.isoformat()}" for resource_id in resource_ids for day in days)
 
 
 def _with_alternatives(
@@ -565,7 +571,11 @@ _LOCK_APPOINTMENT = (
 
 
 def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointment:
-    appointment = uow.session.scalar(_LOCK_APPOINTMENT, {"appointment_id": appointment_id})
+    try:
+        key = uuid.UUID(str(appointment_id))
+    except ValueError:
+        raise NotFound(f"Appointment {appointment_id} does not exist", code="appointment_not_found") from None
+    appointment = uow.session.scalar(_LOCK_APPOINTMENT, {"appointment_id": key})
     return uow.visible(
         Appointment, appointment_id, appointment, code="appointment_not_found", what="Appointment"
     )

@@ -1,5 +1,6 @@
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -32,20 +33,36 @@ def _broker_answers() -> None:
         connection.ensure_connection(max_retries=1, timeout=2)
 
 
-async def _check(probe: Callable[[], None]) -> str:
-    # The event loop's own threads, not the request threads, which a burst of requests may all occupy.
-    try:
-        await asyncio.wait_for(asyncio.to_thread(probe), READY_TIMEOUT_SECONDS)
-    except Exception:
-        return "unavailable"
-    return "ok"
+class Check:
+    """One dependency check, run on a thread of its own (never the request threads, which a burst may all
+    occupy, nor another check's), at most one at a time: probes arriving while one runs share its answer, so
+    a dependency that hangs (a pool with no free connection) holds one thread, not one per probe."""
+
+    def __init__(self, probe: Callable[[], None]):
+        self.probe = probe
+        self._thread = ThreadPoolExecutor(max_workers=1)
+        self._running: Future[None] | None = None
+
+    async def __call__(self) -> str:
+        if self._running is None or self._running.done():
+            self._running = self._thread.submit(self.probe)
+        try:
+            # Shielded: a probe that gives up must not cancel the check the next probe will share.
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._running)), READY_TIMEOUT_SECONDS)
+        except Exception:
+            return "unavailable"
+        return "ok"
+
+
+_database = Check(_database_answers)
+_broker = Check(_broker_answers)
 
 
 @router.get(
     "/ready", summary="The database and the broker answer", responses={503: {"description": "Not ready"}}
 )
 async def ready() -> JSONResponse:
-    database, broker = await asyncio.gather(_check(_database_answers), _check(_broker_answers))
+    database, broker = await asyncio.gather(_database(), _broker())
     checks = {"database": database, "broker": broker}
     if all(value == "ok" for value in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})

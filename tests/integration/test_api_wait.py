@@ -31,7 +31,15 @@ def salon(committed_engine, redis_prefix):
     with Session(committed_engine, expire_on_commit=False) as session:
         salon = build_salon(session, with_api_key=True)
         session.commit()
-    return salon
+    yield salon
+    # Jobs left queued would be re-sent by a later test's sweep (the e2e tests share this run's queues).
+    with Session(committed_engine) as session:
+        session.execute(
+            update(IntakeJob)
+            .where(IntakeJob.tenant_id == salon.tenant.id, IntakeJob.status == "queued")
+            .values(status="failed", error={})
+        )
+        session.commit()
 
 
 def booking(salon, clock: str, phone: str) -> dict:

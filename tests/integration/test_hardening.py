@@ -1,7 +1,8 @@
 """Defects found in review, each fixed and guarded here: hostile input that must be a 4xx (NUL
 characters, dates at the calendar's edge, oversized chunked bodies, odd request ids), the plan limit and
 the notifications of a reschedule, the resources a changed appointment reports, the sweeper's
-handling of jobs that keep dying or have just started, and the locks of a process killed mid-wait."""
+handling of jobs that keep dying or have just started, the locks of a process killed mid-wait, and /ready
+while the database pool is full."""
 
 from __future__ import annotations
 
@@ -367,3 +368,34 @@ def test_a_process_killed_while_waiting_for_a_lock_leaves_nothing_running_behind
             holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     finally:
         owner.dispose()
+
+
+def test_ready_names_a_full_pool_as_the_database_and_its_probes_do_not_pile_up(database_url, monkeypatch):
+    """Every pooled connection busy: /ready answers within its limit that the database is unavailable, the
+    broker still ok, and probes arriving meanwhile share the one check that waits for a connection instead
+    of each holding a thread of their own."""
+    from api.routes import health
+    from core import db as core_db
+    from core.config import get_settings
+
+    monkeypatch.setenv("VOICEAPPOINT_DB_POOL_SIZE", "1")
+    monkeypatch.setenv("VOICEAPPOINT_DB_MAX_OVERFLOW", "0")
+    monkeypatch.setenv("VOICEAPPOINT_DB_POOL_TIMEOUT_SECONDS", "5")
+    monkeypatch.setattr(health, "READY_TIMEOUT_SECONDS", 0.2)
+    started = []
+    database_answers = health._database.probe
+    monkeypatch.setattr(health._database, "probe", lambda: started.append(1) or database_answers())
+    get_settings.cache_clear()
+    core_db.dispose_engine()
+    held = core_db.get_engine().connect()  # the pool's only connection
+    try:
+        with TestClient(create_app()) as client:
+            answers = [client.get("/ready") for _ in range(8)]
+    finally:
+        held.close()
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        core_db.dispose_engine()
+    assert [answer.status_code for answer in answers] == [503] * 8
+    assert answers[-1].json()["checks"] == {"database": "unavailable", "broker": "ok"}
+    assert len(started) == 1
