@@ -24,7 +24,9 @@ class IntakeJobTask(JobTask):
         # killed, so the job's row is still locked, and the main process must never wait.
         job_id = kwargs.get("job_id") or args[0]
         try:
-            give_up.apply_async(args=[job_id], queue=queue)
+            # ignore_result, as for every job: the worker's main process must never hold a result
+            # subscription (its cleanup by the cyclic collector can deadlock the next subscribe).
+            give_up.apply_async(args=[job_id], queue=queue, ignore_result=True)
         except Exception:
             log.exception("could not send the failure of job %s; the sweeper will fail it", job_id)
 

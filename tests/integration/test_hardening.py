@@ -1,8 +1,8 @@
 """Defects found in review, each fixed and guarded here: hostile input that must be a 4xx (NUL
 characters, dates at the calendar's edge, oversized chunked bodies, odd request ids), the plan limit and
 the notifications of a reschedule, the resources a changed appointment reports, the sweeper's
-handling of jobs that keep dying or have just started, the locks of a process killed mid-wait, and /ready
-while the database pool is full."""
+handling of jobs that keep dying or have just started, the locks of a process killed mid-wait, /ready
+while the database pool is full, and the tasks the workers send themselves ignoring their results."""
 
 from __future__ import annotations
 
@@ -399,3 +399,26 @@ def test_ready_names_a_full_pool_as_the_database_and_its_probes_do_not_pile_up(d
     assert [answer.status_code for answer in answers] == [503] * 8
     assert answers[-1].json()["checks"] == {"database": "unavailable", "broker": "ok"}
     assert len(started) == 1
+
+
+def test_the_tasks_the_workers_send_ignore_their_results(redis_prefix):
+    """A sent task whose result is not ignored subscribes the sender to a result channel, which the cyclic
+    collector later ends, and that can deadlock the next subscribe on the same connection (a test run hung
+    so). The sweeper (in a pool process) and the hard-limit hook (in the worker's main process) never wait
+    on a result, so they must not subscribe."""
+    from celery.signals import before_task_publish
+
+    from tasks import bookings, scheduled
+
+    published = []
+
+    def capture(sender=None, headers=None, **kwargs):
+        published.append((sender, headers.get("ignore_result")))
+
+    before_task_publish.connect(capture)
+    try:
+        scheduled._send_all([(uuid.uuid4(), "bookings")])
+        bookings.process.on_hard_time_limit([str(uuid.uuid4())], {}, "bookings")
+    finally:
+        before_task_publish.disconnect(capture)
+    assert published == [("bookings.process", True), ("bookings.give_up", True)]
