@@ -37,9 +37,9 @@ class JobWaiter:
         requests are held already (the caller then answers without waiting)."""
         if timeout <= 0 or self.waiting >= self.max_waiting:
             return False
-        ended = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(job_id, []).append(ended)
         loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        self._waiting.setdefault(job_id, []).append(ended)
         # A poller of a loop that has ended (an app served by a second loop, as tests do) never wakes anyone.
         if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
             self._poller = loop.create_task(self._poll())
