@@ -54,7 +54,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
-from bench.sql_replay import copy_database, database, mark_client_references, record  # noqa: E402
+from bench.sql_replay import by_job, copy_database, database, record  # noqa: E402
 from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_intake_jobs, seed_system_rows  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.db import make_engine  # noqa: E402
@@ -232,12 +232,7 @@ def recorded_bookings(n: int) -> Iterator[Recording]:
             run_intake_jobs(sessionmaker(engine, expire_on_commit=False), job_ids)
         finally:
             engine.dispose()
-        transactions = [t for t in recording if t.statements]
-        # A booking job commits twice: its running marker, then the booking with its outcome.
-        if len(transactions) != 2 * n:
-            raise SystemExit(f"expected two transactions per job, recorded {len(transactions)}")
-        mark_client_references(transactions)
-        path.write_bytes(pickle.dumps([transactions[2 * i : 2 * i + 2] for i in range(n)]))
+        path.write_bytes(pickle.dumps(by_job(recording, n)))
         yield Recording(str(path), replay_url, n)
     finally:
         path.unlink(missing_ok=True)

@@ -66,6 +66,16 @@ def record(engine: Engine) -> list[Transaction]:
     return recording
 
 
+def by_job(recording: list[Transaction], jobs: int) -> list[list[Transaction]]:
+    """The recording of `jobs` booking jobs run one after another, as each job's transactions (its running
+    marker, then the booking with its outcome), ready to replay (see `mark_client_references`)."""
+    transactions = [t for t in recording if t.statements]
+    if len(transactions) != 2 * jobs:
+        raise SystemExit(f"expected two transactions per job, recorded {len(transactions)}")
+    mark_client_references(transactions)
+    return [transactions[2 * i : 2 * i + 2] for i in range(jobs)]
+
+
 def mark_client_references(recording: list[Transaction]) -> None:
     """Note which statements send a new client's id, before replaying: a replay then rewrites only those
     and spends no time looking through the others' parameters."""
