@@ -30,7 +30,6 @@ from core.errors import (
     IllegalTransition,
     InvalidRequest,
     LimitReached,
-    NotFound,
     SlotUnavailable,
     TenantNotAllowed,
 )
@@ -571,10 +570,7 @@ _LOCK_APPOINTMENT = (
 
 
 def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointment:
-    try:
-        key = uuid.UUID(str(appointment_id))
-    except ValueError:
-        raise NotFound(f"Appointment {appointment_id} does not exist", code="appointment_not_found") from None
+    key = uow.id_of(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
     appointment = uow.session.scalar(_LOCK_APPOINTMENT, {"appointment_id": key})
     return uow.visible(
         Appointment, appointment_id, appointment, code="appointment_not_found", what="Appointment"

@@ -173,11 +173,17 @@ class UnitOfWork:
 
     def get(self, model: type[T], ident: Any, *, code: str = "not_found", what: str | None = None) -> T:
         """The row with this id in the current tenant, or NotFound (never another tenant's row)."""
+        key = self.id_of(model, ident, code=code, what=what)
+        return self.visible(model, ident, self.session.get(model, key), code=code, what=what)
+
+    def id_of(
+        self, model: type, ident: Any, *, code: str = "not_found", what: str | None = None
+    ) -> uuid.UUID:
+        """`ident` as a UUID, or NotFound as `get` raises it: a malformed id names no row."""
         try:
-            key = uuid.UUID(str(ident))
+            return uuid.UUID(str(ident))
         except ValueError:
             raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code) from None
-        return self.visible(model, ident, self.session.get(model, key), code=code, what=what)
 
     def visible(
         self, model: type[T], ident: Any, row: T | None, *, code: str = "not_found", what: str | None = None
