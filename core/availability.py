@@ -12,10 +12,11 @@ Two layers:
 Time rules (DESIGN §4). The slot grid is local wall-clock time in the tenant's zone, anchored at local
 midnight, one slot start every `slot_step_minutes`. A slot [start, start + duration) must lie inside the
 service's days and hours and inside a working window of every resource that serves it, both measured on the
-wall clock of the slot's local date; it must not overlap a block of those resources; and its occupied interval
-[start, start + duration + buffer) must leave room in each resource: the units of the active allocations
-overlapping it plus the units the service needs must not exceed the resource's capacity (NULL means 1). The
-buffer may run past closing time and over a block; it only keeps the next client away. A local time that does
+wall clock of the slot's local date (opening <= start < closing and end <= closing: on the night the
+clocks go back, an end can read earlier than its start); it must not overlap a block of those resources; and
+its occupied interval [start, start + duration + buffer) must leave room in each resource: the units of the
+active allocations overlapping it plus the units the service needs must not exceed the resource's capacity
+(NULL means 1). The buffer may run past closing time and over a block; it only keeps the next client away. A local time that does
 not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered once, at its first
 occurrence. Durations are real elapsed time. Intervals are half-open.
 
@@ -356,7 +357,9 @@ def _merge_open(spans: Iterable[Interval]) -> tuple[list[datetime], list[datetim
 
 
 def _inside(windows: list[tuple[timedelta, timedelta]], lo: timedelta, hi: timedelta) -> bool:
-    return any(w_lo <= lo and hi <= w_hi for w_lo, w_hi in windows)
+    # The start is checked against the closing time too: on the night the clocks go back, a slot's end can
+    # read earlier on the wall clock than its start (02:30 summer time + 30 minutes is 02:00 winter time).
+    return any(w_lo <= lo < w_hi and hi <= w_hi for w_lo, w_hi in windows)
 
 
 class _Forbidden:

@@ -1,0 +1,549 @@
+"""The availability planner against a slow oracle written from the module docstring of core/availability.py.
+
+The planner is fast because of shortcuts (a constant UTC offset per ordinary day, jumps over busy stretches,
+prefix sums for capacity, one candidate order per day). The oracle below has none of them: it walks every
+grid time of every local date and applies each rule of the docstring on its own, one allocation at a time.
+Hypothesis generates small calendars in zones with unusual offsets and DST shifts (30 minutes on Lord Howe
+Island, -03:30 in St John's, +05:45 in Kathmandu), mostly around the clock changes of 2027.
+
+Wall-clock convention (the docstring and `_Planner._wall_to_utc`): a slot's start and end are read on the
+wall clock of the slot's local date, as time since that date's midnight. The end is the wall-clock time of
+the instant start + duration, so it may pass 24:00 or, when the clocks go back during the slot, be earlier
+than the start. A slot lies inside a window [open, close] when open <= start < close and end <= close.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from core.availability import (
+    ResourceCalendar,
+    ResourceNeed,
+    ServiceCalendar,
+    ServiceRules,
+    Slot,
+    WorkingWindow,
+    compute_slots,
+    evaluate_slot,
+)
+from core.errors import InvalidRequest, SlotUnavailable
+
+ZERO = timedelta(0)
+ONE_DAY = timedelta(days=1)
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+SERVICE = uuid.UUID(int=100)
+
+ZONES = (
+    "Europe/Madrid",
+    "America/New_York",
+    "UTC",
+    "Australia/Lord_Howe",  # +10:30, +11:00 in the southern summer: a 30-minute shift
+    "Asia/Kathmandu",  # +05:45, no DST
+    "America/St_Johns",  # -03:30, -02:30 in summer
+)
+
+
+# --- the oracle ------------------------------------------------------------------------------------------
+
+
+def day_of_week(day: date) -> int:
+    """0 = Sunday ... 6 = Saturday, as in the docstring."""
+    return (day.weekday() + 1) % 7
+
+
+def first_instant(local: datetime, zone: ZoneInfo) -> datetime | None:
+    """The UTC instant of a naive local wall-clock time, its first occurrence; None when the clock skips it."""
+    instant = local.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if instant.astimezone(zone).replace(tzinfo=None) != local:
+        return None  # a spring-forward gap: the round trip lands elsewhere
+    return instant
+
+
+def clock(text: str) -> timedelta:
+    hours, minutes = text.split(":")
+    return timedelta(hours=int(hours), minutes=int(minutes))
+
+
+def since_midnight(value: time) -> timedelta:
+    return timedelta(hours=value.hour, minutes=value.minute, seconds=value.second)
+
+
+@functools.lru_cache(maxsize=1024)  # only for speed: the same resource and day come back per grid time
+def merged_windows(resource: ResourceCalendar, day: date) -> tuple[tuple[timedelta, timedelta], ...]:
+    """The resource's working windows on `day`, unioned pairwise until no two overlap or touch."""
+    spans = [
+        (since_midnight(w.start_time), since_midnight(w.end_time))
+        for w in resource.windows
+        if w.day_of_week == day_of_week(day)
+        and (w.effective_from is None or w.effective_from <= day)
+        and (w.effective_until is None or day <= w.effective_until)
+    ]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(spans)):
+            for j in range(i + 1, len(spans)):
+                (a, b), (c, d) = spans[i], spans[j]
+                if a <= d and c <= b:
+                    spans[i] = (min(a, c), max(b, d))
+                    del spans[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return tuple(spans)
+
+
+def inside(window: tuple[timedelta, timedelta], start_wall: timedelta, end_wall: timedelta) -> bool:
+    opens, closes = window
+    return opens <= start_wall < closes and end_wall <= closes
+
+
+def works(resource: ResourceCalendar, day: date, start_wall: timedelta, end_wall: timedelta) -> bool:
+    return any(inside(window, start_wall, end_wall) for window in merged_windows(resource, day))
+
+
+def has_room(
+    resource: ResourceCalendar, quantity: int, start: datetime, end: datetime, occupied_end: datetime
+) -> bool:
+    """No block overlaps [start, end); the allocations overlapping [start, occupied_end) leave `quantity`."""
+    if any(a < end and start < b for a, b in resource.blocks):
+        return False
+    used = sum(units for a, b, units in resource.allocations if a < occupied_end and start < b)
+    return used + quantity <= capacity(resource)
+
+
+def capacity(resource: ResourceCalendar) -> int:
+    return 1 if resource.capacity is None else resource.capacity
+
+
+def booked(resource: ResourceCalendar, day: date, zone: ZoneInfo) -> timedelta:
+    """Booked time of the allocations starting on the local date `day` (their buffer included, units not)."""
+    # In UTC: subtracting two datetimes of the same zone gives wall-clock time, not elapsed time.
+    return sum(
+        (
+            b.astimezone(UTC) - a.astimezone(UTC)
+            for a, b, _ in resource.allocations
+            if a.astimezone(zone).date() == day
+        ),
+        ZERO,
+    )
+
+
+def judge(
+    calendar: ServiceCalendar, now: datetime, start: datetime, resource_ids=()
+) -> tuple[tuple[uuid.UUID, ...] | None, set[str]]:
+    """For a grid start (first occurrence): the sorted ids serving it, or None and every reason it fails.
+
+    The reasons are the `SlotUnavailable` codes that evaluate_slot may plausibly give; all of them are
+    collected because the planner reports only the first it meets.
+    """
+    rules = calendar.rules
+    zone = ZoneInfo(calendar.timezone)
+    length = timedelta(minutes=rules.duration_minutes)
+    end = start + length
+    occupied_end = end + timedelta(minutes=rules.buffer_time_minutes)
+    local = start.astimezone(zone)
+    day = local.date()
+    midnight = datetime.combine(day, time())
+    start_wall = local.replace(tzinfo=None) - midnight
+    end_wall = end.astimezone(zone).replace(tzinfo=None) - midnight
+    reasons = set()
+
+    if start < now + timedelta(hours=rules.min_advance_booking_hours):
+        reasons.add("too_soon")
+    if rules.max_advance_booking_days is not None and start > now + timedelta(
+        days=rules.max_advance_booking_days
+    ):
+        reasons.add("too_far")
+    if rules.available_days is not None and day_of_week(day) not in rules.available_days:
+        reasons.add("outside_hours")
+    if rules.available_hours:
+        hours = (clock(rules.available_hours["start"]), clock(rules.available_hours["end"]))
+        if not inside(hours, start_wall, end_wall):
+            reasons.add("outside_hours")
+    if not calendar.needs:
+        reasons.add("outside_hours")
+
+    # A needed resource without a calendar has no working hours.
+    by_id = {r.resource_id: r for r in calendar.resources}
+    calendar_of = {
+        n.resource_id: by_id.get(n.resource_id, ResourceCalendar(n.resource_id)) for n in calendar.needs
+    }
+    for need in calendar.needs:
+        if need.is_required:
+            resource = calendar_of[need.resource_id]
+            if not works(resource, day, start_wall, end_wall):
+                reasons.add("outside_hours")
+            if not has_room(resource, need.quantity, start, end, occupied_end):
+                reasons.add("slot_taken")
+                if need.quantity > capacity(resource):
+                    reasons.add("outside_hours")  # the planner treats such a service as never bookable
+
+    # One interchangeable candidate serves the slot: the client's choice if any, else the first in order of
+    # preference, fewest minutes booked that day, id, among those on duty and free.
+    candidates = [n for n in calendar.needs if not n.is_required]
+    chosen = [n for n in candidates if n.resource_id in set(resource_ids)]
+    if chosen:
+        candidates = chosen
+    serving = None
+    if candidates:
+        candidates.sort(
+            key=lambda n: (n.preference_order, booked(calendar_of[n.resource_id], day, zone), n.resource_id)
+        )
+        on_duty = [n for n in candidates if works(calendar_of[n.resource_id], day, start_wall, end_wall)]
+        free = [
+            n for n in on_duty if has_room(calendar_of[n.resource_id], n.quantity, start, end, occupied_end)
+        ]
+        if not on_duty:
+            reasons.add("outside_hours")
+        elif not free:
+            reasons.add("slot_taken")
+        else:
+            serving = free[0].resource_id
+
+    if reasons:
+        return None, reasons
+    ids = [n.resource_id for n in calendar.needs if n.is_required]
+    if serving is not None:
+        ids.append(serving)
+    return tuple(sorted(ids)), reasons
+
+
+def grid(calendar: ServiceCalendar, date_from: date, date_to: date) -> list[datetime]:
+    """Every grid time of the local dates that exists on the clock, as its first UTC instant, in time order."""
+    zone = ZoneInfo(calendar.timezone)
+    step = timedelta(minutes=calendar.rules.slot_step_minutes)
+    starts = []
+    day = date_from
+    while day <= date_to:
+        midnight = datetime.combine(day, time())
+        wall = ZERO
+        while wall < ONE_DAY:
+            instant = first_instant(midnight + wall, zone)
+            if instant is not None:
+                starts.append(instant)
+            wall += step
+        day += ONE_DAY
+    return sorted(starts)
+
+
+def oracle_slots(
+    calendar: ServiceCalendar, now: datetime, date_from: date, date_to: date, resource_ids=()
+) -> list[Slot]:
+    length = timedelta(minutes=calendar.rules.duration_minutes)
+    slots = []
+    for start in grid(calendar, date_from, date_to):
+        ids, _ = judge(calendar, now, start, resource_ids)
+        if ids is not None:
+            slots.append(Slot(start, start + length, ids))
+    return slots
+
+
+# --- generated calendars ---------------------------------------------------------------------------------
+
+
+def clock_changes(zone_name: str, year: int = 2027) -> list[date]:
+    """The local dates of `year` whose UTC offset at midnight differs from the next midnight's."""
+    zone = ZoneInfo(zone_name)
+    day, found = date(year, 1, 1), []
+    while day.year == year:
+        here = datetime.combine(day, time(), tzinfo=zone).utcoffset()
+        if here != datetime.combine(day + ONE_DAY, time(), tzinfo=zone).utcoffset():
+            found.append(day)
+        day += ONE_DAY
+    return found
+
+
+CLOCK_CHANGES = {name: clock_changes(name) for name in ZONES}
+ORDINARY_DAYS = (date(2027, 3, 1), date(2027, 6, 16), date(2027, 9, 3), date(2027, 12, 30))
+
+
+def local_midnight_utc(day: date, zone_name: str) -> datetime:
+    return datetime.combine(day, time(), tzinfo=ZoneInfo(zone_name)).astimezone(UTC)
+
+
+def hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+LAST_MINUTE = 24 * 60 - 1  # a schedule's end_time is a time of day: 23:59 at the latest
+# Minutes of the day: any, the half hours (where shifts usually change), the small hours (where clocks change).
+MINUTES = st.integers(0, LAST_MINUTE) | st.integers(0, 47).map(lambda k: 30 * k) | st.integers(50, 200)
+SHAPES = st.sampled_from(["long", "night", "small hours", "any"])
+QUARTER = st.integers(0, 3)  # a one-in-four choice; the rarer variant is always 3, so that examples shrink
+DURATIONS = st.sampled_from([15, 30, 45, 60, 90]) | st.integers(5, 180)
+BUFFERS = st.sampled_from([0, 5, 15]) | st.integers(0, 30)
+MIN_ADVANCE = st.sampled_from([0, 1, 2]) | st.integers(0, 48)
+STEPS = st.sampled_from([5, 10, 15, 20, 30, 45, 60])
+QUANTITIES = st.sampled_from([1, 1, 1, 2])
+CAPACITIES = st.sampled_from([None, 1, 2, 3])
+SERVICE_DAYS = st.sets(st.integers(0, 6), min_size=1).map(lambda s: tuple(sorted(s)))
+LENGTHS = st.sampled_from([15, 30, 60]) | st.integers(1, 240)
+
+
+@st.composite
+def window_spans(draw) -> tuple[int, int]:
+    """A window as two minutes of the day, the end after the start (the schedules' CHECK)."""
+    shape = draw(SHAPES)
+    if shape == "long":  # most of the day: many slots, so that the other rules get a chance to bite
+        start = draw(st.integers(0, 12 * 60))
+        return start, draw(st.integers(max(start + 60, 12 * 60), LAST_MINUTE))
+    if shape == "night":  # from before the clock change to the evening
+        return draw(st.integers(0, 150)), draw(st.integers(151, LAST_MINUTE))
+    if shape == "small hours":  # both ends near the clock changes (01:00-03:30 local in these zones)
+        a, b = draw(st.integers(0, 240)), draw(st.integers(0, 240))
+    else:
+        a, b = draw(MINUTES), draw(MINUTES)
+    if a == b:
+        b = a + 1 if a < LAST_MINUTE else a - 1
+    return min(a, b), max(a, b)
+
+
+@st.composite
+def around(draw, shift: tuple[int, int]) -> tuple[int, int]:
+    """The scenario's usual shift, often moved a little at either end (so that the resources' hours meet)."""
+    start, end = shift
+    if draw(st.booleans()):
+        start = max(0, start + draw(st.integers(-90, 90)))
+        end = min(LAST_MINUTE, end + draw(st.integers(-90, 90)))
+    return (start, end) if start < end else shift
+
+
+@st.composite
+def working_windows(draw, date_from: date, days: int, shift: tuple[int, int]) -> tuple[WorkingWindow, ...]:
+    out = []
+    for k in range(draw(st.integers(1, 3))):
+        start, end = draw(around(shift)) if k == 0 and draw(QUARTER) < 3 else draw(window_spans())
+        # Every day of the week, or one day: mostly one of the range's one to four days.
+        week = tuple(range(7))
+        if draw(st.booleans()):
+            week = (day_of_week(date_from + timedelta(days=draw(st.integers(0, days)))),)
+        effective = {}
+        if draw(QUARTER) == 3:
+            near = st.none() | st.integers(-1, days).map(lambda k: date_from + timedelta(days=k))
+            effective = {"effective_from": draw(near), "effective_until": draw(near)}
+        spans = [(start, end)]
+        if end < LAST_MINUTE and draw(st.booleans()):
+            # A second window touching or overlapping the first: the docstring merges them into one shift.
+            spans.append((draw(st.integers(start + 1, end)), draw(st.integers(end + 1, LAST_MINUTE))))
+        for lo, hi in spans:
+            start_time, end_time = time(lo // 60, lo % 60), time(hi // 60, hi % 60)
+            out += [WorkingWindow(d, start_time, end_time, **effective) for d in week]
+    return tuple(out)
+
+
+@st.composite
+def resource_calendars(
+    draw, resource_id: uuid.UUID, zone_name: str, date_from: date, days: int, shift: tuple[int, int]
+) -> ResourceCalendar:
+    # Blocks and allocations from half a day before the range to half a day after it, at any minute or on
+    # the quarter hours (so that some touch a slot exactly).
+    base = local_midnight_utc(date_from, zone_name) - timedelta(hours=12)
+    span = (days + 1) * 24 * 60
+    offsets = st.integers(0, span) | st.integers(0, span // 15).map(lambda k: 15 * k)
+    blocks = []
+    for _ in range(draw(st.integers(0, 2))):
+        start = base + timedelta(minutes=draw(offsets))
+        blocks.append((start, start + timedelta(minutes=draw(LENGTHS))))
+    allocations = []
+    for _ in range(draw(st.integers(0, 5))):
+        start = base + timedelta(minutes=draw(offsets))
+        allocations.append((start, start + timedelta(minutes=draw(LENGTHS)), draw(st.integers(1, 3))))
+    # Aware datetimes, in UTC or in the tenant's zone: the docstring does not say which.
+    zone = draw(st.sampled_from([UTC, ZoneInfo(zone_name)]))
+    return ResourceCalendar(
+        resource_id,
+        capacity=draw(CAPACITIES),
+        windows=draw(working_windows(date_from, days, shift)),
+        blocks=tuple((a.astimezone(zone), b.astimezone(zone)) for a, b in blocks),
+        allocations=tuple((a.astimezone(zone), b.astimezone(zone), units) for a, b, units in allocations),
+    )
+
+
+@st.composite
+def service_rules(draw, shift: tuple[int, int]) -> ServiceRules:
+    hours = None
+    if draw(QUARTER) == 3:
+        opens, closes = draw(around(shift)) if draw(st.booleans()) else draw(window_spans())
+        hours = {"start": hhmm(opens), "end": "24:00" if draw(st.booleans()) else hhmm(closes)}
+    return ServiceRules(
+        duration_minutes=draw(DURATIONS),
+        buffer_time_minutes=draw(BUFFERS),
+        available_days=draw(SERVICE_DAYS) if draw(QUARTER) == 3 else None,
+        available_hours=hours,
+        min_advance_booking_hours=draw(MIN_ADVANCE),
+        max_advance_booking_days=draw(st.integers(0, 5)) if draw(QUARTER) == 3 else None,
+        slot_step_minutes=draw(STEPS),
+    )
+
+
+@st.composite
+def scenarios(draw) -> tuple[ServiceCalendar, datetime, date, date]:
+    """A calendar, the current time, and the local dates asked for."""
+    zone_name = draw(st.sampled_from(ZONES))
+    changes = CLOCK_CHANGES[zone_name]
+    # Mostly a clock change in the range; ordinary days for the zones without any, and now and then.
+    anchor = draw(st.sampled_from(changes or ORDINARY_DAYS) | st.sampled_from(changes + list(ORDINARY_DAYS)))
+    days = draw(st.integers(1, 4))
+    # Mostly a range that contains the anchor, now and then one that ends just before it or starts after.
+    date_from = anchor - timedelta(days=draw(st.integers(0, days - 1) | st.integers(-1, days)))
+    date_to = date_from + timedelta(days=days - 1)
+
+    shift = draw(window_spans())
+    # Ids dealt at random, so that "the lowest id" is not always the first need.
+    ids = [uuid.UUID(int=n) for n in draw(st.permutations(range(1, 6)))]
+    needs = [ResourceNeed(ids.pop(), quantity=draw(QUANTITIES)) for _ in range(draw(st.integers(1, 2)))]
+    for _ in range(draw(st.integers(0, 3))):
+        preference = draw(st.integers(0, 2))
+        needs.append(
+            ResourceNeed(ids.pop(), draw(QUANTITIES), is_required=False, preference_order=preference)
+        )
+    needs = draw(st.permutations(needs))
+    # Now and then a needed resource has no calendar at all (inactive, or never scheduled).
+    resources = tuple(
+        draw(resource_calendars(need.resource_id, zone_name, date_from, days, shift))
+        for need in needs
+        if draw(st.integers(0, 19)) < 19
+    )
+    calendar = ServiceCalendar(SERVICE, zone_name, draw(service_rules(shift)), tuple(needs), resources)
+    now = LONG_AGO
+    if draw(st.booleans()):  # some time from three days before the range to its last day
+        minutes = draw(st.integers(-3 * 24 * 60, days * 24 * 60))
+        now = local_midnight_utc(date_from, zone_name) + timedelta(minutes=minutes)
+    return calendar, now, date_from, date_to
+
+
+def oracle_settings(examples: int) -> settings:
+    # Derandomized, so that CI sees the same examples every run; no example database in the working tree.
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+
+
+# --- the discrepancies found, as plain examples ---------------------------------------------------------
+# Madrid falls back on Sunday 2027-10-31: 03:00 CEST becomes 02:00 CET. A 30-minute slot at 02:30 CEST
+# (00:30 UTC) ends at 03:00 CEST, which the wall clock shows as 02:00: its wall-clock end precedes its start.
+
+MADRID = "Europe/Madrid"
+FALL_BACK = date(2027, 10, 31)
+AT_0230_CEST = datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
+CHAIR, STYLIST = uuid.UUID(int=1), uuid.UUID(int=2)
+NIGHT_RULES = ServiceRules(duration_minutes=30, available_days=None, slot_step_minutes=30)
+
+
+def sunday(start: str, end: str) -> tuple[WorkingWindow, ...]:
+    return (WorkingWindow(0, time.fromisoformat(start), time.fromisoformat(end)),)
+
+
+# The only (required) stylist works 02:00-02:20.
+STYLIST_UNTIL_0220 = ServiceCalendar(
+    SERVICE,
+    MADRID,
+    NIGHT_RULES,
+    (ResourceNeed(STYLIST),),
+    (ResourceCalendar(STYLIST, windows=sunday("02:00", "02:20")),),
+)
+# A required chair open 00:00-06:00, and one interchangeable stylist who works 02:00-02:20.
+CANDIDATE_UNTIL_0220 = ServiceCalendar(
+    SERVICE,
+    MADRID,
+    NIGHT_RULES,
+    (ResourceNeed(CHAIR), ResourceNeed(STYLIST, is_required=False)),
+    (
+        ResourceCalendar(CHAIR, windows=sunday("00:00", "06:00")),
+        ResourceCalendar(STYLIST, windows=sunday("02:00", "02:20")),
+    ),
+)
+
+
+def test_evaluate_slot_refuses_a_start_after_closing_when_the_clocks_go_back():
+    assert compute_slots(STYLIST_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK) == []
+    with pytest.raises(SlotUnavailable) as refused:
+        evaluate_slot(STYLIST_UNTIL_0220, AT_0230_CEST, LONG_AGO)
+    assert refused.value.code == "outside_hours"
+
+
+def test_a_candidate_does_not_serve_a_slot_starting_after_its_shift_when_the_clocks_go_back():
+    assert compute_slots(CANDIDATE_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK) == []
+    with pytest.raises(SlotUnavailable) as refused:
+        evaluate_slot(CANDIDATE_UNTIL_0220, AT_0230_CEST, LONG_AGO)
+    assert refused.value.code == "outside_hours"
+
+
+# --- the properties --------------------------------------------------------------------------------------
+
+
+@oracle_settings(120)
+@given(scenarios())
+@example((CANDIDATE_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK))
+def test_compute_slots_equals_the_oracle(scenario):
+    calendar, now, date_from, date_to = scenario
+    assert compute_slots(calendar, now, date_from, date_to) == oracle_slots(calendar, now, date_from, date_to)
+
+
+@oracle_settings(50)
+@given(scenarios(), st.randoms(use_true_random=False))
+@example((STYLIST_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK), random.Random(0))
+def test_evaluate_slot_agrees_with_compute_slots(scenario, rng):
+    calendar, now, date_from, date_to = scenario
+    zone = ZoneInfo(calendar.timezone)
+    offered = {slot.start: slot for slot in compute_slots(calendar, now, date_from, date_to)}
+    for slot in offered.values():
+        assert evaluate_slot(calendar, slot.start, now) == slot
+
+    # The grid times just before and after each run of offered slots (where an off-by-one shows), and a
+    # sample of the others (all of them on a one-day grid with a step of 30 minutes or more), are refused
+    # with a reason the oracle agrees with.
+    starts = grid(calendar, date_from, date_to)
+    edges = {
+        starts[j]
+        for i, start in enumerate(starts)
+        if start in offered
+        for j in (i - 1, i + 1)
+        if 0 <= j < len(starts) and starts[j] not in offered
+    }
+    others = [start for start in starts if start not in offered and start not in edges]
+    for start in sorted(edges) + rng.sample(others, min(50, len(others))):
+        with pytest.raises((InvalidRequest, SlotUnavailable)) as refused:
+            evaluate_slot(calendar, start, now)
+        _, reasons = judge(calendar, now, start)
+        assert refused.value.code in reasons, (start.astimezone(zone), refused.value.code, reasons)
+
+    for start in starts:
+        # The second pass through a fall-back hour is never offered, and refused as such.
+        second = start.astimezone(zone).replace(fold=1).astimezone(UTC)
+        if second != start:
+            with pytest.raises(InvalidRequest) as repeated:
+                evaluate_slot(calendar, second, now)
+            assert repeated.value.code == "repeated_time"
+    # A minute off the grid is refused as such (every step is at least five minutes).
+    for start in list(offered)[:5]:
+        with pytest.raises(InvalidRequest) as off:
+            evaluate_slot(calendar, start + timedelta(minutes=1), now)
+        assert off.value.code == "off_grid"
+
+
+@oracle_settings(80)
+@given(scenarios(), st.integers(0, 2))
+@example((CANDIDATE_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK), 0)
+def test_a_chosen_resource_restricts_the_slots_as_the_oracle_says(scenario, pick):
+    calendar, now, date_from, date_to = scenario
+    # One candidate, the client's choice; without candidates a required resource (no restriction at all).
+    candidates = [n.resource_id for n in calendar.needs if not n.is_required]
+    choices = candidates or [n.resource_id for n in calendar.needs]
+    choice = choices[pick % len(choices)]
+    expected = oracle_slots(calendar, now, date_from, date_to, [choice])
+    assert compute_slots(calendar, now, date_from, date_to, [choice]) == expected
