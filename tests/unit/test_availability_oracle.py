@@ -5,6 +5,8 @@ prefix sums for capacity, one candidate order per day). The oracle below has non
 grid time of every local date and applies each rule of the docstring on its own, one allocation at a time.
 Hypothesis generates small calendars in zones with unusual offsets and DST shifts (30 minutes on Lord Howe
 Island, -03:30 in St John's, +05:45 in Kathmandu), mostly around the clock changes of 2027.
+Recurring blocks (`expand_block`, which skips whole periods of an old rule) are checked against every
+occurrence walked from the first.
 
 Wall-clock convention (the docstring and `_Planner._wall_to_utc`): a slot's start and end are read on the
 wall clock of the slot's local date, as time since that date's midnight. The end is the wall-clock time of
@@ -21,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from dateutil.rrule import rrulestr
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +36,7 @@ from core.availability import (
     WorkingWindow,
     compute_slots,
     evaluate_slot,
+    expand_block,
 )
 from core.errors import InvalidRequest, SlotUnavailable
 
@@ -547,3 +551,59 @@ def test_a_chosen_resource_restricts_the_slots_as_the_oracle_says(scenario, pick
     choice = choices[pick % len(choices)]
     expected = oracle_slots(calendar, now, date_from, date_to, [choice])
     assert compute_slots(calendar, now, date_from, date_to, [choice]) == expected
+
+
+# --- recurring blocks ------------------------------------------------------------------------------------
+
+
+def plain_occurrences(
+    start: datetime, end: datetime, rule: str, zone: ZoneInfo, window_start: datetime, window_end: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Every occurrence walked from the first, with an aware local start: dateutil then steps the wall clock
+    and compares a UTC UNTIL as an instant. No skipping ahead, no widened search."""
+    length = end - start
+    starts = {start}  # RFC 5545: the first occurrence counts even when the rule does not match it
+    for occurrence in rrulestr(rule, dtstart=start.astimezone(zone)):
+        if occurrence.astimezone(UTC) >= window_end + ONE_DAY:
+            break  # wall-clock order is UTC order give or take a clock change
+        starts.add(occurrence.astimezone(UTC))
+    return [(s, s + length) for s in sorted(starts) if s < window_end and s + length > window_start]
+
+
+WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+
+
+@st.composite
+def recurring_blocks(draw) -> tuple[datetime, datetime, str, ZoneInfo, datetime, datetime]:
+    zone_name = draw(st.sampled_from(ZONES))
+    zone = ZoneInfo(zone_name)
+    anchor = draw(st.sampled_from(CLOCK_CHANGES[zone_name] or ORDINARY_DAYS))
+    window_start = local_midnight_utc(anchor - timedelta(days=draw(st.integers(0, 2))), zone_name)
+    window_end = window_start + timedelta(days=draw(st.integers(1, 4)))
+    # The first occurrence from years before the window (where the planner skips whole periods) to inside it.
+    first_day = anchor - timedelta(days=draw(st.integers(-2, 3 * 365)))
+    first_minute = draw(st.integers(0, 24 * 60 - 1) | st.sampled_from([60, 90, 120, 150, 180]))
+    start = datetime.combine(first_day, time(first_minute // 60, first_minute % 60), tzinfo=zone)
+    start = start.astimezone(UTC)
+    end = start + timedelta(minutes=draw(LENGTHS))
+    parts = [f"FREQ={draw(st.sampled_from(['DAILY', 'WEEKLY', 'MONTHLY']))}"]
+    if draw(st.booleans()):
+        parts.append(f"INTERVAL={draw(st.integers(1, 3))}")
+    if draw(st.booleans()):
+        days = draw(st.sets(st.sampled_from(WEEKDAYS), min_size=1, max_size=3))
+        parts.append("BYDAY=" + ",".join(sorted(days, key=WEEKDAYS.index)))
+    ending = draw(st.sampled_from(["none", "count", "until"]))
+    if ending == "count":
+        parts.append(f"COUNT={draw(st.integers(1, 2000))}")
+    elif ending == "until":
+        until = window_start + timedelta(minutes=draw(st.integers(-24 * 60, 5 * 24 * 60)))
+        parts.append(f"UNTIL={until:%Y%m%dT%H%M%S}Z")
+    return start, end, "RRULE:" + ";".join(parts), zone, window_start, window_end
+
+
+@oracle_settings(150)
+@given(recurring_blocks())
+def test_expand_block_equals_every_occurrence_walked_from_the_first(block):
+    start, end, rule, zone, window_start, window_end = block
+    expected = plain_occurrences(start, end, rule, zone, window_start, window_end)
+    assert expand_block(start, end, rule, zone, window_start, window_end) == expected
