@@ -18,7 +18,8 @@ its occupied interval [start, start + duration + buffer) must leave room in each
 active allocations overlapping it plus the units the service needs must not exceed the resource's capacity
 (NULL means 1). The buffer may run past closing time and over a block; it only keeps the next client away. A local time that does
 not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered once, at its first
-occurrence. Durations are real elapsed time. Intervals are half-open.
+occurrence. A slot starts after `now`, and at least `min_advance_booking_hours` after it. Durations are real
+elapsed time. Intervals are half-open.
 
 Resources (DESIGN §5). Every `service_resources` row with `is_required` is needed; the rows without it are
 interchangeable candidates, one of which serves the slot: the client's choice when given, else the lowest
@@ -498,7 +499,11 @@ class _Planner:
         self.hours = (
             [(_parse_clock(hours["start"]), _parse_clock(hours["end"]))] if hours else [(ZERO, ONE_DAY)]
         )
-        self.earliest = now + timedelta(hours=rules.min_advance_booking_hours or 0)
+        # Strictly after now, even without notice: a slot starting at this instant is past by the time anybody
+        # books it, and the booking refuses it (start_in_past).
+        self.earliest = max(
+            now + timedelta(microseconds=1), now + timedelta(hours=rules.min_advance_booking_hours or 0)
+        )
         max_days = rules.max_advance_booking_days
         self.latest = None if max_days is None else now + timedelta(days=max_days)
 

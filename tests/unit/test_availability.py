@@ -543,6 +543,17 @@ def test_min_and_max_advance():
     )
 
 
+def test_without_notice_a_slot_starting_now_is_not_offered():
+    # Past by the time anybody books it: the booking refuses a start at `now` (start_in_past), so neither
+    # the list nor an alternative may offer it.
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"))
+    now = at(MADRID, 2027, 3, 1, 10)
+    cal = calendar([stylist], min_advance_booking_hours=0)
+    assert local_starts(compute_slots(cal, now, MONDAY, MONDAY))[0] == "10:15"
+    assert reason(cal, now, now) == "too_soon"
+    assert local_starts(nearest_slots(cal, now, now, 1, MONDAY, MONDAY)) == ["10:15"]
+
+
 # --- check_slot reasons, and agreement with the slot list --------------------------------------------------
 
 

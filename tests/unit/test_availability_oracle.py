@@ -162,7 +162,8 @@ def judge(
     end_wall = end.astimezone(zone).replace(tzinfo=None) - midnight
     reasons = set()
 
-    if start < now + timedelta(hours=rules.min_advance_booking_hours):
+    # A start at `now` itself is past by the time anybody books it.
+    if start <= now or start < now + timedelta(hours=rules.min_advance_booking_hours):
         reasons.add("too_soon")
     if rules.max_advance_booking_days is not None and start > now + timedelta(
         days=rules.max_advance_booking_days
