@@ -262,6 +262,13 @@ def _candidates(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, Candidate]
     }
 
 
+def _in_utc(start: datetime) -> datetime:
+    # The same instant in UTC, where adding a duration adds elapsed time: on a datetime in a zone like
+    # Europe/Madrid, Python adds wall-clock time, an hour off across a clock change. Checked starts only
+    # (they carry an offset).
+    return start.astimezone(UTC)
+
+
 def _check_on_grid(tenant: Tenant, start: datetime) -> None:
     if start.tzinfo is None:
         raise InvalidRequest(
@@ -288,16 +295,17 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
 
 def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
     tenant, service, limit, candidates = _checked(uow, request, now)
+    start = _in_utc(request.start)
     # A full month is refused before any work; the count that decides comes last (below).
-    _enforce_monthly_limit(uow, tenant, limit, request.start)
-    client, new_client = clients.for_booking(uow, tenant, request.client, request.start)
+    _enforce_monthly_limit(uow, tenant, limit, start)
+    client, new_client = clients.for_booking(uow, tenant, request.client, start)
     appointment = _insert_with_new_reference(
         uow,
         tenant_id=tenant.id,
         service_id=service.id,
         client_id=client.id,
-        scheduled_start=request.start,
-        scheduled_end=request.start + timedelta(minutes=service.duration_minutes),
+        scheduled_start=start,
+        scheduled_end=start + timedelta(minutes=service.duration_minutes),
         status="scheduled" if service.requires_confirmation else "confirmed",
         status_changed_at=now,
         booking_method=request.booking_method,
@@ -308,12 +316,12 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     # Everything that does not need the resources happens before they are taken, so that a booking
     # competing for the same stylist waits only on the check and the insert. A taken slot rolls it all back.
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_confirmed")
-    slot = _allocate(uow, service, appointment, request.start, now, request.resource_ids, candidates)
+    slot = _allocate(uow, service, appointment, start, now, request.resource_ids, candidates)
     # Last, as what they lock (the client's row, the tenant's count) is then held only for the commit: the
     # same person's or, on a limited plan, the same business's next booking waits for that, not for all of this.
     if not new_client:
-        clients.count_booking(uow, client, request.start)
-    _enforce_monthly_limit(uow, tenant, limit, request.start, besides=appointment.id, lock=True)
+        clients.count_booking(uow, client, start)
+    _enforce_monthly_limit(uow, tenant, limit, start, besides=appointment.id, lock=True)
     return _booked(appointment, slot.resource_ids, tenant)
 
 
@@ -618,6 +626,7 @@ def reschedule(
     service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, "reschedule")
     candidates = _checked_slot(uow, tenant, service, new_start, now, resource_ids)
+    new_start = _in_utc(new_start)
     limit = _plan_limit(uow, tenant)
     _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
     previous_start = appointment.scheduled_start
