@@ -684,6 +684,15 @@ def _change_status(
         raise IllegalTransition(
             f"A {appointment.status} appointment cannot become {new_status}.", code="illegal_status_change"
         )
+    # A no-show or a completion recorded ahead of time, by mistake, would free the resources of an
+    # appointment that is still to come. One already started may end early.
+    written_off = new_status in ("no_show", "completed") and appointment.status != "in_progress"
+    if written_off and now < appointment.scheduled_start:
+        raise IllegalTransition(
+            f"The appointment starts at {appointment.scheduled_start.isoformat()}: it cannot be"
+            f" {'marked as a no-show' if new_status == 'no_show' else 'completed'} before then.",
+            code="not_due_yet",
+        )
     appointment.status = new_status
     appointment.status_changed_at = now
     appointment.status_changed_by = uow.user_id

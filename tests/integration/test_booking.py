@@ -334,6 +334,22 @@ def test_no_show_releases_the_resources(db, salon):
     assert not allocations(db, booked.appointment_id, active=True)
 
 
+def test_an_appointment_to_come_is_not_written_off_as_a_no_show_or_completed(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    for change in (booking.mark_no_show, booking.complete):
+        with pytest.raises(IllegalTransition) as early, UnitOfWork(salon.tenant.id) as uow:
+            change(uow, booked.appointment_id, salon.at(DAY, "09:59"))
+        assert early.value.code == "not_due_yet"
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    assert appointment.status == "confirmed"
+    assert len(allocations(db, booked.appointment_id, active=True)) == len(booked.resource_ids)
+    # Started early, it may end early.
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.start(uow, booked.appointment_id, salon.at(DAY, "09:50"))
+        assert booking.complete(uow, booked.appointment_id, salon.at(DAY, "09:58")).status == "completed"
+
+
 def test_the_exclusion_constraint_is_the_last_word_when_a_check_is_wrong(db, salon, monkeypatch):
     first = book(salon, request(salon, "10:00"))
 
