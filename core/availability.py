@@ -16,10 +16,10 @@ wall clock of the slot's local date (opening <= start < closing and end <= closi
 clocks go back, an end can read earlier than its start); it must not overlap a block of those resources; and
 its occupied interval [start, start + duration + buffer) must leave room in each resource: the units of the
 active allocations overlapping it plus the units the service needs must not exceed the resource's capacity
-(NULL means 1). The buffer may run past closing time and over a block; it only keeps the next client away. A local time that does
-not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered once, at its first
-occurrence. A slot starts after `now`, and at least `min_advance_booking_hours` after it. Durations are real
-elapsed time. Intervals are half-open.
+(NULL means 1). The buffer may run past closing time and over a block; it only keeps the next client away.
+A local time that does not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered
+once, at its first occurrence. A slot starts after `now`, and at least `min_advance_booking_hours` after it.
+Durations are real elapsed time. Intervals are half-open.
 
 Resources (DESIGN §5). Every `service_resources` row with `is_required` is needed; the rows without it are
 interchangeable candidates, one of which serves the slot: the client's choice when given, else the lowest
