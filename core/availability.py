@@ -18,8 +18,11 @@ its occupied interval [start, start + duration + buffer) must leave room in each
 active allocations overlapping it plus the units the service needs must not exceed the resource's capacity
 (NULL means 1). The buffer may run past closing time and over a block; it only keeps the next client away.
 A local time that does not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered
-once, at its first occurrence. A slot starts after `now`, and at least `min_advance_booking_hours` after it.
-Durations are real elapsed time. Intervals are half-open.
+once, at its first occurrence. A window may close at 24:00 (see `WorkingWindow`): the instant the next local
+date begins, on the nights the clocks change too (where they skip midnight, that date begins at 01:00). A slot
+does not straddle midnight: a shift running past it is two windows (20:00-24:00, and 00:00-02:00 on the next
+day), and a slot must fit in one of them. A slot starts after `now`, and at least `min_advance_booking_hours`
+after it. Durations are real elapsed time. Intervals are half-open.
 
 Resources (DESIGN §5). Every `service_resources` row with `is_required` is needed; the rows without it are
 interchangeable candidates, one of which serves the slot: the client's choice when given, else the lowest
@@ -55,9 +58,11 @@ from sqlalchemy import (
     Time,
     Uuid,
     bindparam,
+    case,
     cast,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -137,7 +142,11 @@ class ResourceNeed:
 
 @dataclass(frozen=True)
 class WorkingWindow:
-    """One `resource_schedules` row: a local wall-clock window on one day of the week."""
+    """One `resource_schedules` row: a local wall-clock window on one day of the week.
+
+    An `end_time` of 00:00 is 24:00, the end of the day: the column stores a shift ending at midnight as
+    24:00 (its CHECK wants the end after the start), which psycopg cannot load, so it is read as 00:00.
+    """
 
     day_of_week: int  # 0 = Sunday ... 6 = Saturday
     start_time: time
@@ -402,7 +411,7 @@ class _Resource:
                 w.effective_from,
                 w.effective_until,
                 _since_midnight(w.start_time),
-                _since_midnight(w.end_time),
+                _since_midnight(w.end_time) or ONE_DAY,  # no window ends at 00:00: that is 24:00
             )
             for w in calendar.windows
         ]
@@ -464,13 +473,15 @@ class _Resource:
 
 
 class _Day:
-    """One local date: its midnight, and its UTC offset when that does not change within reach of a slot."""
+    """One local date: its midnight, the instant it ends, and its UTC offset when that does not change within
+    reach of a slot."""
 
-    __slots__ = ("day", "midnight", "utc_midnight")
+    __slots__ = ("day", "midnight", "ends", "utc_midnight")
 
     def __init__(self, day: date, tz: ZoneInfo, length: timedelta):
         self.day = day
         self.midnight = datetime.combine(day, time())
+        self.ends = local_midnight(day + ONE_DAY, tz)
         offsets = {(self.midnight + k * ONE_DAY).replace(tzinfo=tz).utcoffset() for k in range(3)}
         # With one offset from this midnight to two days later, wall clock and UTC differ by a constant for
         # every slot of the day; otherwise (a DST change, or a slot longer than a day) convert each time.
@@ -585,7 +596,11 @@ class _Planner:
         start = local.replace(tzinfo=self.tz).astimezone(UTC)  # fold=0: the first occurrence
         if start.astimezone(self.tz).replace(tzinfo=None) != local:
             return None  # the clock jumped over this time
-        end_local = (start + self.length).astimezone(self.tz).replace(tzinfo=None)
+        end = start + self.length
+        if end == day.ends:
+            # 24:00, also where the clocks skip the next midnight (its wall clock then shows 01:00).
+            return start, ONE_DAY
+        end_local = end.astimezone(self.tz).replace(tzinfo=None)
         return start, end_local - day.midnight
 
     def _serve(
@@ -933,13 +948,17 @@ def _calendar_statement() -> CompoundSelect:
         flag_2=linked.c.usable,
     ).select_from(linked)
 
+    # A shift ending at midnight is stored as 24:00, which psycopg cannot load: read as 00:00 (WorkingWindow).
+    end_time = ResourceSchedule.end_time
     windows = (
         _part(
             "window",
             resource_id=ResourceSchedule.resource_id,
             number_1=ResourceSchedule.day_of_week,
             clock_1=ResourceSchedule.start_time,
-            clock_2=ResourceSchedule.end_time,
+            clock_2=case(
+                (end_time == literal_column("TIME '24:00'"), literal_column("TIME '00:00'")), else_=end_time
+            ),
             day_1=ResourceSchedule.effective_from,
             day_2=ResourceSchedule.effective_until,
         )

@@ -1,7 +1,8 @@
 """The pure availability layer on fixed data: no database.
 
 Dates: 2027-03-01 is a Monday. Europe/Madrid springs forward on 2027-03-28 (02:00 -> 03:00) and falls back
-on 2027-10-31 (03:00 -> 02:00); America/New_York on 2027-03-14 (02:00 -> 03:00) and 2027-11-07 (02:00 -> 01:00).
+on 2027-10-31 (03:00 -> 02:00); America/New_York on 2027-03-14 (02:00 -> 03:00) and 2027-11-07 (02:00 -> 01:00);
+America/Santiago springs forward at the end of Saturday 2027-09-04 (24:00 -> Sunday 01:00).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from core.errors import InvalidRequest, SlotUnavailable
 
 MADRID = "Europe/Madrid"
 NEW_YORK = "America/New_York"
+SANTIAGO = "America/Santiago"
 SERVICE = uuid.UUID(int=100)
 STYLIST = uuid.UUID(int=1)
 STYLIST_2 = uuid.UUID(int=2)
@@ -47,9 +49,9 @@ def at(tz: str, y: int, mo: int, d: int, h: int, mi: int = 0, fold: int = 0) -> 
 
 
 def windows(start: str, end: str, days=ALL_DAYS, **effective) -> tuple[WorkingWindow, ...]:
-    return tuple(
-        WorkingWindow(day, time.fromisoformat(start), time.fromisoformat(end), **effective) for day in days
-    )
+    # An end of "24:00" comes as the loader hands it over: 00:00 (see WorkingWindow).
+    closing = time() if end == "24:00" else time.fromisoformat(end)
+    return tuple(WorkingWindow(day, time.fromisoformat(start), closing, **effective) for day in days)
 
 
 def rules(**overrides) -> ServiceRules:
@@ -252,6 +254,81 @@ def test_check_slot_refuses_the_second_pass_through_the_fall_back_hour():
         evaluate_slot(cal, at(MADRID, 2027, 10, 31, 2, 30, fold=1), LONG_AGO)
     assert second.value.code == "repeated_time"
     assert "only the first 02:30 can be booked, 2027-10-31T02:30:00+02:00" in second.value.message
+
+
+# --- a window ending at 24:00 ----------------------------------------------------------------------------
+
+
+def test_a_window_ending_at_24_00_offers_the_last_slot_ending_at_midnight():
+    restaurant = ResourceCalendar(STYLIST, windows=windows("18:00", "24:00"))
+    cal = calendar([restaurant], available_hours=None)
+    slots = slots_on(cal, MONDAY)
+    starts = local_starts(slots)
+    assert starts[0] == "18:00" and starts[-1] == "23:00"
+    assert len(starts) == 21  # 18:00, 18:15 ... 23:00
+    assert slots[-1].end == at(MADRID, 2027, 3, 2, 0)  # Tuesday's midnight
+    assert evaluate_slot(cal, at(MADRID, 2027, 3, 1, 23), LONG_AGO) == slots[-1]
+    assert reason(cal, at(MADRID, 2027, 3, 1, 23, 15)) == "outside_hours"
+    longer = calendar([restaurant], available_hours=None, duration_minutes=61)
+    assert local_starts(slots_on(longer, MONDAY))[-1] == "22:45"
+    # A window of the whole day, and the service's own hours ending at "24:00", read the same.
+    all_day = ResourceCalendar(STYLIST, windows=windows("00:00", "24:00"))
+    evening = calendar([all_day], available_hours={"start": "18:00", "end": "24:00"})
+    assert local_starts(slots_on(evening, MONDAY)) == starts
+
+
+def test_a_shift_past_midnight_is_two_windows_and_no_slot_straddles_midnight():
+    # A bar open 20:00-02:00: 20:00-24:00, and 00:00-02:00 of the next day.
+    bar = ResourceCalendar(STYLIST, windows=windows("20:00", "24:00") + windows("00:00", "02:00"))
+    cal = calendar([bar], available_hours=None, slot_step_minutes=30)
+    zone = ZoneInfo(MADRID)
+    two_days = compute_slots(cal, LONG_AGO, MONDAY, MONDAY + timedelta(days=1))
+    nights = [slot.start.astimezone(zone).strftime("%a %H:%M") for slot in two_days]
+    night = ["00:00", "00:30", "01:00", "20:00", "20:30", "21:00", "21:30", "22:00", "22:30", "23:00"]
+    assert nights == [f"Mon {t}" for t in night] + [f"Tue {t}" for t in night]
+    # 23:30 would end at 00:30 on Tuesday: outside Monday's window, and Tuesday's opens at its own midnight.
+    assert reason(cal, at(MADRID, 2027, 3, 1, 23, 30)) == "outside_hours"
+
+
+def test_24_00_is_the_next_local_midnight_around_the_madrid_clock_changes():
+    evening = calendar([ResourceCalendar(STYLIST, windows=windows("18:00", "24:00"))], available_hours=None)
+    all_day = ResourceCalendar(STYLIST, windows=windows("00:00", "24:00"))
+
+    def whole_day(minutes: int) -> ServiceCalendar:
+        return calendar([all_day], available_hours=None, duration_minutes=minutes, slot_step_minutes=60)
+
+    tz = ZoneInfo(MADRID)
+    # The days before, of and after each change: days with a constant UTC offset and days without.
+    for first in (date(2027, 3, 26), date(2027, 10, 29)):
+        for day in (first + timedelta(days=k) for k in range(4)):
+            midnight = datetime.combine(day + timedelta(days=1), time(), tzinfo=tz).astimezone(UTC)
+            slots = slots_on(evening, day)
+            assert local_starts(slots)[-1] == "23:00" and slots[-1].end == midnight, day
+            assert evaluate_slot(evening, slots[-1].start, LONG_AGO) == slots[-1]
+            assert slots_on(whole_day(60), day)[-1].end == midnight, day
+    spring, fall = date(2027, 3, 28), date(2027, 10, 31)
+    # The 23-hour day offers 23 hourly slots, the 25-hour day 24 (its repeated hour once).
+    assert len(slots_on(whole_day(60), spring)) == 23
+    assert len(slots_on(whole_day(60), fall)) == 24
+    # A window of the whole day holds as much real time as the day has.
+    assert local_starts(slots_on(whole_day(23 * 60), spring)) == ["00:00"]
+    assert slots_on(whole_day(23 * 60 + 15), spring) == []
+    assert local_starts(slots_on(whole_day(25 * 60), fall)) == ["00:00"]
+    assert slots_on(whole_day(25 * 60 + 15), fall) == []
+
+
+def test_24_00_where_the_clocks_skip_the_next_midnight():
+    # Santiago's Saturday 2027-09-04 ends at 04:00 UTC, when Sunday's wall clock starts at 01:00.
+    bar = ResourceCalendar(
+        STYLIST, windows=windows("18:00", "24:00", days=(6,)) + windows("00:00", "02:00", days=(0,))
+    )
+    cal = calendar([bar], tz=SANTIAGO, available_hours=None, slot_step_minutes=60)
+    saturday = slots_on(cal, date(2027, 9, 4))
+    assert local_starts(saturday, SANTIAGO) == ["18:00", "19:00", "20:00", "21:00", "22:00", "23:00"]
+    assert saturday[-1].end == datetime(2027, 9, 5, 4, 0, tzinfo=UTC)
+    assert evaluate_slot(cal, saturday[-1].start, LONG_AGO) == saturday[-1]
+    # Sunday's 00:00-01:00 does not exist on the clock: its 00:00-02:00 window leaves one hour.
+    assert local_starts(slots_on(cal, date(2027, 9, 5)), SANTIAGO) == ["01:00"]
 
 
 # --- buffers, blocks --------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The planner is fast because of shortcuts (a constant UTC offset per ordinary day
 prefix sums for capacity, one candidate order per day). The oracle below has none of them: it walks every
 grid time of every local date and applies each rule of the docstring on its own, one allocation at a time.
 Hypothesis generates small calendars in zones with unusual offsets and DST shifts (30 minutes on Lord Howe
-Island, -03:30 in St John's, +05:45 in Kathmandu), mostly around the clock changes of 2027.
+Island, -03:30 in St John's, +05:45 in Kathmandu, clock changes at midnight in Santiago), mostly around the
+clock changes of 2027.
 Recurring blocks (`expand_block`, which skips whole periods of an old rule) are checked against every
 occurrence walked from the first.
 
@@ -12,6 +13,8 @@ Wall-clock convention (the docstring and `_Planner._wall_to_utc`): a slot's star
 wall clock of the slot's local date, as time since that date's midnight. The end is the wall-clock time of
 the instant start + duration, so it may pass 24:00 or, when the clocks go back during the slot, be earlier
 than the start. A slot lies inside a window [open, close] when open <= start < close and end <= close.
+A window closing at 24:00 (a `WorkingWindow` ending at 00:00, or the service's "24:00") closes when the local
+date ends; the oracle reads that without the wall clock: the slot's last moment must still be on its date.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ ZONES = (
     "Australia/Lord_Howe",  # +10:30, +11:00 in the southern summer: a 30-minute shift
     "Asia/Kathmandu",  # +05:45, no DST
     "America/St_Johns",  # -03:30, -02:30 in summer
+    "America/Santiago",  # -04:00, -03:00 in the southern summer: the clocks change at midnight
 )
 
 
@@ -80,11 +84,16 @@ def since_midnight(value: time) -> timedelta:
     return timedelta(hours=value.hour, minutes=value.minute, seconds=value.second)
 
 
+def closing(value: time) -> timedelta:
+    """A working window's end: 00:00 stands for 24:00 (see WorkingWindow)."""
+    return ONE_DAY if value == time(0) else since_midnight(value)
+
+
 @functools.lru_cache(maxsize=1024)  # only for speed: the same resource and day come back per grid time
 def merged_windows(resource: ResourceCalendar, day: date) -> tuple[tuple[timedelta, timedelta], ...]:
     """The resource's working windows on `day`, unioned pairwise until no two overlap or touch."""
     spans = [
-        (since_midnight(w.start_time), since_midnight(w.end_time))
+        (since_midnight(w.start_time), closing(w.end_time))
         for w in resource.windows
         if w.day_of_week == day_of_week(day)
         and (w.effective_from is None or w.effective_from <= day)
@@ -106,13 +115,21 @@ def merged_windows(resource: ResourceCalendar, day: date) -> tuple[tuple[timedel
     return tuple(spans)
 
 
-def inside(window: tuple[timedelta, timedelta], start_wall: timedelta, end_wall: timedelta) -> bool:
+def inside(
+    window: tuple[timedelta, timedelta], start_wall: timedelta, end_wall: timedelta, ends_on_its_date: bool
+) -> bool:
     opens, closes = window
+    if closes == ONE_DAY:  # 24:00: the end of the slot's local date, whatever the wall clock shows then
+        return opens <= start_wall and ends_on_its_date
     return opens <= start_wall < closes and end_wall <= closes
 
 
-def works(resource: ResourceCalendar, day: date, start_wall: timedelta, end_wall: timedelta) -> bool:
-    return any(inside(window, start_wall, end_wall) for window in merged_windows(resource, day))
+def works(
+    resource: ResourceCalendar, day: date, start_wall: timedelta, end_wall: timedelta, ends_on_its_date: bool
+) -> bool:
+    return any(
+        inside(window, start_wall, end_wall, ends_on_its_date) for window in merged_windows(resource, day)
+    )
 
 
 def has_room(
@@ -160,6 +177,8 @@ def judge(
     midnight = datetime.combine(day, time())
     start_wall = local.replace(tzinfo=None) - midnight
     end_wall = end.astimezone(zone).replace(tzinfo=None) - midnight
+    # The slot's last moment (it is half-open) still falls on its local date.
+    ends_on_its_date = (end - timedelta(microseconds=1)).astimezone(zone).date() == day
     reasons = set()
 
     # A start at `now` itself is past by the time anybody books it.
@@ -173,7 +192,7 @@ def judge(
         reasons.add("outside_hours")
     if rules.available_hours:
         hours = (clock(rules.available_hours["start"]), clock(rules.available_hours["end"]))
-        if not inside(hours, start_wall, end_wall):
+        if not inside(hours, start_wall, end_wall, ends_on_its_date):
             reasons.add("outside_hours")
     if not calendar.needs:
         reasons.add("outside_hours")
@@ -186,7 +205,7 @@ def judge(
     for need in calendar.needs:
         if need.is_required:
             resource = calendar_of[need.resource_id]
-            if not works(resource, day, start_wall, end_wall):
+            if not works(resource, day, start_wall, end_wall, ends_on_its_date):
                 reasons.add("outside_hours")
             if not has_room(resource, need.quantity, start, end, occupied_end):
                 reasons.add("slot_taken")
@@ -204,7 +223,11 @@ def judge(
         candidates.sort(
             key=lambda n: (n.preference_order, booked(calendar_of[n.resource_id], day, zone), n.resource_id)
         )
-        on_duty = [n for n in candidates if works(calendar_of[n.resource_id], day, start_wall, end_wall)]
+        on_duty = [
+            n
+            for n in candidates
+            if works(calendar_of[n.resource_id], day, start_wall, end_wall, ends_on_its_date)
+        ]
         free = [
             n for n in on_duty if has_room(calendar_of[n.resource_id], n.quantity, start, end, occupied_end)
         ]
@@ -280,9 +303,9 @@ def hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-LAST_MINUTE = 24 * 60 - 1  # a schedule's end_time is a time of day: 23:59 at the latest
+DAY_END = 24 * 60  # a schedule may end at 24:00, the end of the day
 # Minutes of the day: any, the half hours (where shifts usually change), the small hours (where clocks change).
-MINUTES = st.integers(0, LAST_MINUTE) | st.integers(0, 47).map(lambda k: 30 * k) | st.integers(50, 200)
+MINUTES = st.integers(0, DAY_END) | st.integers(0, 48).map(lambda k: 30 * k) | st.integers(50, 200)
 SHAPES = st.sampled_from(["long", "night", "small hours", "any"])
 QUARTER = st.integers(0, 3)  # a one-in-four choice; the rarer variant is always 3, so that examples shrink
 DURATIONS = st.sampled_from([15, 30, 45, 60, 90]) | st.integers(5, 180)
@@ -295,21 +318,26 @@ SERVICE_DAYS = st.sets(st.integers(0, 6), min_size=1).map(lambda s: tuple(sorted
 LENGTHS = st.sampled_from([15, 30, 60]) | st.integers(1, 240)
 
 
+def until(low: int) -> st.SearchStrategy[int]:
+    """An end from `low` to 24:00, often 24:00 itself: open until midnight."""
+    return st.integers(low, DAY_END) | st.just(DAY_END)
+
+
 @st.composite
 def window_spans(draw) -> tuple[int, int]:
     """A window as two minutes of the day, the end after the start (the schedules' CHECK)."""
     shape = draw(SHAPES)
     if shape == "long":  # most of the day: many slots, so that the other rules get a chance to bite
         start = draw(st.integers(0, 12 * 60))
-        return start, draw(st.integers(max(start + 60, 12 * 60), LAST_MINUTE))
+        return start, draw(until(max(start + 60, 12 * 60)))
     if shape == "night":  # from before the clock change to the evening
-        return draw(st.integers(0, 150)), draw(st.integers(151, LAST_MINUTE))
-    if shape == "small hours":  # both ends near the clock changes (01:00-03:30 local in these zones)
+        return draw(st.integers(0, 150)), draw(until(151))
+    if shape == "small hours":  # both ends near the clock changes (00:00-03:30 local in these zones)
         a, b = draw(st.integers(0, 240)), draw(st.integers(0, 240))
     else:
         a, b = draw(MINUTES), draw(MINUTES)
     if a == b:
-        b = a + 1 if a < LAST_MINUTE else a - 1
+        b = a + 1 if a < DAY_END else a - 1
     return min(a, b), max(a, b)
 
 
@@ -319,7 +347,7 @@ def around(draw, shift: tuple[int, int]) -> tuple[int, int]:
     start, end = shift
     if draw(st.booleans()):
         start = max(0, start + draw(st.integers(-90, 90)))
-        end = min(LAST_MINUTE, end + draw(st.integers(-90, 90)))
+        end = min(DAY_END, end + draw(st.integers(-90, 90)))
     return (start, end) if start < end else shift
 
 
@@ -337,11 +365,12 @@ def working_windows(draw, date_from: date, days: int, shift: tuple[int, int]) ->
             near = st.none() | st.integers(-1, days).map(lambda k: date_from + timedelta(days=k))
             effective = {"effective_from": draw(near), "effective_until": draw(near)}
         spans = [(start, end)]
-        if end < LAST_MINUTE and draw(st.booleans()):
+        if end < DAY_END and draw(st.booleans()):
             # A second window touching or overlapping the first: the docstring merges them into one shift.
-            spans.append((draw(st.integers(start + 1, end)), draw(st.integers(end + 1, LAST_MINUTE))))
+            spans.append((draw(st.integers(start + 1, end)), draw(st.integers(end + 1, DAY_END))))
         for lo, hi in spans:
-            start_time, end_time = time(lo // 60, lo % 60), time(hi // 60, hi % 60)
+            # 24:00 comes as the loader hands it over: 00:00.
+            start_time, end_time = time(lo // 60, lo % 60), time(hi // 60 % 24, hi % 60)
             out += [WorkingWindow(d, start_time, end_time, **effective) for d in week]
     return tuple(out)
 
@@ -488,12 +517,34 @@ def test_a_candidate_does_not_serve_a_slot_starting_after_its_shift_when_the_clo
     assert refused.value.code == "outside_hours"
 
 
+# A bar open 20:00-02:00 in Santiago (20:00-24:00, and 00:00-02:00 of the next day), over the night the
+# clocks skip Sunday 2027-09-05's first hour: Saturday's 24:00 is 01:00 on Sunday's wall clock.
+SANTIAGO_SPRING = date(2027, 9, 4)
+BAR_UNTIL_0200 = ServiceCalendar(
+    SERVICE,
+    "America/Santiago",
+    NIGHT_RULES,
+    (ResourceNeed(STYLIST),),
+    (
+        ResourceCalendar(
+            STYLIST,
+            windows=tuple(
+                WorkingWindow(day, start, end)
+                for day in range(7)
+                for start, end in ((time(20), time(0)), (time(0), time(2)))
+            ),
+        ),
+    ),
+)
+
+
 # --- the properties --------------------------------------------------------------------------------------
 
 
 @oracle_settings(120)
 @given(scenarios())
 @example((CANDIDATE_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK))
+@example((BAR_UNTIL_0200, LONG_AGO, SANTIAGO_SPRING, SANTIAGO_SPRING + ONE_DAY))
 def test_compute_slots_equals_the_oracle(scenario):
     calendar, now, date_from, date_to = scenario
     assert compute_slots(calendar, now, date_from, date_to) == oracle_slots(calendar, now, date_from, date_to)
@@ -502,6 +553,7 @@ def test_compute_slots_equals_the_oracle(scenario):
 @oracle_settings(50)
 @given(scenarios(), st.randoms(use_true_random=False))
 @example((STYLIST_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK), random.Random(0))
+@example((BAR_UNTIL_0200, LONG_AGO, SANTIAGO_SPRING, SANTIAGO_SPRING + ONE_DAY), random.Random(0))
 def test_evaluate_slot_agrees_with_compute_slots(scenario, rng):
     calendar, now, date_from, date_to = scenario
     zone = ZoneInfo(calendar.timezone)

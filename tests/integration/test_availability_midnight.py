@@ -1,0 +1,108 @@
+"""A shift that ends at midnight, on the real database: resource_schedules stores its end as 24:00 (the CHECK
+end_time > start_time rules out 00:00), which psycopg cannot load. The calendar reads it as the end of the
+day, so its last slot ends at midnight and can be booked."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import insert, text
+
+from core import booking
+from core.availability import Slot, check_slot, find_slots
+from core.booking import BookingRequest
+from core.clients import ClientDetails
+from core.db import UnitOfWork
+from core.models import ResourceSchedule
+from tests import factories as f
+
+MADRID = ZoneInfo("Europe/Madrid")
+MONDAY = date(2027, 3, 1)
+NOW = datetime(2027, 2, 20, 9, 0, tzinfo=UTC)
+EVERY_DAY = [0, 1, 2, 3, 4, 5, 6]
+
+
+def at(day: date, clock: str) -> datetime:
+    return datetime.combine(day, time.fromisoformat(clock), tzinfo=MADRID).astimezone(UTC)
+
+
+def midnight_after(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=MADRID).astimezone(UTC)
+
+
+def local(slots: list[Slot]) -> list[str]:
+    return [slot.start.astimezone(MADRID).strftime("%a %H:%M") for slot in slots]
+
+
+class Restaurant:
+    """Dinner (60 minutes, every day, all day as far as the service goes) at the one table."""
+
+    def __init__(self, db):
+        self.db = db
+        self.tenant = f.make_tenant(db, settings={"slot_step_minutes": 60})
+        self.dinner = f.make_service(
+            db,
+            self.tenant,
+            duration_minutes=60,
+            available_days=EVERY_DAY,
+            available_hours={"start": "00:00", "end": "24:00"},
+            min_advance_booking_hours=0,
+            max_advance_booking_days=60,
+        )
+        self.table = f.make_resource(db, self.tenant, "room", name="Table")
+        f.link_service_resource(db, self.dinner, self.table)
+
+    def schedule(self, day_of_week: int, start: str, end: str) -> None:
+        # The factory's time objects cannot say 24:00: PostgreSQL reads the text.
+        self.db.execute(
+            insert(ResourceSchedule).values(
+                resource_id=self.table.id,
+                day_of_week=day_of_week,
+                start_time=start,
+                end_time=end,
+                effective_from=None,
+            )
+        )
+
+    def slots(self, first: date, last: date) -> list[Slot]:
+        with UnitOfWork(self.tenant.id) as uow:
+            return find_slots(uow, self.dinner.id, first, last, NOW).slots
+
+
+def test_a_shift_ending_at_24_00_offers_and_books_the_slot_ending_at_midnight(db):
+    restaurant = Restaurant(db)
+    restaurant.schedule(1, "18:00", "24:00")  # Mondays
+    stored = text("SELECT end_time::text FROM resource_schedules WHERE resource_id = :id")
+    assert db.execute(stored, {"id": restaurant.table.id}).scalar_one() == "24:00:00"
+
+    slots = restaurant.slots(MONDAY, MONDAY)
+    assert local(slots) == [f"Mon {h}:00" for h in range(18, 24)]
+    last = slots[-1]
+    assert last == Slot(at(MONDAY, "23:00"), midnight_after(MONDAY), (restaurant.table.id,))
+    with UnitOfWork(restaurant.tenant.id) as uow:
+        assert check_slot(uow, restaurant.dinner, last.start, NOW) == last
+
+    request = BookingRequest(
+        service_id=restaurant.dinner.id,
+        start=last.start,
+        client=ClientDetails(first_name="Lucía", last_name="Martín", phone="612 345 678"),
+    )
+    with UnitOfWork(restaurant.tenant.id) as uow:
+        booked = booking.book(uow, request, NOW)
+        uow.commit()
+    assert (booked.start, booked.end) == (last.start, midnight_after(MONDAY))
+    assert booked.resource_ids == (restaurant.table.id,)
+    assert local(restaurant.slots(MONDAY, MONDAY)) == [f"Mon {h}:00" for h in range(18, 23)]
+
+
+def test_a_shift_past_midnight_is_two_rows_across_the_spring_forward_night(db):
+    # A bar open 20:00-02:00 on Saturday night, 2027-03-27: Madrid's clocks jump from 02:00 to 03:00 on Sunday.
+    restaurant = Restaurant(db)
+    restaurant.schedule(6, "20:00", "24:00")
+    restaurant.schedule(0, "00:00", "02:00")
+    saturday, sunday = date(2027, 3, 27), date(2027, 3, 28)
+    slots = restaurant.slots(saturday, sunday)
+    # No slot straddles midnight; 01:00 on Sunday would end at 03:00 on the wall clock, after closing.
+    assert local(slots) == ["Sat 20:00", "Sat 21:00", "Sat 22:00", "Sat 23:00", "Sun 00:00"]
+    assert slots[3].end == midnight_after(saturday) == slots[4].start
