@@ -34,6 +34,7 @@ from core.errors import (
     TenantNotAllowed,
 )
 from core.models import (
+    NOT_COUNTED_STATUSES,
     Appointment,
     AppointmentResource,
     Client,
@@ -47,7 +48,6 @@ from core.models import (
 
 BOOKABLE_TENANT_STATUSES = {"trial", "active", "past_due"}
 LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
-NOT_COUNTED_STATUSES = ("cancelled", "rescheduled")
 ALTERNATIVES = 3
 
 # Readable over the phone: no 0/O, 1/I/L, 5/S or 8/B to confuse.
@@ -640,15 +640,27 @@ def reschedule(
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
     appointment.scheduled_start = new_start
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
+    if service.requires_confirmation and appointment.status == "confirmed":
+        # The business confirmed the old time, not this one.
+        appointment.status = "scheduled"
+        appointment.status_changed_at = now
+        appointment.status_changed_by = uow.user_id
     slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
     uow.session.flush()
     client = uow.session.get(Client, appointment.client_id)
     # The confirmation of the old time must not go out after the one of the new time.
     notifications.withdraw_pending(uow, appointment.id)
     notifications.queue_for_appointment(
-        uow, tenant, client, service, appointment, "appointment_confirmed", notifications.event_suffix(now)
+        uow,
+        tenant,
+        client,
+        service,
+        appointment,
+        "appointment_confirmed",
+        notifications.event_suffix(len(history)),
     )
-    # Last, as in `book`: the tenant's count stays locked only for the commit.
+    # Last, as in `book`: the client's row and the tenant's count stay locked only for the commit.
+    clients.recount_latest(uow, appointment.client_id)
     _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id, lock=True)
     return _booked(appointment, slot.resource_ids, tenant)
 
@@ -708,6 +720,8 @@ def _change_status(
     if new_status not in HOLDING_STATUSES:
         _release(uow, appointment)
     uow.session.flush()
+    if new_status == "cancelled":
+        clients.recount_latest(uow, appointment.client_id)
     tenant = uow.get(Tenant, appointment.tenant_id)
     return _booked(appointment, tuple(r.id for _, r in _held_resources(uow, appointment)), tenant)
 

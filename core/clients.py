@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -13,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from core.db import UnitOfWork
 from core.errors import Conflict, InvalidRequest
-from core.models import Client, Tenant
+from core.models import NOT_COUNTED_STATUSES, Appointment, Client, Tenant
 
 KEYPAD_LETTER = re.compile(r"[A-Za-z]")
 TEL_PREFIX = re.compile(r"^\s*tel:", re.IGNORECASE)
@@ -163,6 +164,42 @@ def count_booking(uow: UnitOfWork, client: Client, booked_start: datetime) -> No
     booking sends it last: a second booking of the same person (a parent booking for the family) then
     waits only for this one's commit, not for all of it."""
     uow.session.execute(_COUNT_BOOKING, {"client_id": client.id, "booked_start": booked_start})
+
+
+# The client's row locked first: under READ COMMITTED the recount below, a statement of its own, then sees
+# every booking of this person committed before the lock was granted (a single UPDATE that waited for the
+# row would count with the snapshot taken before it waited). A booking committed later applies its own
+# GREATEST on top (`_COUNT_BOOKING`).
+_LOCK_CLIENT = (
+    select(Client.__table__.c.id).where(Client.__table__.c.id == bindparam("client_id")).with_for_update()
+)
+_LATEST_START = (
+    select(func.max(Appointment.__table__.c.scheduled_start))
+    .where(
+        Appointment.__table__.c.client_id == bindparam("client_id"),
+        Appointment.__table__.c.deleted_at.is_(None),
+        Appointment.__table__.c.status.not_in(NOT_COUNTED_STATUSES),
+    )
+    .scalar_subquery()
+)
+# Written only when it changes: an UPDATE that changes nothing would still leave an audit row.
+_RECOUNT_LATEST = (
+    update(Client.__table__)
+    .where(
+        Client.__table__.c.id == bindparam("client_id"),
+        Client.__table__.c.last_appointment_date.is_distinct_from(_LATEST_START),
+    )
+    .values(last_appointment_date=_LATEST_START)
+)
+
+
+def recount_latest(uow: UnitOfWork, client_id: uuid.UUID) -> None:
+    """After a cancellation or a move: `last_appointment_date` is the latest start among the client's
+    appointments that were not cancelled (a no-show or a completed visit still counts), NULL without any.
+    `total_appointments` counts bookings made, and stays. It locks the client's row until the commit, so
+    callers send it late, as they do `count_booking`."""
+    uow.session.execute(_LOCK_CLIENT, {"client_id": client_id})
+    uow.session.execute(_RECOUNT_LATEST, {"client_id": client_id})
 
 
 def _someone_else(client: Client, details: ClientDetails) -> bool:

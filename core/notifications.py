@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -157,6 +156,9 @@ def withdraw_pending(uow: UnitOfWork, appointment_id: uuid.UUID) -> int:
     ).rowcount
 
 
-def event_suffix(moment: datetime) -> str:
-    """Distinguishes repeated events of one kind on one appointment (a second reschedule confirmation)."""
-    return f"@{moment.isoformat()}"
+def event_suffix(occurrence: int) -> str:
+    """Distinguishes repeated events of one kind on one appointment: the confirmation of its n-th move.
+
+    Numbered, not timed: two moves at one instant would otherwise share a key, and the second move's
+    confirmation would be dropped as a duplicate of the first one's, withdrawn a moment before."""
+    return f"#{occurrence}"

@@ -7,6 +7,7 @@ from core.models.billing import Payment, Subscription, SubscriptionPlan
 from core.models.intake import IntakeJob
 from core.models.notifications import Notification, NotificationTemplate
 from core.models.scheduling import (
+    NOT_COUNTED_STATUSES,
     Appointment,
     AppointmentResource,
     Client,
@@ -20,6 +21,7 @@ from core.models.tenancy import Tenant, TenantUser
 from core.models.vapi import VapiCallLog, VapiConfiguration
 
 __all__ = [
+    "NOT_COUNTED_STATUSES",
     "ApiKey",
     "Appointment",
     "AppointmentResource",

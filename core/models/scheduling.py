@@ -215,6 +215,8 @@ APPOINTMENT_STATUSES = (
     "no_show",
     "rescheduled",
 )
+# Appointments that no longer count: not against the plan's monthly allowance, not as a client's latest.
+NOT_COUNTED_STATUSES = ("cancelled", "rescheduled")
 
 
 class Appointment(Audited, SoftDeleted, Base):

@@ -394,3 +394,53 @@ def test_a_moved_appointment_keeps_its_stylist_when_the_stylist_is_free(db):
     assert reschedule_to("14:00").resource_ids == (second.id,)
     # At 12:00 the second stylist is busy: the move still succeeds, with the other one.
     assert reschedule_to("12:00").resource_ids == (salon.stylists[0].id,)
+
+
+def test_a_move_sends_the_business_a_confirmed_appointment_back_for_confirmation(db):
+    salon = build_salon(db, requires_confirmation=True)
+    booked = book(salon, request(salon, "10:00"))
+    assert booked.status == "scheduled"
+    with UnitOfWork(salon.tenant.id) as uow:
+        assert booking.confirm(uow, booked.appointment_id, NOW).status == "confirmed"
+        uow.commit()
+    moved_at = NOW + timedelta(hours=1)
+    with UnitOfWork(salon.tenant.id) as uow:
+        moved = booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "12:00"), moved_at)
+        uow.commit()
+    # The business confirmed 10:00, not 12:00.
+    assert moved.status == "scheduled"
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    assert (appointment.status, appointment.status_changed_at) == ("scheduled", moved_at)
+
+
+def test_two_moves_at_one_instant_leave_the_second_moves_confirmation_pending(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    for clock in ("12:00", "14:00"):
+        with UnitOfWork(salon.tenant.id) as uow:
+            booking.reschedule(uow, booked.appointment_id, salon.at(DAY, clock), NOW)
+            uow.commit()
+    pending = db.scalars(
+        select(Notification).where(
+            Notification.appointment_id == booked.appointment_id, Notification.status == "pending"
+        )
+    ).all()
+    assert sorted(n.channel for n in pending) == ["sms"]
+    assert "14:00" in pending[0].body
+
+
+def test_a_cancellation_moves_the_clients_latest_appointment_back(db, salon):
+    early = book(salon, request(salon, "10:00"))
+    late = book(salon, request(salon, "16:00"))
+    client = db.get(Client, db.get(Appointment, early.appointment_id).client_id)
+
+    def cancel_and_read(booked):
+        with UnitOfWork(salon.tenant.id) as uow:
+            booking.cancel(uow, booked.appointment_id, None, NOW)
+            uow.commit()
+        db.refresh(client)
+        return client.last_appointment_date, client.total_appointments
+
+    # Bookings made stay counted; the latest is the latest still to happen or that happened.
+    assert cancel_and_read(late) == (salon.at(DAY, "10:00"), 2)
+    assert cancel_and_read(early) == (None, 2)

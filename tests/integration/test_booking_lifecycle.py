@@ -122,6 +122,7 @@ class ModelClient:
     email: str | None
     bookings: int = 1
     id: uuid.UUID | None = None  # learnt from the first booking
+    recounts: int = 0  # cancellations and moves that changed its last_appointment_date, each one audit row
 
     @property
     def channels(self) -> list[str]:
@@ -141,7 +142,6 @@ class ModelAppointment:
     resources: tuple[uuid.UUID, ...]
     updates: int = 0  # UPDATEs of its row, each one audit row
     confirmations: int = 1  # appointment_confirmed events queued: the booking's and one per move
-    moved_at: datetime | None = None
     cancellation_reason: str | None = None
 
 
@@ -169,7 +169,9 @@ OVER_CAPACITY = text(
     " AND (SELECT sum(b.units) FROM appointment_resources b WHERE b.resource_id = a.resource_id AND b.active"
     "      AND b.allocated_during @> lower(a.allocated_during)) > r.capacity"
 )
-CLIENTS = text("SELECT id, phone, email, total_appointments FROM clients WHERE tenant_id = :tenant")
+CLIENTS = text(
+    "SELECT id, phone, email, total_appointments, last_appointment_date FROM clients WHERE tenant_id = :tenant"
+)
 NOTIFICATIONS = text(
     "SELECT appointment_id, notification_type, channel, status, count(*) AS n FROM notifications"
     " WHERE tenant_id = :tenant GROUP BY 1, 2, 3, 4"
@@ -244,6 +246,7 @@ class BookingLifecycle(RuleBasedStateMachine):
         self.buffer = timedelta(minutes=buffer)
         self.policy = timedelta(hours=policy_hours)
         self.allows_cancellation = allows_cancellation
+        self.requires_confirmation = requires_confirmation
         self.initial_status = "scheduled" if requires_confirmation else "confirmed"
         self.plan_limit = plan_limit
         self.stylist_ids = [stylist.id for stylist in self.salon.stylists]  # in preference order
@@ -473,11 +476,8 @@ class BookingLifecycle(RuleBasedStateMachine):
         self._reschedule(self.model[appointment], start, self._stylist(stylist))
 
     def _reschedule(self, moving: ModelAppointment, start: datetime, stylist):
-        if moving.moved_at == self.now:
-            # Production's `now` is the wall clock, never the same instant for two moves of one appointment.
-            # The confirmation of a move is deduplicated by that instant (see the report), so two moves at one
-            # frozen `now` would collide: let a moment pass instead.
-            self.now += timedelta(minutes=GRID)
+        # Two moves of one appointment at the same `now` are allowed to happen here: each queues its own
+        # confirmation.
         if moving.status not in ("scheduled", "confirmed"):
             expected, resources = "illegal_status_change", ()
         elif not self.allows_cancellation:
@@ -503,15 +503,20 @@ class BookingLifecycle(RuleBasedStateMachine):
         self._check_outcome(f"reschedule to {start.isoformat()}", error, expected, moving, stylist)
         if error is not None:
             return
+        if self.requires_confirmation and moving.status == "confirmed":
+            # The business confirmed the old time, not the new one.
+            moving.status, moving.status_changed_at = "scheduled", self.now
         assert (moved.status, moved.start, moved.end, moved.resource_ids) == (
             moving.status,
             start,
             start + DURATION,
             resources,
         )
-        moving.start, moving.resources, moving.moved_at = start, resources, self.now
+        latest = self._latest(moving.client)
+        moving.start, moving.resources = start, resources
         moving.updates += 1
         moving.confirmations += 1
+        moving.client.recounts += latest != self._latest(moving.client)
 
     @rule(appointment=appointments, reason=st.sampled_from(["Client is ill", None]))
     def cancel(self, appointment, reason):
@@ -537,7 +542,9 @@ class BookingLifecycle(RuleBasedStateMachine):
         self._check_outcome("cancel", error, expected)
         if error is None:
             assert result.status == "cancelled"
+            latest = self._latest(cancelled.client)
             cancelled.status, cancelled.status_changed_at = "cancelled", self.now
+            cancelled.client.recounts += latest != self._latest(cancelled.client)
             cancelled.cancellation_reason = reason
             cancelled.updates += 1
 
@@ -649,10 +656,22 @@ class BookingLifecycle(RuleBasedStateMachine):
         assert read(DOUBLE_BOOKINGS)[0][0] == 0
         assert read(OVER_CAPACITY)[0][0] == 0
 
+    def _latest(self, client: ModelClient) -> datetime | None:
+        """The client's last_appointment_date: the latest start of its appointments not cancelled."""
+        starts = [a.start for a in self.model.values() if a.client is client and a.status not in NOT_COUNTED]
+        return max(starts, default=None)
+
     def clients_are_found_again_and_counted(self, read):
-        # A refused booking leaves no client behind; a returning one is not duplicated.
-        actual = {row.id: (row.phone, row.email, row.total_appointments) for row in read(CLIENTS)}
-        assert actual == {client.id: (client.phone, client.email, client.bookings) for client in self.clients}
+        # A refused booking leaves no client behind; a returning one is not duplicated. Every booking made
+        # is counted; the latest appointment follows moves and cancellations.
+        actual = {
+            row.id: (row.phone, row.email, row.total_appointments, row.last_appointment_date)
+            for row in read(CLIENTS)
+        }
+        assert actual == {
+            client.id: (client.phone, client.email, client.bookings, self._latest(client))
+            for client in self.clients
+        }
 
     def notifications_follow_the_appointment(self, read):
         """Each booking and move queued its confirmation on each channel, and only the latest is pending;
@@ -679,8 +698,8 @@ class BookingLifecycle(RuleBasedStateMachine):
             expected[("appointments", appointment.id, "UPDATE")] += appointment.updates
         for client in self.clients:
             expected[("clients", client.id, "CREATE")] += 1
-            # A returning client's booking is counted on its row.
-            expected[("clients", client.id, "UPDATE")] += client.bookings - 1
+            # A returning client's booking is counted on its row, and so is a change of its latest appointment.
+            expected[("clients", client.id, "UPDATE")] += client.bookings - 1 + client.recounts
         assert +actual == +expected
 
     def the_plans_monthly_limit_holds(self, read):
