@@ -19,10 +19,14 @@ active allocations overlapping it plus the units the service needs must not exce
 (NULL means 1). The buffer may run past closing time and over a block; it only keeps the next client away.
 A local time that does not exist (spring-forward gap) gives no slot; an ambiguous one (fall-back) is offered
 once, at its first occurrence. A window may close at 24:00 (see `WorkingWindow`): the instant the next local
-date begins, on the nights the clocks change too (where they skip midnight, that date begins at 01:00). A slot
-does not straddle midnight: a shift running past it is two windows (20:00-24:00, and 00:00-02:00 on the next
-day), and a slot must fit in one of them. A slot starts after `now`, and at least `min_advance_booking_hours`
-after it. Durations are real elapsed time. Intervals are half-open.
+date begins, on the nights the clocks change too (where they skip midnight, that date begins at 01:00). A shift
+running past midnight is two windows (20:00-24:00, and 00:00-02:00 on the next day) and reads as one: a window
+closing at 24:00 continues into the next date's window opening at 00:00 (if that date's rules have one), and
+the service's hours likewise when they run to 24:00 and the service is available on the next date. A slot
+starting before midnight may end inside the continuation, its end read on the wall clock from its own date's
+midnight (01:30 on the next date is 25:30); starts from midnight on belong to the next date. The continuation
+is one day long at most. A slot starts after `now`, and at least `min_advance_booking_hours` after it.
+Durations are real elapsed time. Intervals are half-open.
 
 Resources (DESIGN §5). Every `service_resources` row with `is_required` is needed; the rows without it are
 interchangeable candidates, one of which serves the slot: the client's choice when given, else the lowest
@@ -366,6 +370,20 @@ def _merge_open(spans: Iterable[Interval]) -> tuple[list[datetime], list[datetim
     return los, his
 
 
+def _continued(
+    today: list[tuple[timedelta, timedelta]], tomorrow: list[tuple[timedelta, timedelta]]
+) -> list[tuple[timedelta, timedelta]]:
+    """Today's windows, the one closing at 24:00 running on into tomorrow's window opening at 00:00.
+
+    Tomorrow's closing is read from today's midnight (02:00 is 26:00). One day of continuation is enough (a
+    night shift runs into the next morning, not on through another night): tomorrow's window is not carried
+    on into the day after, so no slot ends after tomorrow's 24:00.
+    """
+    if today and tomorrow and today[-1][1] == ONE_DAY and tomorrow[0][0] == ZERO:
+        return [*today[:-1], (today[-1][0], ONE_DAY + tomorrow[0][1])]
+    return today
+
+
 def _inside(windows: list[tuple[timedelta, timedelta]], lo: timedelta, hi: timedelta) -> bool:
     # The start is checked against the closing time too: on the night the clocks go back, a slot's end can
     # read earlier on the wall clock than its start (02:30 summer time + 30 minutes is 02:00 winter time).
@@ -416,6 +434,7 @@ class _Resource:
             for w in calendar.windows
         ]
         self._windows_on: dict[date, list[tuple[timedelta, timedelta]]] = {}
+        self._continued_on: dict[date, list[tuple[timedelta, timedelta]]] = {}
         # Everything in UTC: comparing datetimes of different tzinfo objects costs a utcoffset() call each.
         allocations = sorted(
             (s.astimezone(UTC), e.astimezone(UTC), u) for s, e, u in calendar.allocations if u > 0
@@ -453,6 +472,14 @@ class _Resource:
                 and (effective_until is None or day <= effective_until)
             )
             self._windows_on[day] = windows
+        return windows
+
+    def continued_on(self, day: date) -> list[tuple[timedelta, timedelta]]:
+        """The day's windows with the one closing at 24:00 continued into the next day (see `_continued`)."""
+        windows = self._continued_on.get(day)
+        if windows is None:
+            windows = _continued(self.windows_on(day), self.windows_on(day + ONE_DAY))
+            self._continued_on[day] = windows
         return windows
 
     def has_room(self, start: datetime, occupied_end: datetime) -> bool:
@@ -554,6 +581,8 @@ class _Planner:
         self._ids_with = {c.id: tuple(sorted((*self.required_ids, c.id))) for c in self.candidates}
         self._days: dict[date, _Day] = {}
         self._order: dict[date, list[_Resource]] = {}
+        self._own_opening: dict[date, list[tuple[timedelta, timedelta]]] = {}
+        self._openings: dict[date, list[tuple[timedelta, timedelta]]] = {}
 
     # -- one day at a time --
 
@@ -564,14 +593,30 @@ class _Planner:
         return found
 
     def _opening(self, day: date) -> list[tuple[timedelta, timedelta]]:
-        """The wall-clock windows in which the service and every required resource are open that day."""
-        if self.days is not None and day_number(day) not in self.days:
-            return []
-        windows = self.hours
-        for resource in self.required:
-            windows = _intersect(windows, resource.windows_on(day))
-            if not windows:
-                break
+        """The wall-clock windows in which the service and every required resource are open for slots starting
+        that day: the day's own, the one closing at 24:00 continued into the next day's (see `_continued`).
+
+        Intersecting first and continuing after is the same as continuing each part (the service's hours,
+        every resource's windows) and intersecting: the parts all close at 24:00 today and all open at 00:00
+        tomorrow exactly when their intersections do.
+        """
+        windows = self._openings.get(day)
+        if windows is None:
+            windows = _continued(self._own_opening_on(day), self._own_opening_on(day + ONE_DAY))
+            self._openings[day] = windows
+        return windows
+
+    def _own_opening_on(self, day: date) -> list[tuple[timedelta, timedelta]]:
+        windows = self._own_opening.get(day)
+        if windows is None:
+            windows = []
+            if self.days is None or day_number(day) in self.days:
+                windows = self.hours
+                for resource in self.required:
+                    windows = _intersect(windows, resource.windows_on(day))
+                    if not windows:
+                        break
+            self._own_opening[day] = windows
         return windows
 
     def _candidates_on(self, day: date) -> list[_Resource]:
@@ -600,6 +645,9 @@ class _Planner:
         if end == day.ends:
             # 24:00, also where the clocks skip the next midnight (its wall clock then shows 01:00).
             return start, ONE_DAY
+        if end > day.ends and end == self._day(day.day + ONE_DAY).ends:
+            # The same for the next day's 24:00, where a continued window may close.
+            return start, 2 * ONE_DAY
         end_local = end.astimezone(self.tz).replace(tzinfo=None)
         return start, end_local - day.midnight
 
@@ -617,7 +665,7 @@ class _Planner:
             return self.required_ids, ""
         reason = OUTSIDE_HOURS
         for candidate in self._candidates_on(day):
-            if not _inside(candidate.windows_on(day), wall, end_wall):
+            if not _inside(candidate.continued_on(day), wall, end_wall):
                 continue
             if candidate.free(start, occupied_end):
                 return self._ids_with[candidate.id], ""
@@ -634,7 +682,9 @@ class _Planner:
             clock = self._day(day)
             for open_at, close_at in self._opening(day):
                 wall = -((-open_at) // step) * step  # the first grid time at or after opening
-                while wall < close_at:
+                # A continued window may close the next day, but starts from midnight on are the next day's.
+                last_start = min(close_at, ONE_DAY)
+                while wall < last_start:
                     converted = self._wall_to_utc(clock, wall)
                     if converted is not None:
                         start, end_wall = converted
@@ -916,7 +966,12 @@ def _part(kind: str, **values: Any) -> Select:
 
 
 def _calendar_statement() -> CompoundSelect:
-    """Built once; its parameters are service_id, tenant_id, window_start, window_end, first and last."""
+    """Built once; its parameters are service_id, tenant_id, window_start, window_end, first and last.
+
+    The schedules are read for first..last and the day after: a window closing at 24:00 on `last` continues
+    into it. [window_start, window_end) must reach the end of the last slot's occupied time, past last's
+    midnight (see `_load`).
+    """
     service_id = bindparam("service_id", type_=Uuid())
     tenant_id = bindparam("tenant_id", type_=Uuid())
     window_start = bindparam("window_start", type_=DateTime(timezone=True))
@@ -966,7 +1021,10 @@ def _calendar_statement() -> CompoundSelect:
         .where(
             linked.c.usable,
             ResourceSchedule.is_active,
-            or_(ResourceSchedule.effective_from.is_(None), ResourceSchedule.effective_from <= last),
+            or_(
+                ResourceSchedule.effective_from.is_(None),
+                ResourceSchedule.effective_from <= last + literal_column("1", Integer()),
+            ),
             or_(ResourceSchedule.effective_until.is_(None), ResourceSchedule.effective_until >= first),
         )
     )

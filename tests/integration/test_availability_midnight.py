@@ -1,20 +1,23 @@
 """A shift that ends at midnight, on the real database: resource_schedules stores its end as 24:00 (the CHECK
 end_time > start_time rules out 00:00), which psycopg cannot load. The calendar reads it as the end of the
-day, so its last slot ends at midnight and can be booked."""
+day, so its last slot ends at midnight and can be booked. A shift past midnight is two rows, 20:00-24:00 and
+00:00-02:00 of the next day; a slot starting before midnight may run on into the second."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, text
+import pytest
+from sqlalchemy import func, insert, select, text
 
 from core import booking
 from core.availability import Slot, check_slot, find_slots
 from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork
-from core.models import ResourceSchedule
+from core.errors import SlotUnavailable
+from core.models import AppointmentResource, ResourceSchedule
 from tests import factories as f
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -38,13 +41,13 @@ def local(slots: list[Slot]) -> list[str]:
 class Restaurant:
     """Dinner (60 minutes, every day, all day as far as the service goes) at the one table."""
 
-    def __init__(self, db):
+    def __init__(self, db, duration_minutes: int = 60):
         self.db = db
         self.tenant = f.make_tenant(db, settings={"slot_step_minutes": 60})
         self.dinner = f.make_service(
             db,
             self.tenant,
-            duration_minutes=60,
+            duration_minutes=duration_minutes,
             available_days=EVERY_DAY,
             available_hours={"start": "00:00", "end": "24:00"},
             min_advance_booking_hours=0,
@@ -53,7 +56,7 @@ class Restaurant:
         self.table = f.make_resource(db, self.tenant, "room", name="Table")
         f.link_service_resource(db, self.dinner, self.table)
 
-    def schedule(self, day_of_week: int, start: str, end: str) -> None:
+    def schedule(self, day_of_week: int, start: str, end: str, **columns) -> None:
         # The factory's time objects cannot say 24:00: PostgreSQL reads the text.
         self.db.execute(
             insert(ResourceSchedule).values(
@@ -61,9 +64,20 @@ class Restaurant:
                 day_of_week=day_of_week,
                 start_time=start,
                 end_time=end,
-                effective_from=None,
+                **{"effective_from": None, **columns},
             )
         )
+
+    def book(self, start: datetime, phone: str = "612 345 678") -> booking.BookedAppointment:
+        request = BookingRequest(
+            service_id=self.dinner.id,
+            start=start,
+            client=ClientDetails(first_name="Lucía", last_name="Martín", phone=phone),
+        )
+        with UnitOfWork(self.tenant.id) as uow:
+            booked = booking.book(uow, request, NOW)
+            uow.commit()
+        return booked
 
     def slots(self, first: date, last: date) -> list[Slot]:
         with UnitOfWork(self.tenant.id) as uow:
@@ -103,6 +117,57 @@ def test_a_shift_past_midnight_is_two_rows_across_the_spring_forward_night(db):
     restaurant.schedule(0, "00:00", "02:00")
     saturday, sunday = date(2027, 3, 27), date(2027, 3, 28)
     slots = restaurant.slots(saturday, sunday)
-    # No slot straddles midnight; 01:00 on Sunday would end at 03:00 on the wall clock, after closing.
+    # 01:00 on Sunday would end at 03:00 on the wall clock, after closing.
     assert local(slots) == ["Sat 20:00", "Sat 21:00", "Sat 22:00", "Sat 23:00", "Sun 00:00"]
     assert slots[3].end == midnight_after(saturday) == slots[4].start
+
+
+FRIDAY, SATURDAY = date(2027, 3, 5), date(2027, 3, 6)
+
+
+def test_a_slot_past_midnight_is_offered_booked_and_then_taken(db):
+    # A bar open 20:00-02:00 on Friday night, with 90-minute tables: 23:00 ends at 00:30 on Saturday.
+    bar = Restaurant(db, duration_minutes=90)
+    bar.schedule(5, "20:00", "24:00")
+    bar.schedule(6, "00:00", "02:00", effective_from=SATURDAY)
+    evening = ["Fri 20:00", "Fri 21:00", "Fri 22:00", "Fri 23:00"]
+    # Asked for Friday alone, Saturday's row (in effect from that Saturday on) is read too.
+    assert local(bar.slots(FRIDAY, FRIDAY)) == evening
+    slots = bar.slots(FRIDAY, SATURDAY)
+    assert local(slots) == [*evening, "Sat 00:00"]
+    late = slots[3]
+    assert late == Slot(at(FRIDAY, "23:00"), at(SATURDAY, "00:30"), (bar.table.id,))
+    with UnitOfWork(bar.tenant.id) as uow:
+        assert check_slot(uow, bar.dinner, late.start, NOW) == late
+
+    booked = bar.book(late.start)
+    assert (booked.start, booked.end) == (late.start, at(SATURDAY, "00:30"))
+    during = db.execute(
+        select(
+            func.lower(AppointmentResource.allocated_during), func.upper(AppointmentResource.allocated_during)
+        ).where(AppointmentResource.appointment_id == booked.appointment_id)
+    ).all()
+    assert [tuple(row) for row in during] == [(at(FRIDAY, "23:00"), at(SATURDAY, "00:30"))]
+    # Friday 22:00 (until 23:30) and Saturday 00:00 overlap it: no longer offered; the second is refused.
+    assert local(bar.slots(FRIDAY, SATURDAY)) == ["Fri 20:00", "Fri 21:00"]
+    with pytest.raises(SlotUnavailable) as taken:
+        bar.book(at(SATURDAY, "00:00"), phone="612 345 679")
+    assert taken.value.code == "slot_taken"
+
+
+@pytest.mark.parametrize(
+    "saturday_row",
+    [
+        {"is_active": False},
+        {"effective_until": FRIDAY},
+        {"effective_from": SATURDAY + timedelta(days=7)},
+    ],
+)
+def test_a_next_day_row_not_in_effect_that_night_does_not_continue_the_evening(db, saturday_row):
+    bar = Restaurant(db, duration_minutes=90)
+    bar.schedule(5, "20:00", "24:00")
+    bar.schedule(6, "00:00", "02:00", **saturday_row)
+    assert local(bar.slots(FRIDAY, FRIDAY)) == ["Fri 20:00", "Fri 21:00", "Fri 22:00"]
+    with UnitOfWork(bar.tenant.id) as uow, pytest.raises(SlotUnavailable) as refused:
+        check_slot(uow, bar.dinner, at(FRIDAY, "23:00"), NOW)
+    assert refused.value.code == "outside_hours"

@@ -277,25 +277,18 @@ def test_a_window_ending_at_24_00_offers_the_last_slot_ending_at_midnight():
     assert local_starts(slots_on(evening, MONDAY)) == starts
 
 
-def test_a_shift_past_midnight_is_two_windows_and_no_slot_straddles_midnight():
-    # A bar open 20:00-02:00: 20:00-24:00, and 00:00-02:00 of the next day.
-    bar = ResourceCalendar(STYLIST, windows=windows("20:00", "24:00") + windows("00:00", "02:00"))
-    cal = calendar([bar], available_hours=None, slot_step_minutes=30)
-    zone = ZoneInfo(MADRID)
-    two_days = compute_slots(cal, LONG_AGO, MONDAY, MONDAY + timedelta(days=1))
-    nights = [slot.start.astimezone(zone).strftime("%a %H:%M") for slot in two_days]
-    night = ["00:00", "00:30", "01:00", "20:00", "20:30", "21:00", "21:30", "22:00", "22:30", "23:00"]
-    assert nights == [f"Mon {t}" for t in night] + [f"Tue {t}" for t in night]
-    # 23:30 would end at 00:30 on Tuesday: outside Monday's window, and Tuesday's opens at its own midnight.
-    assert reason(cal, at(MADRID, 2027, 3, 1, 23, 30)) == "outside_hours"
-
-
 def test_24_00_is_the_next_local_midnight_around_the_madrid_clock_changes():
     evening = calendar([ResourceCalendar(STYLIST, windows=windows("18:00", "24:00"))], available_hours=None)
     all_day = ResourceCalendar(STYLIST, windows=windows("00:00", "24:00"))
 
-    def whole_day(minutes: int) -> ServiceCalendar:
-        return calendar([all_day], available_hours=None, duration_minutes=minutes, slot_step_minutes=60)
+    def whole_day(minutes: int, days=ALL_DAYS) -> ServiceCalendar:
+        return calendar(
+            [all_day],
+            available_hours=None,
+            available_days=days,
+            duration_minutes=minutes,
+            slot_step_minutes=60,
+        )
 
     tz = ZoneInfo(MADRID)
     # The days before, of and after each change: days with a constant UTC offset and days without.
@@ -310,11 +303,16 @@ def test_24_00_is_the_next_local_midnight_around_the_madrid_clock_changes():
     # The 23-hour day offers 23 hourly slots, the 25-hour day 24 (its repeated hour once).
     assert len(slots_on(whole_day(60), spring)) == 23
     assert len(slots_on(whole_day(60), fall)) == 24
-    # A window of the whole day holds as much real time as the day has.
-    assert local_starts(slots_on(whole_day(23 * 60), spring)) == ["00:00"]
-    assert slots_on(whole_day(23 * 60 + 15), spring) == []
-    assert local_starts(slots_on(whole_day(25 * 60), fall)) == ["00:00"]
-    assert slots_on(whole_day(25 * 60 + 15), fall) == []
+    # A window of the whole day holds as much real time as the day has (both are Sundays; a service that is
+    # not offered on Monday does not continue into it).
+    sunday = (0,)
+    assert local_starts(slots_on(whole_day(23 * 60, sunday), spring)) == ["00:00"]
+    assert slots_on(whole_day(23 * 60 + 15, sunday), spring) == []
+    assert local_starts(slots_on(whole_day(25 * 60, sunday), fall)) == ["00:00"]
+    assert slots_on(whole_day(25 * 60 + 15, sunday), fall) == []
+    # Continued into Monday, every hour of the 23-hour day starts a 23-hour slot; the last ends at 22:00.
+    continued = slots_on(whole_day(23 * 60), spring)
+    assert len(continued) == 23 and continued[-1].end == at(MADRID, 2027, 3, 29, 22)
 
 
 def test_24_00_where_the_clocks_skip_the_next_midnight():
@@ -329,6 +327,189 @@ def test_24_00_where_the_clocks_skip_the_next_midnight():
     assert evaluate_slot(cal, saturday[-1].start, LONG_AGO) == saturday[-1]
     # Sunday's 00:00-01:00 does not exist on the clock: its 00:00-02:00 window leaves one hour.
     assert local_starts(slots_on(cal, date(2027, 9, 5)), SANTIAGO) == ["01:00"]
+
+
+# --- a shift past midnight --------------------------------------------------------------------------------
+
+FRIDAY, SATURDAY = date(2027, 3, 5), date(2027, 3, 6)
+FRIDAY_NIGHT = windows("20:00", "24:00", days=(5,))
+SATURDAY_SMALL_HOURS = windows("00:00", "02:00", days=(6,))
+
+
+def bar(
+    *shifts: tuple[WorkingWindow, ...], tz=MADRID, allocations=(), blocks=(), **overrides
+) -> ServiceCalendar:
+    """One table working the given windows, booked for 60 minutes on a 15-minute grid, at any hour."""
+    table = ResourceCalendar(STYLIST, windows=sum(shifts, ()), allocations=allocations, blocks=blocks)
+    return calendar([table], tz=tz, **{"available_hours": None, **overrides})
+
+
+def quarter_hours(first: str, last: str) -> list[str]:
+    """Wall-clock times from first to last, both included, every 15 minutes."""
+    start, end = (datetime.combine(MONDAY, time.fromisoformat(t)) for t in (first, last))
+    return [
+        (start + timedelta(minutes=15 * k)).strftime("%H:%M")
+        for k in range((end - start) // timedelta(minutes=15) + 1)
+    ]
+
+
+def test_a_slot_starting_before_midnight_runs_on_into_the_next_days_window():
+    cal = bar(FRIDAY_NIGHT, SATURDAY_SMALL_HOURS)
+    friday, saturday = slots_on(cal, FRIDAY), slots_on(cal, SATURDAY)
+    assert local_starts(friday) == quarter_hours("20:00", "23:45")
+    assert friday[-1] == Slot(at(MADRID, 2027, 3, 5, 23, 45), at(MADRID, 2027, 3, 6, 0, 45), (STYLIST,))
+    # Starts from midnight on are Saturday's, and offered as Saturday's only: no slot comes twice.
+    assert local_starts(saturday) == quarter_hours("00:00", "01:00")
+    both = compute_slots(cal, LONG_AGO, FRIDAY, SATURDAY)
+    assert both == friday + saturday
+    assert len({slot.start for slot in both}) == len(both)
+    for slot in both:
+        assert evaluate_slot(cal, slot.start, LONG_AGO) == slot
+    assert reason(cal, at(MADRID, 2027, 3, 6, 1, 15)) == "outside_hours"
+    # Touching windows make one shift on either side of midnight; the continuation ends where it does.
+    split = bar(FRIDAY_NIGHT, windows("00:00", "01:00", days=(6,)), windows("01:00", "02:00", days=(6,)))
+    assert local_starts(slots_on(split, FRIDAY)) == quarter_hours("20:00", "23:45")
+    short = bar(FRIDAY_NIGHT, windows("00:00", "00:30", days=(6,)))
+    assert local_starts(slots_on(short, FRIDAY)) == quarter_hours("20:00", "23:30")
+    assert reason(short, at(MADRID, 2027, 3, 5, 23, 45)) == "outside_hours"
+
+
+def test_without_the_next_days_window_in_effect_the_evening_stops_at_midnight():
+    until_2300 = quarter_hours("20:00", "23:00")
+    assert local_starts(slots_on(bar(FRIDAY_NIGHT), FRIDAY)) == until_2300
+    for saturday in (
+        windows("00:00", "02:00", days=(6,), effective_until=FRIDAY),  # ended the day before
+        windows("00:00", "02:00", days=(6,), effective_from=SATURDAY + timedelta(days=7)),  # not yet
+        windows("00:00", "02:00", days=(0,)),  # Sunday's
+        windows("00:15", "02:00", days=(6,)),  # opens after midnight
+    ):
+        cal = bar(FRIDAY_NIGHT, saturday)
+        assert local_starts(slots_on(cal, FRIDAY)) == until_2300
+        assert reason(cal, at(MADRID, 2027, 3, 5, 23, 15)) == "outside_hours"
+    # In effect from that very Saturday, after Friday's row has ended: it continues.
+    handover = bar(
+        windows("20:00", "24:00", days=(5,), effective_until=FRIDAY),
+        windows("00:00", "02:00", days=(6,), effective_from=SATURDAY),
+    )
+    assert local_starts(slots_on(handover, FRIDAY)) == quarter_hours("20:00", "23:45")
+    # Friday's window closing before midnight does not continue either.
+    early = bar(windows("20:00", "23:45", days=(5,)), SATURDAY_SMALL_HOURS)
+    assert local_starts(slots_on(early, FRIDAY)) == quarter_hours("20:00", "22:45")
+
+
+def test_an_allocation_or_a_block_after_midnight_removes_the_evening_starts_it_overlaps():
+    busy = (at(MADRID, 2027, 3, 6, 0, 15), at(MADRID, 2027, 3, 6, 0, 45))
+    # 23:15 ends at 00:15, touching it: still free.
+    expected = quarter_hours("20:00", "23:15") + ["00:45", "01:00"]
+    for cal in (
+        bar(FRIDAY_NIGHT, SATURDAY_SMALL_HOURS, allocations=((*busy, 1),)),
+        bar(FRIDAY_NIGHT, SATURDAY_SMALL_HOURS, blocks=(busy,)),
+    ):
+        assert local_starts(compute_slots(cal, LONG_AGO, FRIDAY, SATURDAY)) == expected
+        assert reason(cal, at(MADRID, 2027, 3, 5, 23, 30)) == "slot_taken"
+        assert reason(cal, at(MADRID, 2027, 3, 5, 23, 45)) == "slot_taken"
+    # The buffer keeps 23:15 away from the allocation too.
+    buffered = bar(FRIDAY_NIGHT, SATURDAY_SMALL_HOURS, allocations=((*busy, 1),), buffer_time_minutes=15)
+    assert local_starts(slots_on(buffered, FRIDAY))[-1] == "23:00"
+
+
+def test_the_services_own_hours_and_days_decide_whether_the_evening_continues():
+    def friday(**rules) -> list[str]:
+        return local_starts(slots_on(bar(FRIDAY_NIGHT, SATURDAY_SMALL_HOURS, **rules), FRIDAY))
+
+    continued, until_2300 = quarter_hours("20:00", "23:45"), quarter_hours("20:00", "23:00")
+    assert friday(available_hours={"start": "00:00", "end": "24:00"}) == continued
+    assert friday(available_hours=None, available_days=(5, 6)) == continued
+    # Hours ending before midnight, hours not open at Saturday's midnight, no service on Saturday: it stops.
+    assert friday(available_hours={"start": "00:00", "end": "23:59"}) == quarter_hours("20:00", "22:45")
+    assert friday(available_hours={"start": "18:00", "end": "24:00"}) == until_2300
+    assert friday(available_hours=None, available_days=(5,)) == until_2300
+    # The start's day decides whether the service is offered at all.
+    assert friday(available_hours=None, available_days=(6,)) == []
+    # Notice is counted from the start, as ever.
+    late = slots_on(bar(FRIDAY_NIGHT, SATURDAY_SMALL_HOURS), FRIDAY, now=at(MADRID, 2027, 3, 5, 23, 20))
+    assert local_starts(late) == ["23:30", "23:45"]
+
+
+def test_a_chosen_table_that_stops_at_midnight_does_not_take_the_late_starts():
+    room = ResourceCalendar(
+        ROOM, windows=windows("18:00", "24:00", days=(5,)) + windows("00:00", "03:00", days=(6,))
+    )
+    early = ResourceCalendar(STYLIST, windows=FRIDAY_NIGHT)
+    late = ResourceCalendar(STYLIST_2, windows=FRIDAY_NIGHT + SATURDAY_SMALL_HOURS)
+    needs = (
+        ResourceNeed(ROOM),
+        ResourceNeed(STYLIST, is_required=False, preference_order=0),
+        ResourceNeed(STYLIST_2, is_required=False, preference_order=1),
+    )
+    cal = calendar([room, early, late], needs=needs, available_hours=None)
+    served = {local_starts([slot])[0]: slot.resource_ids for slot in slots_on(cal, FRIDAY)}
+    assert list(served) == quarter_hours("20:00", "23:45")
+    assert served["23:00"] == (STYLIST, ROOM) and served["23:15"] == (STYLIST_2, ROOM)
+    assert local_starts(slots_on(cal, FRIDAY, resource_ids=[STYLIST]))[-1] == "23:00"
+    assert local_starts(slots_on(cal, FRIDAY, resource_ids=[STYLIST_2]))[-1] == "23:45"
+    assert reason(cal, at(MADRID, 2027, 3, 5, 23, 15), resource_ids=[STYLIST]) == "outside_hours"
+
+
+@pytest.mark.parametrize(
+    ("tz", "saturday", "closing", "minutes", "last_saturday", "sunday"),
+    [
+        # 02:00 CET jumps to 03:00 CEST: 23:15 + 150 minutes is 01:45, 23:30 + 150 minutes is 03:00 CEST.
+        (MADRID, date(2027, 3, 27), "02:00", 150, "23:15", []),
+        # 03:00 CEST goes back to 02:00 CET: 23:45 + 4 hours is 02:45 CET, and Sunday's 00:00 ends at 03:00 CET.
+        (MADRID, date(2027, 10, 30), "03:00", 240, "23:45", ["00:00"]),
+        # 02:00 EST jumps to 03:00 EDT: 23:00 + 3 hours is 03:00 EDT, the closing time.
+        (NEW_YORK, date(2027, 3, 13), "03:00", 180, "23:00", []),
+        # 02:00 EDT goes back to 01:00 EST: 23:45 + 3 hours is 01:45 EST, and Sunday's 00:00 ends at 02:00 EST.
+        (NEW_YORK, date(2027, 11, 6), "02:00", 180, "23:45", ["00:00"]),
+    ],
+)
+def test_a_slot_past_midnight_on_the_night_the_clocks_change(
+    tz, saturday, closing, minutes, last_saturday, sunday
+):
+    cal = bar(
+        windows("20:00", "24:00", days=(6,)),
+        windows("00:00", closing, days=(0,)),
+        tz=tz,
+        duration_minutes=minutes,
+    )
+    zone = ZoneInfo(tz)
+    both = compute_slots(cal, LONG_AGO, saturday, saturday + timedelta(days=1))
+    assert local_starts(
+        [s for s in both if s.start.astimezone(zone).date() == saturday], tz
+    ) == quarter_hours("20:00", last_saturday)
+    assert local_starts([s for s in both if s.start.astimezone(zone).date() != saturday], tz) == sunday
+    assert all(slot.end - slot.start == timedelta(minutes=minutes) for slot in both)  # real time
+    for slot in both:
+        assert evaluate_slot(cal, slot.start, LONG_AGO) == slot
+    after_last = datetime.combine(saturday, time.fromisoformat(last_saturday)) + timedelta(minutes=15)
+    if after_last.day == saturday.day:
+        assert reason(cal, after_last.replace(tzinfo=zone).astimezone(UTC)) == "outside_hours"
+
+
+def test_a_slot_past_midnight_where_the_clocks_skip_it():
+    # Santiago's Saturday 2027-09-04 runs on into Sunday's 00:00-02:00 window, which holds one real hour.
+    bar_night = windows("18:00", "24:00", days=(6,)) + windows("00:00", "02:00", days=(0,))
+    saturday, sunday = date(2027, 9, 4), date(2027, 9, 5)
+    # 23:45 + 60 minutes is 01:45 on Sunday's clock; 23:00 + 120 minutes is 02:00 (05:00 UTC), closing time.
+    for minutes, last, end in ((60, "23:45", (4, 45)), (120, "23:00", (5, 0))):
+        cal = bar(bar_night, tz=SANTIAGO, duration_minutes=minutes)
+        evening = slots_on(cal, saturday)
+        assert local_starts(evening, SANTIAGO) == quarter_hours("18:00", last)
+        assert evening[-1].end == datetime(2027, 9, 5, *end, tzinfo=UTC)
+        for slot in evening:
+            assert evaluate_slot(cal, slot.start, LONG_AGO) == slot
+    assert reason(cal, at(SANTIAGO, 2027, 9, 4, 23, 15)) == "outside_hours"  # 120 minutes: 02:15
+    # Sunday's own slots are Sunday's, from 01:00, its first wall-clock time.
+    assert local_starts(slots_on(bar(bar_night, tz=SANTIAGO), sunday), SANTIAGO) == ["01:00"]
+    # A window continued to the next day's 24:00, where the clocks skip the following midnight.
+    whole = bar(
+        windows("00:00", "24:00", days=(5, 6)), tz=SANTIAGO, duration_minutes=25 * 60, slot_step_minutes=60
+    )
+    friday = slots_on(whole, date(2027, 9, 3))
+    assert local_starts(friday, SANTIAGO)[-1] == "23:00"
+    assert friday[-1].end == datetime(2027, 9, 5, 4, 0, tzinfo=UTC)  # Saturday's 24:00, Sunday's 01:00
+    assert evaluate_slot(whole, friday[-1].start, LONG_AGO) == friday[-1]
 
 
 # --- buffers, blocks --------------------------------------------------------------------------------------

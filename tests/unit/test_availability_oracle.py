@@ -13,8 +13,11 @@ Wall-clock convention (the docstring and `_Planner._wall_to_utc`): a slot's star
 wall clock of the slot's local date, as time since that date's midnight. The end is the wall-clock time of
 the instant start + duration, so it may pass 24:00 or, when the clocks go back during the slot, be earlier
 than the start. A slot lies inside a window [open, close] when open <= start < close and end <= close.
-A window closing at 24:00 (a `WorkingWindow` ending at 00:00, or the service's "24:00") closes when the local
-date ends; the oracle reads that without the wall clock: the slot's last moment must still be on its date.
+A window closing at 24:00 (a `WorkingWindow` ending at 00:00, or the service's "24:00"; no hours at all is
+00:00-24:00) closes when the local date ends; the oracle reads that without the wall clock: the slot's last
+moment must still be on its date. Unless the next date has a window opening at 00:00 (for the service: its
+hours open at 00:00 and it is offered that date): then the slot may run on into that window, read on the next
+date's own wall clock, but no further than the next date's end.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import random
 import uuid
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -89,12 +93,32 @@ def closing(value: time) -> timedelta:
     return ONE_DAY if value == time(0) else since_midnight(value)
 
 
-@functools.lru_cache(maxsize=1024)  # only for speed: the same resource and day come back per grid time
 def merged_windows(resource: ResourceCalendar, day: date) -> tuple[tuple[timedelta, timedelta], ...]:
-    """The resource's working windows on `day`, unioned pairwise until no two overlap or touch."""
+    return _merged_windows(_ByIdentity(resource.windows), day)
+
+
+class _ByIdentity:
+    """A key for the cache below that hashes in constant time (hashing the windows themselves cost more than
+    merging them)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.value is self.value
+
+
+@functools.lru_cache(maxsize=1024)  # only for speed: the same resource and day come back per grid time
+def _merged_windows(windows: _ByIdentity, day: date) -> tuple[tuple[timedelta, timedelta], ...]:
+    """The working windows on `day`, unioned pairwise until no two overlap or touch."""
     spans = [
         (since_midnight(w.start_time), closing(w.end_time))
-        for w in resource.windows
+        for w in windows.value
         if w.day_of_week == day_of_week(day)
         and (w.effective_from is None or w.effective_from <= day)
         and (w.effective_until is None or day <= w.effective_until)
@@ -115,21 +139,38 @@ def merged_windows(resource: ResourceCalendar, day: date) -> tuple[tuple[timedel
     return tuple(spans)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Where a slot falls on the local calendar."""
+
+    day: date  # its local date
+    start_wall: timedelta  # its start on that date's wall clock, since midnight
+    end_wall: timedelta  # its end's wall-clock time, since that date's midnight (may pass 24:00)
+    last_day: date  # the local date of its last moment (it is half-open)
+    tail_wall: timedelta  # its end's wall-clock time, since the next date's midnight
+
+
 def inside(
-    window: tuple[timedelta, timedelta], start_wall: timedelta, end_wall: timedelta, ends_on_its_date: bool
+    window: tuple[timedelta, timedelta], following: tuple[timedelta, timedelta] | None, slot: Timing
 ) -> bool:
+    """`following`: the next date's window opening at 00:00, into which a window closing at 24:00 runs on."""
     opens, closes = window
-    if closes == ONE_DAY:  # 24:00: the end of the slot's local date, whatever the wall clock shows then
-        return opens <= start_wall and ends_on_its_date
-    return opens <= start_wall < closes and end_wall <= closes
+    if closes != ONE_DAY:
+        return opens <= slot.start_wall < closes and slot.end_wall <= closes
+    # 24:00: the end of the slot's local date, whatever the wall clock shows then.
+    if opens > slot.start_wall:
+        return False
+    if slot.last_day == slot.day:
+        return True
+    if following is None or slot.last_day != slot.day + ONE_DAY:
+        return False
+    # Read on the next date's clock; a window closing at its 24:00 holds whatever ends on that date.
+    return following[1] == ONE_DAY or slot.tail_wall <= following[1]
 
 
-def works(
-    resource: ResourceCalendar, day: date, start_wall: timedelta, end_wall: timedelta, ends_on_its_date: bool
-) -> bool:
-    return any(
-        inside(window, start_wall, end_wall, ends_on_its_date) for window in merged_windows(resource, day)
-    )
+def works(resource: ResourceCalendar, slot: Timing) -> bool:
+    following = next((w for w in merged_windows(resource, slot.day + ONE_DAY) if w[0] == ZERO), None)
+    return any(inside(window, following, slot) for window in merged_windows(resource, slot.day))
 
 
 def has_room(
@@ -175,10 +216,14 @@ def judge(
     local = start.astimezone(zone)
     day = local.date()
     midnight = datetime.combine(day, time())
-    start_wall = local.replace(tzinfo=None) - midnight
-    end_wall = end.astimezone(zone).replace(tzinfo=None) - midnight
-    # The slot's last moment (it is half-open) still falls on its local date.
-    ends_on_its_date = (end - timedelta(microseconds=1)).astimezone(zone).date() == day
+    end_local = end.astimezone(zone).replace(tzinfo=None)
+    slot = Timing(
+        day=day,
+        start_wall=local.replace(tzinfo=None) - midnight,
+        end_wall=end_local - midnight,
+        last_day=(end - timedelta(microseconds=1)).astimezone(zone).date(),
+        tail_wall=end_local - (midnight + ONE_DAY),
+    )
     reasons = set()
 
     # A start at `now` itself is past by the time anybody books it.
@@ -188,12 +233,19 @@ def judge(
         days=rules.max_advance_booking_days
     ):
         reasons.add("too_far")
-    if rules.available_days is not None and day_of_week(day) not in rules.available_days:
+
+    def offered(on: date) -> bool:
+        return rules.available_days is None or day_of_week(on) in rules.available_days
+
+    if not offered(day):
         reasons.add("outside_hours")
+    hours = (ZERO, ONE_DAY)
     if rules.available_hours:
         hours = (clock(rules.available_hours["start"]), clock(rules.available_hours["end"]))
-        if not inside(hours, start_wall, end_wall, ends_on_its_date):
-            reasons.add("outside_hours")
+    # The same hours the next date, if the service is offered then: they continue today's when they open at 00:00.
+    following = hours if offered(day + ONE_DAY) and hours[0] == ZERO else None
+    if not inside(hours, following, slot):
+        reasons.add("outside_hours")
     if not calendar.needs:
         reasons.add("outside_hours")
 
@@ -205,7 +257,7 @@ def judge(
     for need in calendar.needs:
         if need.is_required:
             resource = calendar_of[need.resource_id]
-            if not works(resource, day, start_wall, end_wall, ends_on_its_date):
+            if not works(resource, slot):
                 reasons.add("outside_hours")
             if not has_room(resource, need.quantity, start, end, occupied_end):
                 reasons.add("slot_taken")
@@ -223,11 +275,7 @@ def judge(
         candidates.sort(
             key=lambda n: (n.preference_order, booked(calendar_of[n.resource_id], day, zone), n.resource_id)
         )
-        on_duty = [
-            n
-            for n in candidates
-            if works(calendar_of[n.resource_id], day, start_wall, end_wall, ends_on_its_date)
-        ]
+        on_duty = [n for n in candidates if works(calendar_of[n.resource_id], slot)]
         free = [
             n for n in on_duty if has_room(calendar_of[n.resource_id], n.quantity, start, end, occupied_end)
         ]
@@ -352,8 +400,29 @@ def around(draw, shift: tuple[int, int]) -> tuple[int, int]:
 
 
 @st.composite
-def working_windows(draw, date_from: date, days: int, shift: tuple[int, int]) -> tuple[WorkingWindow, ...]:
+def working_windows(
+    draw, date_from: date, days: int, shift: tuple[int, int], overnight: tuple[int, int] | None
+) -> tuple[WorkingWindow, ...]:
     out = []
+    if overnight is not None and draw(st.integers(0, 7)) < 7:
+        # The scenario's shift past midnight, often moved a little: from the evening to 24:00, and from 00:00
+        # on the next day. Mostly every evening of the range; else one, or one morning alone (which then
+        # continues nothing).
+        nudge = st.just(0) | st.integers(-90, 90)
+        evening = (min(max(0, overnight[0] + draw(nudge)), DAY_END - 1), DAY_END)
+        morning = (0, min(max(1, overnight[1] + draw(nudge)), DAY_END))
+        evenings = tuple(sorted({day_of_week(date_from + timedelta(days=k)) for k in range(days)}))
+        mornings = tuple((d + 1) % 7 for d in evenings)
+        if draw(QUARTER) == 3:
+            evenings = (day_of_week(date_from + timedelta(days=draw(st.integers(0, days - 1)))),)
+            mornings = tuple((d + 1) % 7 for d in evenings) if draw(QUARTER) < 3 else evenings
+        effective = {}
+        if draw(QUARTER) == 3:
+            # Near the range's end: the morning after its last day may be out of effect.
+            near = st.none() | st.integers(days - 2, days + 1).map(lambda k: date_from + timedelta(days=k))
+            effective = {"effective_from": draw(near), "effective_until": draw(near)}
+        for (lo, hi), week in ((evening, evenings), (morning, mornings)):
+            out += [WorkingWindow(d, *clock_times(lo, hi), **effective) for d in week]
     for k in range(draw(st.integers(1, 3))):
         start, end = draw(around(shift)) if k == 0 and draw(QUARTER) < 3 else draw(window_spans())
         # Every day of the week, or one day: mostly one of the range's one to four days.
@@ -369,15 +438,24 @@ def working_windows(draw, date_from: date, days: int, shift: tuple[int, int]) ->
             # A second window touching or overlapping the first: the docstring merges them into one shift.
             spans.append((draw(st.integers(start + 1, end)), draw(st.integers(end + 1, DAY_END))))
         for lo, hi in spans:
-            # 24:00 comes as the loader hands it over: 00:00.
-            start_time, end_time = time(lo // 60, lo % 60), time(hi // 60 % 24, hi % 60)
-            out += [WorkingWindow(d, start_time, end_time, **effective) for d in week]
+            out += [WorkingWindow(d, *clock_times(lo, hi), **effective) for d in week]
     return tuple(out)
+
+
+def clock_times(lo: int, hi: int) -> tuple[time, time]:
+    # 24:00 comes as the loader hands it over: 00:00.
+    return time(lo // 60, lo % 60), time(hi // 60 % 24, hi % 60)
 
 
 @st.composite
 def resource_calendars(
-    draw, resource_id: uuid.UUID, zone_name: str, date_from: date, days: int, shift: tuple[int, int]
+    draw,
+    resource_id: uuid.UUID,
+    zone_name: str,
+    date_from: date,
+    days: int,
+    shift: tuple[int, int],
+    overnight: tuple[int, int] | None,
 ) -> ResourceCalendar:
     # Blocks and allocations from half a day before the range to half a day after it, at any minute or on
     # the quarter hours (so that some touch a slot exactly).
@@ -397,7 +475,7 @@ def resource_calendars(
     return ResourceCalendar(
         resource_id,
         capacity=draw(CAPACITIES),
-        windows=draw(working_windows(date_from, days, shift)),
+        windows=draw(working_windows(date_from, days, shift, overnight)),
         blocks=tuple((a.astimezone(zone), b.astimezone(zone)) for a, b in blocks),
         allocations=tuple((a.astimezone(zone), b.astimezone(zone), units) for a, b, units in allocations),
     )
@@ -408,6 +486,8 @@ def service_rules(draw, shift: tuple[int, int]) -> ServiceRules:
     hours = None
     if draw(QUARTER) == 3:
         opens, closes = draw(around(shift)) if draw(st.booleans()) else draw(window_spans())
+        # Opening at 00:00 and closing at 24:00 now and then: hours that continue into the next day.
+        opens = 0 if draw(QUARTER) == 3 else opens
         hours = {"start": hhmm(opens), "end": "24:00" if draw(st.booleans()) else hhmm(closes)}
     return ServiceRules(
         duration_minutes=draw(DURATIONS),
@@ -433,6 +513,14 @@ def scenarios(draw) -> tuple[ServiceCalendar, datetime, date, date]:
     date_to = date_from + timedelta(days=days - 1)
 
     shift = draw(window_spans())
+    # Mostly a shift past midnight too (its evening's start, its next morning's end), which most
+    # resources work: windows closing at 24:00 followed by windows opening at 00:00.
+    overnight = None
+    if draw(QUARTER) < 3:
+        overnight = (
+            draw(st.integers(12 * 60, DAY_END - 1) | st.integers(0, DAY_END - 1)),
+            draw(st.integers(1, 300)),
+        )
     # Ids dealt at random, so that "the lowest id" is not always the first need.
     ids = [uuid.UUID(int=n) for n in draw(st.permutations(range(1, 6)))]
     needs = [ResourceNeed(ids.pop(), quantity=draw(QUANTITIES)) for _ in range(draw(st.integers(1, 2)))]
@@ -444,7 +532,7 @@ def scenarios(draw) -> tuple[ServiceCalendar, datetime, date, date]:
     needs = draw(st.permutations(needs))
     # Now and then a needed resource has no calendar at all (inactive, or never scheduled).
     resources = tuple(
-        draw(resource_calendars(need.resource_id, zone_name, date_from, days, shift))
+        draw(resource_calendars(need.resource_id, zone_name, date_from, days, shift, overnight))
         for need in needs
         if draw(st.integers(0, 19)) < 19
     )
@@ -538,6 +626,10 @@ BAR_UNTIL_0200 = ServiceCalendar(
 )
 
 
+# The same bar with 90-minute tables: Saturday's late starts end in Sunday's one real hour (01:00-02:00).
+BAR_90_UNTIL_0200 = replace(BAR_UNTIL_0200, rules=replace(NIGHT_RULES, duration_minutes=90))
+
+
 # --- the properties --------------------------------------------------------------------------------------
 
 
@@ -545,6 +637,7 @@ BAR_UNTIL_0200 = ServiceCalendar(
 @given(scenarios())
 @example((CANDIDATE_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK))
 @example((BAR_UNTIL_0200, LONG_AGO, SANTIAGO_SPRING, SANTIAGO_SPRING + ONE_DAY))
+@example((BAR_90_UNTIL_0200, LONG_AGO, SANTIAGO_SPRING, SANTIAGO_SPRING + ONE_DAY))
 def test_compute_slots_equals_the_oracle(scenario):
     calendar, now, date_from, date_to = scenario
     assert compute_slots(calendar, now, date_from, date_to) == oracle_slots(calendar, now, date_from, date_to)
@@ -554,6 +647,7 @@ def test_compute_slots_equals_the_oracle(scenario):
 @given(scenarios(), st.randoms(use_true_random=False))
 @example((STYLIST_UNTIL_0220, LONG_AGO, FALL_BACK, FALL_BACK), random.Random(0))
 @example((BAR_UNTIL_0200, LONG_AGO, SANTIAGO_SPRING, SANTIAGO_SPRING + ONE_DAY), random.Random(0))
+@example((BAR_90_UNTIL_0200, LONG_AGO, SANTIAGO_SPRING, SANTIAGO_SPRING + ONE_DAY), random.Random(0))
 def test_evaluate_slot_agrees_with_compute_slots(scenario, rng):
     calendar, now, date_from, date_to = scenario
     zone = ZoneInfo(calendar.timezone)
