@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,7 +41,6 @@ def record_booking_jobs(
     one returning client's (found, and counted again); at one salon, every job is a new client's. With
     `returning_clients=False`, every job is a new client's wherever it is."""
     engine = create_engine(database_url)
-    first_day = datetime.now(UTC).date() + timedelta(days=days_ahead)
     per_business = -(-n // businesses)
     job_ids: list[str] = []
     try:
@@ -58,6 +58,8 @@ def record_booking_jobs(
                 for _ in range(businesses)
             ]
             session.commit()
+        # Today in the salons' zone: a UTC date is already yesterday there an hour before UTC midnight.
+        first_day = datetime.now(ZoneInfo(salons[0].tenant.timezone)).date() + timedelta(days=days_ahead)
         slots_per_day = 24 * 60 // SLOT_MINUTES - 1
         for index in range(n):
             salon, k = salons[index % businesses], index // businesses
