@@ -352,6 +352,14 @@ def _allocate(
     other only when their times overlap on a resource, and the loser sees 23P01 and looks again (another
     stylist may still be free). Shared resources (capacity > 1) are counted, and counting is only
     safe one booking at a time among those that could overlap: see `_lock_shared_resources`.
+
+    The insert of capacity-1 rows is taken one booking at a time per resource and day, under a lock held
+    for the insert only. PostgreSQL checks the exclusion constraint after putting the row in the index, so
+    two bookings inserting overlapping rows at once each found the other's row and waited for it: a
+    deadlock, broken after a second by aborting one, which looked again, inserted again and met the next
+    one. Twenty bookings racing for one slot went on like that for most of a minute. With the lock, a
+    booking inserts only once the one before it has inserted and checked; it may then wait for that one's
+    commit (while holding the lock, so the next ones queue), never in a cycle.
     """
     shared = sorted(resource_id for resource_id, candidate in candidates.items() if not candidate.exclusive)
     if shared:
@@ -376,9 +384,11 @@ def _allocate(
             "end": slot.end,
             "occupied_until": slot.end + timedelta(minutes=service.buffer_time_minutes or 0),
         }
+        exclusive = [resource_id for resource_id in resources if candidates[resource_id].exclusive]
+        keys = resource_day_keys(exclusive, slot.start, allocations["occupied_until"])
         try:
             # The savepoint keeps the transaction usable after a violation.
-            with uow.session.begin_nested():
+            with uow.locked_meanwhile(EXCLUSIVE_INSERT_LOCKS, keys), uow.session.begin_nested():
                 uow.session.execute(_INSERT_ALLOCATIONS, allocations)
             return slot
         except DBAPIError as error:
@@ -393,6 +403,8 @@ def _allocate(
 
 # Transaction-level advisory locks (released at commit or rollback), in a key space of their own.
 SHARED_RESOURCE_LOCKS = 0x56410001
+# Held around the insert of capacity-1 allocations only (see `_allocate`).
+EXCLUSIVE_INSERT_LOCKS = 0x56410002
 _LOCK_SHARED_DAYS = text(
     "SELECT pg_advisory_xact_lock(:namespace, hashtext(key)) FROM unnest(CAST(:keys AS text[])) AS key"
 )
@@ -406,11 +418,11 @@ def _lock_shared_resources(
     overlapping intervals share the day of any instant they share). A room's bookings on other days do
     not wait for this one. Keys in sorted order (unnest keeps it), so that no two bookings deadlock; a
     clash of two keys' hashes only makes two bookings wait for each other needlessly."""
-    keys = shared_lock_keys(resource_ids, start, occupied_until)
+    keys = resource_day_keys(resource_ids, start, occupied_until)
     uow.session.execute(_LOCK_SHARED_DAYS, {"namespace": SHARED_RESOURCE_LOCKS, "keys": keys})
 
 
-def shared_lock_keys(resource_ids: list[uuid.UUID], start: datetime, occupied_until: datetime) -> list[str]:
+def resource_day_keys(resource_ids: list[uuid.UUID], start: datetime, occupied_until: datetime) -> list[str]:
     """The sorted lock keys, "<resource id>:<UTC date>", of every UTC day [start, occupied_until) touches."""
     first = start.astimezone(UTC).date()
     last = (occupied_until - timedelta(microseconds=1)).astimezone(UTC).date()

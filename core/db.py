@@ -7,7 +7,8 @@ callbacks registered with `after_commit()` (enqueueing, mostly) only once the co
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -25,6 +26,13 @@ _SET_CONTEXT = text(
     "SELECT set_config('app.tenant_id', :tenant, true), set_config('app.user_id', :user, true),"
     " set_config('app.system', :system, true)"
 )
+# Session-level advisory locks outlive the transaction: `UnitOfWork.locked_meanwhile` releases them, and a
+# connection that goes back to the pool still holding one (an error between lock and unlock) is cleared.
+_LOCK_SESSION = text(
+    "SELECT pg_advisory_lock(:namespace, hashtext(key)) FROM unnest(CAST(:keys AS text[])) AS key"
+)
+_UNLOCK_SESSION = "SELECT pg_advisory_unlock_all()"
+HOLDS_SESSION_LOCKS = "holds_session_locks"
 
 
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
@@ -47,6 +55,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         "connect_args", {"connect_timeout": settings.db_connect_timeout_seconds, "options": options}
     )
     engine = create_engine(url or settings.database_url, **kwargs)
+    event.listen(engine, "checkin", _release_session_locks)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)
     return engine
@@ -63,13 +72,27 @@ def act_as(engine: Engine, role: str) -> None:
     @event.listens_for(engine, "connect")
     def _set_role(dbapi_connection: Any, connection_record: Any) -> None:
         # Outside any transaction, so that the pool's rollback on checkin cannot undo it.
-        autocommit = dbapi_connection.autocommit
-        dbapi_connection.autocommit = True
-        try:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute(statement)
-        finally:
-            dbapi_connection.autocommit = autocommit
+        _execute_outside_transaction(dbapi_connection, statement)
+
+
+def _release_session_locks(dbapi_connection: Any, connection_record: Any) -> None:
+    if dbapi_connection is None or not connection_record.info.pop(HOLDS_SESSION_LOCKS, False):
+        return
+    try:
+        _execute_outside_transaction(dbapi_connection, _UNLOCK_SESSION)
+    except Exception as error:
+        # Closing the connection releases its locks too.
+        connection_record.invalidate(error)
+
+
+def _execute_outside_transaction(dbapi_connection: Any, statement: str) -> None:
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def get_engine() -> Engine:
@@ -157,6 +180,26 @@ class UnitOfWork:
         self.system = False
         if self.session.in_transaction():
             self._apply_context(self.session, None, self.session.connection())
+
+    @contextmanager
+    def locked_meanwhile(self, namespace: int, keys: list[str]) -> Iterator[None]:
+        """Advisory locks on `keys` for the duration of the block, not until the commit.
+
+        `keys` must be sorted, so that two holders never wait for each other in a cycle. Wrap a savepoint
+        in it, not the other way round: the locks are released after a failed block's savepoint has been
+        rolled back, in a transaction that still works.
+        """
+        if not keys:
+            yield
+            return
+        connection = self.session.connection()
+        connection.info[HOLDS_SESSION_LOCKS] = True
+        connection.execute(_LOCK_SESSION, {"namespace": namespace, "keys": keys})
+        try:
+            yield
+        finally:
+            connection.exec_driver_sql(_UNLOCK_SESSION)
+            connection.info.pop(HOLDS_SESSION_LOCKS, None)
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         self._after_commit.append(callback)

@@ -17,9 +17,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core import booking, intake
-from core.booking import BookingRequest
+from core.booking import EXCLUSIVE_INSERT_LOCKS, BookingRequest
 from core.clients import ClientDetails
-from core.db import UnitOfWork
+from core.db import HOLDS_SESSION_LOCKS, UnitOfWork
 from core.errors import DomainError
 from core.models import Appointment, AppointmentResource, Client, IntakeJob, Resource, VapiCallLog
 from tests import factories
@@ -360,3 +360,73 @@ def test_a_shared_rooms_bookings_wait_for_each_other_only_on_the_same_day(commit
             book_at_once(salon, haircut_at(salon, "10:00", 3))
         in_progress.commit()
     assert places_taken(committed_engine, room) == 2
+
+
+def _lock_waits(engine) -> list[str]:
+    """What each session of this database that waits for a lock waits for (pg_locks.locktype)."""
+    with engine.connect() as connection:
+        return sorted(
+            connection.scalars(
+                text(
+                    "SELECT l.locktype FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE NOT l.granted AND a.datname = current_database()"
+                )
+            )
+        )
+
+
+def test_bookings_racing_for_a_resource_put_their_rows_in_one_at_a_time(committed_engine, committed):
+    """PostgreSQL checks the exclusion constraint after it has put the new row in the index. Two bookings
+    inserting overlapping rows at the same instant each found the other's row and waited for it, a
+    deadlock; the aborted one looked again and inserted again, and twenty bookings for one slot went on
+    like that for most of a minute (seen in CI). So the rows go in one booking at a time per resource: while
+    one booking waits for an overlapping one to commit, the next waits for its turn, with no row in the
+    index for anybody to wait on."""
+    salon = committed()
+    outcomes: list[str] = []
+
+    def attempt(n: int) -> None:
+        try:
+            with UnitOfWork(salon.tenant.id) as uow:
+                booking.book(uow, haircut_at(salon, "10:00", n), NOW)
+                uow.commit()
+            outcomes.append("booked")
+        except DomainError as error:
+            outcomes.append(error.code)
+
+    with UnitOfWork(salon.tenant.id) as first:
+        booking.book(first, haircut_at(salon, "10:00", 0), NOW)  # not committed yet
+        racers = [threading.Thread(target=attempt, args=(n,)) for n in (1, 2)]
+        for racer in racers:
+            racer.start()
+        deadline = time.monotonic() + 10
+        while len(waits := _lock_waits(committed_engine)) < 2:
+            assert time.monotonic() < deadline, f"the racing bookings never both waited: {waits}"
+            time.sleep(0.02)
+        # One waits for the first booking's commit, the other for its turn to insert.
+        assert waits == ["advisory", "transactionid"]
+        first.commit()
+    for racer in racers:
+        racer.join(timeout=30)
+    assert outcomes == ["slot_taken", "slot_taken"]
+    assert count(committed_engine, Appointment, Appointment.tenant_id == salon.tenant.id) == 1
+
+
+def test_a_connection_goes_back_to_the_pool_without_the_insert_locks_it_still_held(
+    committed_engine, committed
+):
+    """The insert locks outlive a rollback; one left behind by an error between lock and unlock would
+    stop every later booking of that resource and day on this process, so the pool releases them."""
+    salon = committed()
+    with UnitOfWork(salon.tenant.id) as uow:
+        connection = uow.session.connection()
+        connection.info[HOLDS_SESSION_LOCKS] = True  # as `locked_meanwhile` marks it, before its lock
+        connection.execute(
+            text("SELECT pg_advisory_lock(:namespace, 1)"), {"namespace": EXCLUSIVE_INSERT_LOCKS}
+        )
+        pid = connection.scalar(text("SELECT pg_backend_pid()"))
+    with committed_engine.connect() as connection:
+        held = connection.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = :pid"), {"pid": pid}
+        )
+    assert held == 0
