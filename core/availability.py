@@ -62,7 +62,6 @@ from sqlalchemy import (
     Time,
     Uuid,
     bindparam,
-    case,
     cast,
     func,
     literal,
@@ -85,6 +84,7 @@ from core.models import (
     ServiceResource,
     Tenant,
 )
+from core.models.scheduling import end_of_day_as_midnight
 
 log = logging.getLogger(__name__)
 
@@ -1003,17 +1003,14 @@ def _calendar_statement() -> CompoundSelect:
         flag_2=linked.c.usable,
     ).select_from(linked)
 
-    # A shift ending at midnight is stored as 24:00, which psycopg cannot load: read as 00:00 (WorkingWindow).
-    end_time = ResourceSchedule.end_time
     windows = (
         _part(
             "window",
             resource_id=ResourceSchedule.resource_id,
             number_1=ResourceSchedule.day_of_week,
             clock_1=ResourceSchedule.start_time,
-            clock_2=case(
-                (end_time == literal_column("TIME '24:00'"), literal_column("TIME '00:00'")), else_=end_time
-            ),
+            # 24:00 read as 00:00 (`ClosingTime`), by hand: a union's column takes its type from one part.
+            clock_2=end_of_day_as_midnight(ResourceSchedule.end_time),
             day_1=ResourceSchedule.effective_from,
             day_2=ResourceSchedule.effective_until,
         )

@@ -57,6 +57,8 @@ def _aware(value: datetime, name: str) -> datetime:
 
 
 def _time(value: time | str) -> time:
+    if value == "24:00":
+        return time(0)  # a closing time's end of the day (ClosingTime)
     return value if isinstance(value, time) else time.fromisoformat(value)
 
 

@@ -21,8 +21,13 @@ from sqlalchemy import (
     Index,
     String,
     Text,
+    Time,
+    TypeDecorator,
     UniqueConstraint,
+    case,
+    literal_column,
     text,
+    type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TSTZRANGE, ExcludeConstraint, Range
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -388,6 +393,33 @@ class AppointmentResource(Base):
     resource: Mapped[Resource] = relationship(primaryjoin="AppointmentResource.resource_id == Resource.id")
 
 
+_MIDNIGHT = literal_column("TIME '00:00'")
+_END_OF_DAY = literal_column("TIME '24:00'")
+
+
+def end_of_day_as_midnight(end_time: Any) -> Any:
+    """`end_time` as Python can load it: 24:00 as 00:00 (see `ClosingTime`)."""
+    return type_coerce(case((end_time == _END_OF_DAY, _MIDNIGHT), else_=end_time), Time())
+
+
+class ClosingTime(TypeDecorator[time]):
+    """A closing time of `resource_schedules`: 00:00 in Python is 24:00 in the database.
+
+    A shift ending at midnight is stored as 24:00 (the CHECK wants the end after the start), which neither
+    `datetime.time` nor psycopg can hold. No window ends at 00:00 otherwise, so 00:00 stands for it, read
+    and written.
+    """
+
+    impl = Time
+    cache_ok = True
+
+    def column_expression(self, column: Any) -> Any:
+        return end_of_day_as_midnight(column)
+
+    def bind_expression(self, value: Any) -> Any:
+        return type_coerce(case((value == _MIDNIGHT, _END_OF_DAY), else_=value), Time())
+
+
 class ResourceSchedule(Base):
     __tablename__ = "resource_schedules"
     __table_args__ = (
@@ -412,7 +444,7 @@ class ResourceSchedule(Base):
 
     day_of_week: Mapped[int]  # 0 = Sunday ... 6 = Saturday (PostgreSQL's EXTRACT(DOW))
     start_time: Mapped[time]  # local wall-clock time in the tenant's time zone
-    end_time: Mapped[time]
+    end_time: Mapped[time] = mapped_column(ClosingTime())  # 00:00 is 24:00, the end of the day
 
     # NULL effective_from: in effect since always (the default is the creation date, as in the seed).
     effective_from: Mapped[date | None] = mapped_column(server_default=text("CURRENT_DATE"))

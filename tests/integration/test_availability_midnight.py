@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 
 from core import booking
 from core.availability import Slot, check_slot, find_slots
@@ -17,7 +17,7 @@ from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork
 from core.errors import SlotUnavailable
-from core.models import AppointmentResource, ResourceSchedule
+from core.models import AppointmentResource, Resource, ResourceSchedule
 from tests import factories as f
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -57,16 +57,7 @@ class Restaurant:
         f.link_service_resource(db, self.dinner, self.table)
 
     def schedule(self, day_of_week: int, start: str, end: str, **columns) -> None:
-        # The factory's time objects cannot say 24:00: PostgreSQL reads the text.
-        self.db.execute(
-            insert(ResourceSchedule).values(
-                resource_id=self.table.id,
-                day_of_week=day_of_week,
-                start_time=start,
-                end_time=end,
-                **{"effective_from": None, **columns},
-            )
-        )
+        f.make_schedule(self.db, self.table, day_of_week, start, end, **columns)
 
     def book(self, start: datetime, phone: str = "612 345 678") -> booking.BookedAppointment:
         request = BookingRequest(
@@ -171,3 +162,26 @@ def test_a_next_day_row_not_in_effect_that_night_does_not_continue_the_evening(d
     with UnitOfWork(bar.tenant.id) as uow, pytest.raises(SlotUnavailable) as refused:
         check_slot(uow, bar.dinner, at(FRIDAY, "23:00"), NOW)
     assert refused.value.code == "outside_hours"
+
+
+def test_a_closing_time_of_24_00_is_00_00_in_python_read_and_written(db):
+    restaurant = Restaurant(db)
+    restaurant.schedule(1, "18:00", "24:00")
+    restaurant.schedule(2, "18:00", "23:00")
+    db.expire_all()
+    # Loaded through the model and its relationship: psycopg alone cannot read 24:00.
+    ends = sorted((row.day_of_week, row.end_time) for row in db.get(Resource, restaurant.table.id).schedules)
+    assert ends == [(1, time(0)), (2, time(23))]
+    monday = db.scalars(
+        select(ResourceSchedule).where(
+            ResourceSchedule.resource_id == restaurant.table.id, ResourceSchedule.day_of_week == 1
+        )
+    ).one()
+    monday.end_time = time(22)
+    db.flush()
+    monday.end_time = time(0)
+    db.flush()
+    stored = text(
+        "SELECT day_of_week, end_time::text FROM resource_schedules WHERE resource_id = :id ORDER BY 1"
+    )
+    assert db.execute(stored, {"id": restaurant.table.id}).all() == [(1, "24:00:00"), (2, "23:00:00")]
