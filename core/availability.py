@@ -22,7 +22,9 @@ once, at its first occurrence. A window may close at 24:00 (see `WorkingWindow`)
 date begins, on the nights the clocks change too (where they skip midnight, that date begins at 01:00). A shift
 running past midnight is two windows (20:00-24:00, and 00:00-02:00 on the next day) and reads as one: a window
 closing at 24:00 continues into the next date's window opening at 00:00 (if that date's rules have one), and
-the service's hours likewise when they run to 24:00 and the service is available on the next date. A slot
+the service's hours likewise when they run to 24:00 and the service is available on the next date. Service
+hours that end at or before they open run past midnight: 20:00-02:00 is the evening of each date the service
+is offered and the small hours of the date after it (20:00-00:00 is 20:00-24:00). A slot
 starting before midnight may end inside the continuation, its end read on the wall clock from its own date's
 midnight (01:30 on the next date is 25:30); starts from midnight on belong to the next date. The continuation
 is one day long at most. A slot starts after `now`, and at least `min_advance_booking_hours` after it.
@@ -534,9 +536,13 @@ class _Planner:
         self.step = timedelta(minutes=step)
         self.days = None if rules.available_days is None else frozenset(int(d) for d in rules.available_days)
         hours = rules.available_hours
-        self.hours = (
-            [(_parse_clock(hours["start"]), _parse_clock(hours["end"]))] if hours else [(ZERO, ONE_DAY)]
+        opens, closes = (
+            (_parse_clock(hours["start"]), _parse_clock(hours["end"])) if hours else (ZERO, ONE_DAY)
         )
+        # Hours ending at or before they open run past midnight (18:00-02:00; 18:00-00:00 is 18:00-24:00):
+        # the evening of each day the service is offered, and the small hours of the day after.
+        self.hours = [(opens, closes if closes > opens else ONE_DAY)]
+        self.small_hours = [(ZERO, closes)] if ZERO < closes <= opens else []
         # Strictly after now, even without notice: a slot starting at this instant is past by the time anybody
         # books it, and the booking refuses it (start_in_past).
         self.earliest = max(
@@ -610,14 +616,19 @@ class _Planner:
         windows = self._own_opening.get(day)
         if windows is None:
             windows = []
-            if self.days is None or day_number(day) in self.days:
-                windows = self.hours
-                for resource in self.required:
-                    windows = _intersect(windows, resource.windows_on(day))
-                    if not windows:
-                        break
+            if self.small_hours and self._offered(day - ONE_DAY):
+                windows = self.small_hours  # the night before runs on into this date
+            if self._offered(day):
+                windows = _merge_touching([*windows, *self.hours])
+            for resource in self.required:
+                if not windows:
+                    break
+                windows = _intersect(windows, resource.windows_on(day))
             self._own_opening[day] = windows
         return windows
+
+    def _offered(self, day: date) -> bool:
+        return self.days is None or day_number(day) in self.days
 
     def _candidates_on(self, day: date) -> list[_Resource]:
         order = self._order.get(day)

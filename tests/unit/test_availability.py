@@ -431,6 +431,37 @@ def test_the_services_own_hours_and_days_decide_whether_the_evening_continues():
     assert local_starts(late) == ["23:30", "23:45"]
 
 
+def test_service_hours_ending_before_they_open_run_past_midnight():
+    # The table works every night; the service's hours say when it is sold.
+    every_night = (windows("00:00", "02:00"), windows("20:00", "24:00"))
+
+    def starts(first: date, last: date, **rules) -> list[str]:
+        cal = bar(*every_night, **rules)
+        found = compute_slots(cal, LONG_AGO, first, last)
+        for slot in found:
+            assert evaluate_slot(cal, slot.start, LONG_AGO) == slot
+        return [f"{s.start.astimezone(ZoneInfo(MADRID)):%a %H:%M}" for s in found]
+
+    night = {"start": "20:00", "end": "02:00"}
+    friday_night = [f"Fri {t}" for t in quarter_hours("20:00", "23:45")]
+    small_hours = quarter_hours("00:00", "01:00")
+    assert starts(FRIDAY, SATURDAY, available_hours=night) == [
+        *(f"Fri {t}" for t in small_hours),  # Thursday night's
+        *friday_night,
+        *(f"Sat {t}" for t in small_hours),
+        *(f"Sat {t}" for t in quarter_hours("20:00", "23:45")),
+    ]
+    # Offered on Fridays only: Friday night runs on into Saturday; Thursday night is not sold.
+    assert starts(FRIDAY, SATURDAY, available_hours=night, available_days=(5,)) == [
+        *friday_night,
+        *(f"Sat {t}" for t in small_hours),
+    ]
+    # Closing at "00:00" is closing at midnight, not never opening.
+    assert starts(FRIDAY, FRIDAY, available_hours={"start": "20:00", "end": "00:00"}) == [
+        f"Fri {t}" for t in quarter_hours("20:00", "23:00")
+    ]
+
+
 def test_a_chosen_table_that_stops_at_midnight_does_not_take_the_late_starts():
     room = ResourceCalendar(
         ROOM, windows=windows("18:00", "24:00", days=(5,)) + windows("00:00", "03:00", days=(6,))

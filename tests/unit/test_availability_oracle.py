@@ -123,6 +123,12 @@ def _merged_windows(windows: _ByIdentity, day: date) -> tuple[tuple[timedelta, t
         and (w.effective_from is None or w.effective_from <= day)
         and (w.effective_until is None or day <= w.effective_until)
     ]
+    return union(spans)
+
+
+def union(spans: list[tuple[timedelta, timedelta]]) -> tuple[tuple[timedelta, timedelta], ...]:
+    """The spans unioned pairwise until no two overlap or touch."""
+    spans = list(spans)
     changed = True
     while changed:
         changed = False
@@ -237,14 +243,23 @@ def judge(
     def offered(on: date) -> bool:
         return rules.available_days is None or day_of_week(on) in rules.available_days
 
-    if not offered(day):
-        reasons.add("outside_hours")
-    hours = (ZERO, ONE_DAY)
+    opens, closes = ZERO, ONE_DAY
     if rules.available_hours:
-        hours = (clock(rules.available_hours["start"]), clock(rules.available_hours["end"]))
-    # The same hours the next date, if the service is offered then: they continue today's when they open at 00:00.
-    following = hours if offered(day + ONE_DAY) and hours[0] == ZERO else None
-    if not inside(hours, following, slot):
+        opens, closes = (clock(rules.available_hours["start"]), clock(rules.available_hours["end"]))
+
+    def sold(on: date) -> tuple[tuple[timedelta, timedelta], ...]:
+        """The service's own windows on a date. Hours closing at or before they open (18:00-02:00) are the
+        evening of an offered date until 24:00 and the small hours of the date after it."""
+        if closes > opens:
+            return ((opens, closes),) if offered(on) else ()
+        spans = [(opens, ONE_DAY)] if offered(on) else []
+        if closes > ZERO and offered(on - ONE_DAY):
+            spans.append((ZERO, closes))
+        return union(spans)
+
+    # The next date's window opening at 00:00 continues today's closing at 24:00.
+    following = next((w for w in sold(day + ONE_DAY) if w[0] == ZERO), None)
+    if not any(inside(window, following, slot) for window in sold(day)):
         reasons.add("outside_hours")
     if not calendar.needs:
         reasons.add("outside_hours")
@@ -489,6 +504,8 @@ def service_rules(draw, shift: tuple[int, int]) -> ServiceRules:
         # Opening at 00:00 and closing at 24:00 now and then: hours that continue into the next day.
         opens = 0 if draw(QUARTER) == 3 else opens
         hours = {"start": hhmm(opens), "end": "24:00" if draw(st.booleans()) else hhmm(closes)}
+        if draw(QUARTER) == 3:  # the other way round: hours that run past midnight (or end at "00:00")
+            hours = {"start": hhmm(closes % DAY_END), "end": hhmm(opens)}
     return ServiceRules(
         duration_minutes=draw(DURATIONS),
         buffer_time_minutes=draw(BUFFERS),
