@@ -392,9 +392,9 @@ def _allocate(
                 uow.session.execute(_INSERT_ALLOCATIONS, allocations)
             return slot
         except DBAPIError as error:
-            # 23P01: an overlapping booking of one of these resources committed first. 40P01: two bookings
-            # inserted conflicting rows at the same instant and each waited for the other; PostgreSQL
-            # aborted this one. Either way, look again.
+            # 23P01: an overlapping booking of one of these resources committed first. 40P01: PostgreSQL
+            # found this booking in a cycle of waits and aborted it (the insert lock leaves little room for
+            # one: two keys whose hashes clash). Either way, look again.
             if getattr(error.orig, "sqlstate", None) not in ("23P01", "40P01"):
                 raise
     taken = SlotUnavailable("That time was just taken.", code="slot_taken")
