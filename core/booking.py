@@ -654,9 +654,7 @@ def reschedule(
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
     if service.requires_confirmation and appointment.status == "confirmed":
         # The business confirmed the old time, not this one.
-        appointment.status = "scheduled"
-        appointment.status_changed_at = now
-        appointment.status_changed_by = uow.user_id
+        _set_status(uow, appointment, "scheduled", now)
     slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
     uow.session.flush()
     client = uow.session.get(Client, appointment.client_id)
@@ -699,10 +697,17 @@ def change_status(
     return _change_status(uow, _locked_appointment(uow, appointment_id), new_status, now, reason)
 
 
+def _set_status(uow: UnitOfWork, appointment: Appointment, status: str, now: datetime) -> None:
+    appointment.status = status
+    appointment.status_changed_at = now
+    appointment.status_changed_by = uow.user_id
+
+
 def _change_status(
     uow: UnitOfWork, appointment: Appointment, new_status: str, now: datetime, reason: str | None = None
 ) -> BookedAppointment:
-    """The one place a status changes, on an appointment the caller has locked."""
+    """The one place a status changes on request, through the state machine, on an appointment the caller
+    has locked. (A move also sends a confirmed appointment back to `scheduled`: see `reschedule`.)"""
     allowed = TRANSITIONS.get(appointment.status, set())
     if new_status not in allowed:
         raise IllegalTransition(
@@ -717,9 +722,7 @@ def _change_status(
             f" {'marked as a no-show' if new_status == 'no_show' else 'completed'} before then.",
             code="not_due_yet",
         )
-    appointment.status = new_status
-    appointment.status_changed_at = now
-    appointment.status_changed_by = uow.user_id
+    _set_status(uow, appointment, new_status, now)
     if new_status == "in_progress":
         appointment.actual_start = now
     if new_status == "completed":

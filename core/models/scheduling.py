@@ -399,7 +399,11 @@ _END_OF_DAY = literal_column("TIME '24:00'")
 
 def end_of_day_as_midnight(end_time: Any) -> Any:
     """`end_time` as Python can load it: 24:00 as 00:00 (see `ClosingTime`)."""
-    return type_coerce(case((end_time == _END_OF_DAY, _MIDNIGHT), else_=end_time), Time())
+    return _replaced(end_time, _END_OF_DAY, _MIDNIGHT)
+
+
+def _replaced(value: Any, old: Any, new: Any) -> Any:
+    return type_coerce(case((value == old, new), else_=value), Time())
 
 
 class ClosingTime(TypeDecorator[time]):
@@ -417,7 +421,7 @@ class ClosingTime(TypeDecorator[time]):
         return end_of_day_as_midnight(column)
 
     def bind_expression(self, value: Any) -> Any:
-        return type_coerce(case((value == _MIDNIGHT, _END_OF_DAY), else_=value), Time())
+        return _replaced(value, _MIDNIGHT, _END_OF_DAY)
 
 
 class ResourceSchedule(Base):

@@ -88,14 +88,7 @@ def test_a_shift_ending_at_24_00_offers_and_books_the_slot_ending_at_midnight(db
     with UnitOfWork(restaurant.tenant.id) as uow:
         assert check_slot(uow, restaurant.dinner, last.start, NOW) == last
 
-    request = BookingRequest(
-        service_id=restaurant.dinner.id,
-        start=last.start,
-        client=ClientDetails(first_name="Lucía", last_name="Martín", phone="612 345 678"),
-    )
-    with UnitOfWork(restaurant.tenant.id) as uow:
-        booked = booking.book(uow, request, NOW)
-        uow.commit()
+    booked = restaurant.book(last.start)
     assert (booked.start, booked.end) == (last.start, midnight_after(MONDAY))
     assert booked.resource_ids == (restaurant.table.id,)
     assert local(restaurant.slots(MONDAY, MONDAY)) == [f"Mon {h}:00" for h in range(18, 23)]
