@@ -67,6 +67,9 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 # Statuses whose allocation still holds the resources.
 HOLDING_STATUSES = {"scheduled", "confirmed", "in_progress"}
+# A client who comes early may be seen early; a start recorded further ahead is a slip of the finger
+# (tomorrow's appointment started today), which would also let it be completed before it was due.
+EARLIEST_START = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -720,6 +723,12 @@ def _change_status(
         raise IllegalTransition(
             f"The appointment starts at {appointment.scheduled_start.isoformat()}: it cannot be"
             f" {'marked as a no-show' if new_status == 'no_show' else 'completed'} before then.",
+            code="not_due_yet",
+        )
+    if new_status == "in_progress" and now < appointment.scheduled_start - EARLIEST_START:
+        raise IllegalTransition(
+            f"The appointment starts at {appointment.scheduled_start.isoformat()}: it can be started"
+            f" from {EARLIEST_START.total_seconds() / 60:.0f} minutes before then, not earlier.",
             code="not_due_yet",
         )
     _set_status(uow, appointment, new_status, now)

@@ -350,6 +350,22 @@ def test_an_appointment_to_come_is_not_written_off_as_a_no_show_or_completed(db,
         assert booking.complete(uow, booked.appointment_id, salon.at(DAY, "09:58")).status == "completed"
 
 
+def test_an_appointment_is_started_from_an_hour_before_it_is_due(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    with pytest.raises(IllegalTransition) as early, UnitOfWork(salon.tenant.id) as uow:
+        booking.start(uow, booked.appointment_id, salon.at(DAY, "08:59"))
+    assert early.value.code == "not_due_yet"
+    assert early.value.message.endswith("it can be started from 60 minutes before then, not earlier.")
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    assert (appointment.status, appointment.actual_start) == ("confirmed", None)
+    with UnitOfWork(salon.tenant.id) as uow:
+        assert booking.start(uow, booked.appointment_id, salon.at(DAY, "09:00")).status == "in_progress"
+        uow.commit()
+    db.refresh(appointment)
+    assert (appointment.status, appointment.actual_start) == ("in_progress", salon.at(DAY, "09:00"))
+
+
 def test_the_exclusion_constraint_is_the_last_word_when_a_check_is_wrong(db, salon, monkeypatch):
     first = book(salon, request(salon, "10:00"))
 

@@ -548,14 +548,29 @@ class BookingLifecycle(RuleBasedStateMachine):
             cancelled.cancellation_reason = reason
             cancelled.updates += 1
 
+    @rule(
+        appointment=appointments,
+        action=st.sampled_from(sorted(STATUS_ACTIONS)),
+        offset=st.sampled_from([-61, -60, -15, 0, 30]),
+    )
+    def change_status_near_its_time(self, appointment, action, offset):
+        """Time moves to around the appointment's start (an hour before is the earliest start)."""
+        self.now = max(self.now, self.model[appointment].start + timedelta(minutes=offset))
+        self._change_status(self.model[appointment], action)
+
     @rule(appointment=appointments, action=st.sampled_from(sorted(STATUS_ACTIONS)))
     def change_status(self, appointment, action):
-        changed = self.model[appointment]
+        self._change_status(self.model[appointment], action)
+
+    def _change_status(self, changed: ModelAppointment, action: str):
         target = STATUS_ACTIONS[action]
         expected = "ok" if target in LEGAL.get(changed.status, set()) else "illegal_status_change"
         if expected == "ok" and target in ("completed", "no_show") and changed.status != "in_progress":
             # Not before it was due: one started may end early, one to come may not be written off.
             expected = "ok" if self.now >= changed.start else "not_due_yet"
+        if expected == "ok" and target == "in_progress" and self.now < changed.start - timedelta(hours=1):
+            # A client may be seen up to an hour early, not sooner.
+            expected = "not_due_yet"
         result, error = self._call(lambda uow: getattr(booking, action)(uow, changed.id, self.now))
         self._check_outcome(f"{action} a {changed.status} appointment", error, expected)
         if error is None:
