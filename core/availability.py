@@ -770,6 +770,16 @@ def slot_step_minutes(tenant_settings: dict[str, Any] | None) -> int:
     return step
 
 
+@dataclass(frozen=True)
+class CalendarWindow:
+    """The rows `find_slots` plans from: the calendar of the local dates first..last (those a slot could
+    still be booked on)."""
+
+    calendar: ServiceCalendar
+    first: date
+    last: date
+
+
 def find_slots(
     uow: UnitOfWork,
     service_id: uuid.UUID,
@@ -782,6 +792,14 @@ def find_slots(
 
     `resource_id` keeps only the slots that resource would serve (the client's chosen stylist).
     """
+    return plan_window(read_window(uow, service_id, date_from, date_to, now), now, resource_id)
+
+
+def read_window(
+    uow: UnitOfWork, service_id: uuid.UUID, date_from: date, date_to: date, now: datetime
+) -> CalendarWindow:
+    """The reading half of `find_slots`: a caller that plans after giving its connection back (the API)
+    calls the two halves itself."""
     if date_to < date_from:
         raise InvalidRequest("The range ends before it starts.", code="invalid_range")
     limit = get_settings().max_availability_days
@@ -794,9 +812,14 @@ def find_slots(
     last = date_to
     if rules.max_advance_booking_days is not None:
         last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
-    calendar = _load(uow, context, first, last)
-    slots = compute_slots(calendar, now, first, last, (resource_id,) if resource_id else ())
-    return Availability(timezone=calendar.timezone, service_id=context.service_id, slots=slots)
+    return CalendarWindow(_load(uow, context, first, last), first, last)
+
+
+def plan_window(window: CalendarWindow, now: datetime, resource_id: uuid.UUID | None = None) -> Availability:
+    """The planning half of `find_slots`: no database."""
+    calendar = window.calendar
+    slots = compute_slots(calendar, now, window.first, window.last, (resource_id,) if resource_id else ())
+    return Availability(timezone=calendar.timezone, service_id=calendar.service_id, slots=slots)
 
 
 def check_slot(

@@ -38,8 +38,11 @@ def get_availability(
     resource_id: uuid.UUID | None = None,
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> dict:
+    now = utcnow()
     with UnitOfWork(tenant_id) as uow:
-        found = availability.find_slots(uow, service_id, date_from, date_to, utcnow(), resource_id)
+        window = availability.read_window(uow, service_id, date_from, date_to, now)
+    # Planned after the connection is back in the pool: other requests need it more than this one does.
+    found = availability.plan_window(window, now, resource_id)
     zone = ZoneInfo(found.timezone)
     return {
         "timezone": found.timezone,

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
+from core import availability
 from core import db as core_db
 from core.models import Client, IntakeJob
 from tests.scenarios import build_salon
@@ -113,6 +114,34 @@ def test_availability_answers_in_the_tenants_time_zone(client, salon):
     assert body["timezone"] == "Europe/Madrid"
     assert body["slots"][0]["start"] == salon.at(DAY, "09:00").isoformat()
     assert body["slots"][-1]["end"] == salon.at(DAY, "18:00").isoformat()
+
+
+def test_availability_is_planned_after_its_connection_is_given_back(client, salon, monkeypatch):
+    open_units, open_while_planning = [], []
+    enter, leave, plan = core_db.UnitOfWork.__enter__, core_db.UnitOfWork.__exit__, availability.plan_window
+
+    def entering(uow):
+        open_units.append(uow)
+        return enter(uow)
+
+    def leaving(uow, *exc_info):
+        open_units.remove(uow)
+        return leave(uow, *exc_info)
+
+    def planning(*args):
+        open_while_planning.append(len(open_units))
+        return plan(*args)
+
+    monkeypatch.setattr(core_db.UnitOfWork, "__enter__", entering)
+    monkeypatch.setattr(core_db.UnitOfWork, "__exit__", leaving)
+    monkeypatch.setattr(availability, "plan_window", planning)
+    response = client.get(
+        "/v1/availability",
+        params={"service_id": str(salon.haircut.id), "from": DAY.isoformat(), "to": DAY.isoformat()},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["slots"]
+    assert open_while_planning == [0]
 
 
 def test_availability_over_62_days_is_refused(client, salon):
