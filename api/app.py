@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+from anyio import to_thread
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -91,6 +92,35 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
 
 
+class LoadShedding:
+    """Answers 503 with `Retry-After` while too many requests already wait for a worker thread.
+
+    Without a cap they queue without limit: each waits behind all the others and is served long after
+    its caller gave up, so a burst slows every request down for good. Refused at once, nothing is recorded
+    and the caller's retry (with the same Idempotency-Key) is safe. /health and /ready never wait for a
+    thread and are always answered.
+    """
+
+    def __init__(self, app: ASGIApp, max_queued: int):
+        self.app = app
+        self.max_queued = max_queued
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in ("/health", "/ready"):
+            queued = to_thread.current_default_thread_limiter().statistics().tasks_waiting
+            if queued >= self.max_queued:
+                response = errors.problem(
+                    503,
+                    "overloaded",
+                    "Service overloaded",
+                    "Too many requests are waiting; please retry in a moment.",
+                    headers={"Retry-After": "1"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class ArrivalTime:
     """Notes when a request arrived (`request.state.arrived`, monotonic): a `?wait=` counts from there."""
 
@@ -114,6 +144,7 @@ def create_app() -> FastAPI:
     app.openapi = lambda: errors.problem_media_type(build_openapi())  # type: ignore[method-assign]
     app.state.job_waiter = JobWaiter(settings.booking_wait_poll_seconds, settings.booking_wait_max_requests)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(LoadShedding, max_queued=settings.api_max_queued_requests)
     app.add_middleware(RequestId)
     app.add_middleware(ArrivalTime)  # the outermost: it sees the request first
     # The application's long-lived objects leave the collector's generations: collections during

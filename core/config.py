@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # held at once, a request is answered without waiting (202 while its job runs).
     booking_wait_poll_seconds: float = 0.05
     booking_wait_max_requests: int = 1000
+    # Requests queued for one of the API process's worker threads (database work runs there); past this
+    # many, a new request is answered 503 at once instead of queueing behind them.
+    api_max_queued_requests: int = 1000
     intake_sweep_after_seconds: int = 60
 
     stripe_api_key: str = ""

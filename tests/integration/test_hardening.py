@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select, text
@@ -399,6 +400,51 @@ def test_ready_names_a_full_pool_as_the_database_and_its_probes_do_not_pile_up(d
     assert [answer.status_code for answer in answers] == [503] * 8
     assert answers[-1].json()["checks"] == {"database": "unavailable", "broker": "ok"}
     assert len(started) == 1
+
+
+def test_requests_are_refused_at_once_while_too_many_wait_for_a_thread(db, redis_prefix, salon, monkeypatch):
+    """The API's worker threads all busy and two requests already queued for one: the next is a 503
+    `overloaded` with Retry-After, /health is still answered, and the queued two are served once a thread
+    is free."""
+    from anyio import to_thread
+
+    from core.config import get_settings
+
+    monkeypatch.setenv("VOICEAPPOINT_API_MAX_QUEUED_REQUESTS", "2")
+    get_settings.cache_clear()
+    try:
+        app = create_app()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    async def burst():
+        threads = to_thread.current_default_thread_limiter()  # this event loop's own
+        threads.total_tokens = 1
+        await threads.acquire()  # the one thread is busy
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {salon.api_key}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as client:
+            queued = [asyncio.create_task(client.get("/v1/services")) for _ in range(2)]
+            try:
+                while threads.statistics().tasks_waiting < 2:
+                    await asyncio.sleep(0.01)
+                # Without the cap it would queue behind the other two, for as long as the thread is held.
+                refused = await asyncio.wait_for(client.get("/v1/services"), 5)
+                health = await client.get("/health")
+            finally:
+                threads.release()
+                served = await asyncio.gather(*queued)
+        return refused, health, served
+
+    refused, health, served = asyncio.run(burst())
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "overloaded"
+    assert health.status_code == 200
+    assert [response.status_code for response in served] == [200, 200]
+    assert served[0].json()["services"]
 
 
 def test_the_tasks_the_workers_send_ignore_their_results(redis_prefix):
