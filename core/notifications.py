@@ -11,6 +11,7 @@ import uuid
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
@@ -23,8 +24,22 @@ from core.models import Appointment, Client, Notification, NotificationTemplate,
 _environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
-def client_locale(tenant: Tenant, client: Client) -> str:
-    return client.preferred_language or tenant.locale or "es"
+DEFAULT_LOCALE = "es"
+
+
+def client_locale(tenant: Tenant, client: Client) -> Locale:
+    """The client's language, else the business's, else Spanish, as babel knows it.
+
+    The columns are free text: a tag written the BCP 47 way (`es-ES`, `pt-BR`) is read as such, and one
+    babel does not know is passed over rather than failing the booking that queues the notification.
+    """
+    for tag in (client.preferred_language, tenant.locale):
+        if tag and tag.strip():
+            try:
+                return Locale.parse(tag.strip(), sep="-" if "-" in tag else "_")
+            except (ValueError, UnknownLocaleError):
+                continue
+    return Locale.parse(DEFAULT_LOCALE)
 
 
 def appointment_context(tenant: Tenant, client: Client, service: Service, appointment: Appointment) -> dict:
@@ -61,19 +76,22 @@ _TEMPLATES = select(NotificationTemplate).where(
 
 
 def _templates(
-    uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: str
+    uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: Locale
 ) -> dict[str, NotificationTemplate]:
     """The template to use per channel: the tenant's own wins over the system one, the client's language
-    over English. Channels without any template are left out."""
+    (its exact locale, `es_ES`, before the bare language, `es`) over English. Channels without any template
+    are left out."""
     candidates = uow.session.scalars(
         _TEMPLATES, {"type": notification_type, "channels": channels, "tenant_id": tenant.id}
     ).all()
 
-    def rank(template: NotificationTemplate) -> tuple[int, int]:
-        return (
-            0 if template.tenant_id is not None else 1,
-            0 if template.locale == locale else 1 if template.locale == "en" else 2,
-        )
+    exact, language = str(locale).lower(), locale.language.lower()
+
+    def rank(template: NotificationTemplate) -> tuple[int, int, str]:
+        written = (template.locale or "").replace("-", "_").lower()
+        closeness = 0 if written == exact else 1 if written == language else 2 if written == "en" else 3
+        # The locale last: among equals the choice is the same on every booking.
+        return (0 if template.tenant_id is not None else 1, closeness, template.locale or "")
 
     chosen: dict[str, NotificationTemplate] = {}
     for template in sorted(candidates, key=rank):

@@ -71,3 +71,29 @@ def test_the_tenants_template_wins_and_the_clients_language_over_english(db):
         by_channel["sms"].recipient_phone == client.phone
         and by_channel["email"].recipient_email == client.email
     )
+
+
+def test_a_locale_written_the_bcp47_way_picks_its_language_and_formats_in_it(db):
+    salon, client, appointment = _event(db, locale="pt-BR")
+    factories.make_notification_template(db, None, channel="sms", locale="en", body_template="System en")
+    factories.make_notification_template(
+        db, None, channel="sms", locale="pt", body_template="{{ appointment_date }} {{ appointment_time }}"
+    )
+
+    _queue(salon, client, appointment)
+
+    (sms,) = _queued(db, appointment)
+    assert sms.body == "3 de março de 2027 10:00"
+
+
+def test_a_locale_nobody_knows_falls_back_to_the_businesss_and_the_booking_goes_on(db):
+    salon, client, appointment = _event(db, locale="xx-YY")
+    salon.tenant.locale = "es-ES"
+    factories.make_notification_template(
+        db, None, channel="sms", locale="es", body_template="{{ appointment_date }}"
+    )
+
+    _queue(salon, client, appointment)
+
+    (sms,) = _queued(db, appointment)
+    assert sms.body == "3 de marzo de 2027"
