@@ -755,7 +755,8 @@ def cancel(
 ) -> BookedAppointment:
     """A client's cancellation: honours the service's policy and tells the client."""
     appointment = _locked_appointment(uow, appointment_id)
-    service = uow.get(Service, appointment.service_id)
+    # Read even when the business has retired the service since: its booked clients may still cancel.
+    service = uow.session.get(Service, appointment.service_id)
     if appointment.status not in ("scheduled", "confirmed"):
         raise IllegalTransition(
             f"A {appointment.status} appointment cannot be cancelled.", code="illegal_status_change"

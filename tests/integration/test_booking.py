@@ -223,6 +223,17 @@ def test_a_suspended_or_cancelled_business_cannot_book(db, salon, status):
     assert refused.value.code == "tenant_inactive"
 
 
+def test_the_clients_of_a_suspended_business_can_still_cancel(db, salon):
+    # Their appointments stand, and a client who cannot come must be able to free the time.
+    booked = book(salon, request(salon, "10:00"))
+    salon.tenant.subscription_status = "suspended"
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow:
+        assert booking.cancel(uow, booked.appointment_id, "Cannot come", NOW).status == "cancelled"
+        uow.commit()
+    assert not allocations(db, booked.appointment_id, active=True)
+
+
 def test_the_plans_monthly_limit_counts_the_tenants_local_month(db):
     salon = build_salon(db, opens="00:00", closes="23:45")
     plan = factories.make_plan(db, max_appointments_per_month=1)

@@ -2,7 +2,9 @@
 characters, dates at the calendar's edge, oversized chunked bodies, odd request ids), the plan limit and
 the notifications of a reschedule, the resources a changed appointment reports, the sweeper's
 handling of jobs that keep dying or have just started, the locks of a process killed mid-wait, /ready
-while the database pool is full, and the tasks the workers send themselves ignoring their results."""
+while the database pool is full, the tasks the workers send themselves ignoring their results, a
+business locale written `es-ES`, the cancellation of a retired service's appointment, and requests
+shed when too many wait for a thread."""
 
 from __future__ import annotations
 
@@ -400,6 +402,46 @@ def test_ready_names_a_full_pool_as_the_database_and_its_probes_do_not_pile_up(d
     assert [answer.status_code for answer in answers] == [503] * 8
     assert answers[-1].json()["checks"] == {"database": "unavailable", "broker": "ok"}
     assert len(started) == 1
+
+
+def run_job(job_id):
+    with UnitOfWork(system=True) as uow:  # as the worker runs it
+        return intake.run(uow, job_id, NOW)
+
+
+def test_a_business_whose_locale_is_written_es_ES_still_takes_bookings(db, salon):
+    # babel reads `es_ES`, not `es-ES`: the confirmation's date failed every booking of such a business.
+    salon.tenant.locale = "es-ES"
+    factories.make_notification_template(
+        db,
+        salon.tenant,
+        type="appointment_confirmed",
+        channel="sms",
+        locale="es",
+        body_template="{{ appointment_date }}",
+    )
+    outcome = run_job(submit_job(salon).job_id)
+    assert outcome["status"] == "succeeded", outcome.get("error")
+    (confirmation,) = db.scalars(
+        select(Notification).where(Notification.appointment_id == outcome["result"]["appointment_id"])
+    ).all()
+    assert confirmation.body == "3 de marzo de 2027"
+
+
+def test_an_appointment_of_a_service_retired_since_can_still_be_cancelled(db, salon):
+    booked = run_job(submit_job(salon).job_id)
+    assert booked["status"] == "succeeded", booked
+    salon.haircut.deleted_at = NOW  # the business retires the service; its appointments remain
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(
+            uow, "cancel", {"appointment_id": booked["result"]["appointment_id"]}, None, NOW, lambda *_: None
+        )
+    outcome = run_job(job.job_id)
+    assert outcome["status"] == "succeeded", outcome.get("error")
+    appointment = db.get(Appointment, uuid.UUID(booked["result"]["appointment_id"]))
+    db.refresh(appointment)
+    assert appointment.status == "cancelled"
 
 
 def test_requests_are_refused_at_once_while_too_many_wait_for_a_thread(db, redis_prefix, salon, monkeypatch):
