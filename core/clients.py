@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import phonenumbers
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -18,9 +19,6 @@ from core.models import NOT_COUNTED_STATUSES, Appointment, Client, Tenant
 
 KEYPAD_LETTER = re.compile(r"[A-Za-z]")
 TEL_PREFIX = re.compile(r"^\s*tel:", re.IGNORECASE)
-# The local part takes RFC 5322's atext (o'brien@…, a+b@…), in ASCII: a non-ASCII local part needs
-# SMTPUTF8 on every server on the way, which many lack.
-EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
 @dataclass(frozen=True)
@@ -59,12 +57,19 @@ def _invalid_phone(message: str) -> InvalidRequest:
 
 
 def normalise_email(raw: str) -> str:
-    email = raw.strip().lower()
-    if not EMAIL_PATTERN.match(email):
+    """The address as stored: checked by its syntax only (no DNS look-up inside a booking), its domain in
+    ASCII (IDNA), all lower case, so one client is found by any spelling of it.
+
+    A non-ASCII local part (lucía@…) is refused: it needs SMTPUTF8 on every server on the way, which many
+    lack, so the confirmation would never arrive.
+    """
+    try:
+        checked = validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as error:
         raise InvalidRequest(
-            f"'{raw}' is not a valid email address.", code="invalid_email", field="client.email"
-        )
-    return email
+            f"'{raw}' is not a valid email address: {error}", code="invalid_email", field="client.email"
+        ) from None
+    return checked.ascii_email.lower()
 
 
 def normalise(details: ClientDetails, tenant: Tenant) -> ClientDetails:

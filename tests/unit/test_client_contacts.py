@@ -14,6 +14,7 @@ from core.errors import InvalidRequest
         ("o'brien@example.com", "o'brien@example.com"),
         (" Ana+Citas@Example.COM ", "ana+citas@example.com"),
         ("first.last@mail.example.co.uk", "first.last@mail.example.co.uk"),
+        ("ana@bücher.example", "ana@xn--bcher-kva.example"),
     ],
 )
 def test_usable_emails_are_stored_lower_case(raw, stored):
@@ -21,7 +22,22 @@ def test_usable_emails_are_stored_lower_case(raw, stored):
 
 
 @pytest.mark.parametrize(
-    "raw", ["not-an-email", "a@b", "two@@example.com", "spa ce@example.com", "lucía@ejemplo.es"]
+    "raw",
+    [
+        "not-an-email",
+        "a@b",
+        "two@@example.com",
+        "spa ce@example.com",
+        "lucía@ejemplo.es",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a@example..com",
+        "a@-example.com",
+        "a@example-.com",
+        "a@example.123",
+        "a@" + ".".join(["b" * 60] * 5) + ".com",  # over 254 characters
+    ],
 )
 def test_unusable_emails_are_refused(raw):
     with pytest.raises(InvalidRequest) as refused:
