@@ -772,7 +772,26 @@ def cancel(
 
 
 def confirm(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
-    return change_status(uow, appointment_id, "confirmed", now)
+    """The business confirms an appointment of a service that requires it. The client, told so far that
+    the request was received, is now told it is confirmed (the first message, if still unsent, is not)."""
+    appointment = _locked_appointment(uow, appointment_id)
+    result = _change_status(uow, appointment, "confirmed", now)
+    tenant = uow.get(Tenant, appointment.tenant_id)
+    service = uow.session.get(Service, appointment.service_id)
+    client = uow.session.get(Client, appointment.client_id)
+    notifications.withdraw_pending(uow, appointment.id, "appointment_confirmed")
+    # Keyed by the moves so far: a move sends it back for confirmation, and its next confirmation is news.
+    moves = len((appointment.metadata_ or {}).get("reschedules", []))
+    notifications.queue_for_appointment(
+        uow,
+        tenant,
+        client,
+        service,
+        appointment,
+        "appointment_confirmed",
+        "@confirmed" + notifications.event_suffix(moves),
+    )
+    return result
 
 
 def start(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:

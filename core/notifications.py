@@ -53,6 +53,9 @@ def appointment_context(tenant: Tenant, client: Client, service: Service, appoin
         "appointment_time": format_time(local_start.time(), format="short", locale=locale),
         "booking_reference": appointment.booking_reference,
         "cancellation_reason": appointment.cancellation_reason or "",
+        # Booked but not yet confirmed by the business (its service requires that): the client is told
+        # the request was received, and told again once it is confirmed (`booking.confirm`).
+        "awaiting_confirmation": appointment.status == "scheduled",
     }
 
 
@@ -164,14 +167,16 @@ def queue_for_appointment(
         uow.session.execute(_INSERT_NOTIFICATIONS, {"rows": json.dumps(rows, default=str)})
 
 
-def withdraw_pending(uow: UnitOfWork, appointment_id: uuid.UUID) -> int:
+def withdraw_pending(uow: UnitOfWork, appointment_id: uuid.UUID, notification_type: str | None = None) -> int:
     """Cancel what is still waiting to be sent about an appointment that changed (the old time's
-    confirmation after a reschedule, any confirmation after a cancellation)."""
-    return uow.session.execute(
-        update(Notification)
-        .where(Notification.appointment_id == appointment_id, Notification.status == "pending")
-        .values(status="cancelled")
-    ).rowcount
+    confirmation after a reschedule, any confirmation after a cancellation), or only its notifications
+    of one type."""
+    statement = update(Notification).where(
+        Notification.appointment_id == appointment_id, Notification.status == "pending"
+    )
+    if notification_type is not None:
+        statement = statement.where(Notification.notification_type == notification_type)
+    return uow.session.execute(statement.values(status="cancelled")).rowcount
 
 
 def event_suffix(occurrence: int) -> str:

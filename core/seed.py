@@ -139,7 +139,8 @@ def seed_plans(uow: UnitOfWork) -> SeedCount:
 #
 # Jinja2, rendered sandboxed with StrictUndefined by core.notifications. Variables by type:
 #   appointment_*: client_name, business_name, service_name, appointment_date, appointment_time,
-#                  booking_reference (+ cancellation_reason for appointment_cancelled, may be empty)
+#                  booking_reference, awaiting_confirmation (true while a service that requires the
+#                  business's confirmation has not had it), cancellation_reason (may be empty)
 #   payment_*, subscription_expiring: client_name, business_name, amount, plan_name
 #   welcome: client_name, business_name;  password_reset: client_name, reset_link
 # SMS bodies are kept short: with ordinary names they fit one 160-character message.
@@ -151,25 +152,37 @@ _REASON_EN = "{% if cancellation_reason is defined and cancellation_reason %} Re
 TEMPLATES: dict[tuple[str, str], tuple[str, str, str, str]] = {
     ("appointment_confirmed", "es"): (
         "Cita confirmada",
-        "Cita confirmada: {{ service_name }} el {{ appointment_date }}",
+        "{% if awaiting_confirmation %}Solicitud de cita recibida{% else %}Cita confirmada{% endif %}:"
+        " {{ service_name }} el {{ appointment_date }}",
         "Hola {{ client_name }}:\n\n"
-        "Tu cita de {{ service_name }} en {{ business_name }} está confirmada para el {{ appointment_date }} "
-        "a las {{ appointment_time }}.\n\n"
+        "{% if awaiting_confirmation %}Hemos recibido tu solicitud de cita de {{ service_name }} en"
+        " {{ business_name }} para el {{ appointment_date }} a las {{ appointment_time }}. Te avisaremos en"
+        " cuanto el negocio la confirme."
+        "{% else %}Tu cita de {{ service_name }} en {{ business_name }} está confirmada para el"
+        " {{ appointment_date }} a las {{ appointment_time }}.{% endif %}\n\n"
         "Referencia de la reserva: {{ booking_reference }}\n\n"
         "Si no puedes venir, avísanos con antelación.\n\n{{ business_name }}",
-        "{{ business_name }}: cita de {{ service_name }} confirmada el {{ appointment_date }} "
-        "a las {{ appointment_time }}. Ref {{ booking_reference }}",
+        "{{ business_name }}: cita de {{ service_name }}"
+        "{% if awaiting_confirmation %} solicitada para{% else %} confirmada{% endif %} el {{ appointment_date }}"
+        " a las {{ appointment_time }}.{% if awaiting_confirmation %} Te avisaremos al confirmarla.{% endif %}"
+        " Ref {{ booking_reference }}",
     ),
     ("appointment_confirmed", "en"): (
         "Appointment confirmed",
-        "Appointment confirmed: {{ service_name }} on {{ appointment_date }}",
+        "{% if awaiting_confirmation %}Appointment request received{% else %}Appointment confirmed{% endif %}:"
+        " {{ service_name }} on {{ appointment_date }}",
         "Hello {{ client_name }},\n\n"
-        "Your {{ service_name }} appointment at {{ business_name }} is confirmed for {{ appointment_date }} "
-        "at {{ appointment_time }}.\n\n"
+        "{% if awaiting_confirmation %}We have received your request for a {{ service_name }} appointment at"
+        " {{ business_name }} on {{ appointment_date }} at {{ appointment_time }}. We will let you know as"
+        " soon as the business confirms it."
+        "{% else %}Your {{ service_name }} appointment at {{ business_name }} is confirmed for"
+        " {{ appointment_date }} at {{ appointment_time }}.{% endif %}\n\n"
         "Booking reference: {{ booking_reference }}\n\n"
         "If you cannot make it, please let us know in advance.\n\n{{ business_name }}",
-        "{{ business_name }}: {{ service_name }} confirmed for {{ appointment_date }} "
-        "at {{ appointment_time }}. Ref {{ booking_reference }}",
+        "{{ business_name }}: {{ service_name }}"
+        "{% if awaiting_confirmation %} requested for{% else %} confirmed for{% endif %} {{ appointment_date }}"
+        " at {{ appointment_time }}.{% if awaiting_confirmation %} We will confirm it soon.{% endif %}"
+        " Ref {{ booking_reference }}",
     ),
     ("appointment_reminder", "es"): (
         "Recordatorio de cita",

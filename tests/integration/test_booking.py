@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core import availability, booking
+from core import availability, booking, seed
 from core.availability import Slot
 from core.booking import BookingRequest
 from core.clients import ClientDetails
@@ -439,6 +439,34 @@ def test_a_move_sends_the_business_a_confirmed_appointment_back_for_confirmation
     appointment = db.get(Appointment, booked.appointment_id)
     db.refresh(appointment)
     assert (appointment.status, appointment.status_changed_at) == ("scheduled", moved_at)
+
+
+def test_a_client_is_told_the_request_was_received_then_that_the_business_confirmed_it(db):
+    salon = build_salon(db, requires_confirmation=True)
+    with UnitOfWork(system=True) as uow:
+        seed.seed_system_templates(uow)  # the texts every installation has
+        uow.commit()
+    booked = book(salon, request(salon, "10:00"))
+
+    def sms_texts():
+        rows = db.scalars(
+            select(Notification)
+            .where(Notification.appointment_id == booked.appointment_id)
+            .order_by(Notification.created_at, Notification.dedupe_key)
+        ).all()
+        return [(row.status, row.body) for row in rows]
+
+    ((status, received),) = sms_texts()
+    assert status == "pending"
+    assert "solicitada para el 3 de marzo de 2027 a las 10:00" in received
+    assert "confirmada" not in received
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.confirm(uow, booked.appointment_id, NOW)
+        uow.commit()
+    (first, second) = sms_texts()
+    assert first == ("cancelled", received)  # unsent: the client gets the news only
+    assert second[0] == "pending"
+    assert "confirmada el 3 de marzo de 2027 a las 10:00" in second[1]
 
 
 def test_two_moves_at_one_instant_leave_the_second_moves_confirmation_pending(db, salon):

@@ -582,6 +582,8 @@ class BookingLifecycle(RuleBasedStateMachine):
                 assert result.resource_ids == changed.resources
             changed.status, changed.status_changed_at = target, self.now
             changed.updates += 1
+            # The business's confirmation is news to the client: it replaces "request received".
+            changed.confirmations += target == "confirmed"
 
     # Only once something is booked: before that, Hypothesis would spend a third of the steps here.
     @precondition(lambda self: self.model)

@@ -51,6 +51,7 @@ SAMPLE_CONTEXT = {
     "plan_name": "Professional",
     "reset_link": "https://app.voiceappoint.com/r/AbCdEf123456",
     "cancellation_reason": "",
+    "awaiting_confirmation": False,
 }
 
 
@@ -156,14 +157,16 @@ def test_system_templates_cover_every_type_in_spanish_and_english_for_email_and_
 
     environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
     for template in templates:
-        body = environment.from_string(template.body_template).render(SAMPLE_CONTEXT)
-        assert "{{" not in body and "{%" not in body
-        if template.channel == "email":
-            assert template.subject_template
-            environment.from_string(template.subject_template).render(SAMPLE_CONTEXT)
-        else:
-            assert template.subject_template is None
-            assert len(body) <= 160, (template.type, template.locale, len(body), body)
+        for awaiting in (False, True):
+            context = {**SAMPLE_CONTEXT, "awaiting_confirmation": awaiting}
+            body = environment.from_string(template.body_template).render(context)
+            assert "{{" not in body and "{%" not in body
+            if template.channel == "email":
+                assert template.subject_template
+                environment.from_string(template.subject_template).render(context)
+            else:
+                assert template.subject_template is None
+                assert len(body) <= 160, (template.type, template.locale, len(body), body)
 
 
 def test_cancellation_templates_mention_the_reason_only_when_there_is_one(db):
