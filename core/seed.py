@@ -452,7 +452,12 @@ def seed_demo(uow: UnitOfWork, now: datetime | None = None) -> SeedCount:
     """Bella Hair Salon with its services, staff, chairs, schedules, Vapi assistant and a trial subscription."""
     now = now or datetime.now(UTC)
     count = SeedCount()
-    uow.set_tenant(DEMO_TENANT_ID)
+    # Still in system mode (the caller's): plans are global, and only system mode creates a tenant.
+    professional = _plan_named(uow, "Professional")
+    if professional is None:
+        seed_plans(uow)
+        professional = _plan_named(uow, "Professional")
+    assert professional is not None
 
     _, outcome = _upsert_by_id(
         uow,
@@ -474,6 +479,8 @@ def seed_demo(uow: UnitOfWork, now: datetime | None = None) -> SeedCount:
         on_create={"trial_ends_at": now + timedelta(days=TRIAL_DAYS)},
     )
     count.add(outcome)
+    uow.session.flush()
+    uow.set_tenant(DEMO_TENANT_ID)
 
     for key, service in DEMO_SERVICES.items():
         _, outcome = _upsert_by_id(
@@ -557,16 +564,6 @@ def seed_demo(uow: UnitOfWork, now: datetime | None = None) -> SeedCount:
     )
     count.add(outcome)
 
-    professional = uow.session.scalars(
-        select(SubscriptionPlan)
-        .where(SubscriptionPlan.name == "Professional")
-        .order_by(SubscriptionPlan.created_at)
-    ).first()
-    if professional is None:
-        seed_plans(uow)
-        professional = uow.session.scalars(
-            select(SubscriptionPlan).where(SubscriptionPlan.name == "Professional")
-        ).one()
     trial_end = now + timedelta(days=TRIAL_DAYS)
     _, outcome = _upsert_by_id(
         uow,
@@ -584,6 +581,12 @@ def seed_demo(uow: UnitOfWork, now: datetime | None = None) -> SeedCount:
 
     uow.session.flush()
     return count
+
+
+def _plan_named(uow: UnitOfWork, name: str) -> SubscriptionPlan | None:
+    return uow.session.scalars(
+        select(SubscriptionPlan).where(SubscriptionPlan.name == name).order_by(SubscriptionPlan.created_at)
+    ).first()
 
 
 def seed_all(uow: UnitOfWork, *, demo: bool = False, now: datetime | None = None) -> str:

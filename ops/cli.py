@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import click
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ops.services import (
     REPO_ROOT,
@@ -65,9 +65,11 @@ def main() -> None:
     except ValidationError as exc:
         problems = "; ".join(f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors())
         _fail(f"bad configuration: {problems}")
-    except (OperationalError, ProgrammingError) as exc:
+    except DBAPIError as exc:
+        # Operational (no server), programming (no table) or data errors (`SET ROLE` to a role that does
+        # not exist yet): an operator's fix, told in one line.
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
-        hint = " (has `voiceappoint migrate` run?)" if isinstance(exc, ProgrammingError) else ""
+        hint = " (has `voiceappoint migrate` run?)" if not isinstance(exc, OperationalError) else ""
         _fail(f"database error: {detail}{hint}")
 
 

@@ -196,9 +196,15 @@ def _libpq_conninfo(url: URL, database: str = "postgres") -> str:
     return url.set(drivername="postgresql", database=database).render_as_string(hide_password=False)
 
 
-def _socket_host(url: URL) -> str | None:
+def _host(url: URL) -> str | None:
+    """Where the URL's server is: its host, else libpq's `?host=` (a socket directory when it starts with
+    "/", otherwise a network host; several hosts are given as one comma-separated string here)."""
+    if url.host:
+        return url.host
     host = url.query.get("host")
-    return host if isinstance(host, str) else None
+    if isinstance(host, tuple):
+        return ",".join(host)
+    return host
 
 
 def _postgres_answers(url: URL) -> bool:
@@ -208,12 +214,13 @@ def _postgres_answers(url: URL) -> bool:
     starting a private server would only hide the misconfiguration.
     """
     where = url.render_as_string(hide_password=True)
-    host = url.host or _socket_host(url)
+    host = _host(url)
     if url.host:
         if not _tcp_answers(url.host, url.port or 5432, f"DATABASE_URL {where}"):
             return False
-    elif host and not Path(host, f".s.PGSQL.{url.port or 5432}").exists():
+    elif host and host.startswith("/") and not Path(host, f".s.PGSQL.{url.port or 5432}").exists():
         return False
+    # A network host given as ?host= (one or several) is left to libpq to try.
     try:
         with psycopg.connect(_libpq_conninfo(url), connect_timeout=5):
             return True
@@ -282,7 +289,7 @@ def ensure_postgres(url: str, data_dir: Path | str = DEFAULT_DATA_DIR) -> tuple[
     if _postgres_answers(configured):
         return configured.render_as_string(hide_password=False), False
     where = configured.render_as_string(hide_password=True)
-    if not _is_local(configured.host):
+    if not _is_local(_host(configured)):
         raise ServiceError(
             f"PostgreSQL at {where} does not answer; start it or set DATABASE_URL to a server that runs"
         )
