@@ -13,7 +13,11 @@ from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
-RUNNING_TOO_LONG = timedelta(minutes=5)
+# A `running` job that has not started again for longer than its longest wait for a retry plus a whole
+# run lost its message; sooner, it may be a live job waiting for its retry's countdown.
+RUNNING_TOO_LONG = timedelta(
+    seconds=max(JobTask.retry_backoff_max, JobTask.retry_after_max) + JobTask.time_limit + 20
+)
 
 
 @app.task(name="scheduled.sweep_intake", base=JobTask)

@@ -83,11 +83,12 @@ class JobTask(Task):
     # matches on exception classes alone and cannot tell a dropped connection from a constraint violation.
     max_retries = 8
     retry_backoff = True
-    retry_backoff_max = 300
+    retry_backoff_max = 240
     retry_jitter = True
-    # A Retry-After longer than this is cut short: a message waiting for its ETA must come back before
-    # the broker's visibility timeout (workers.celery_app.VISIBILITY_TIMEOUT_SECONDS) would redeliver it.
-    retry_after_max = 1800
+    # A Retry-After longer than this is cut short. While a retry waits, its job stays `running`: the
+    # sweeper takes a job that has not started again for longer than the wait and a run
+    # (tasks.scheduled.RUNNING_TOO_LONG, derived from these) as lost, and re-sends or fails it.
+    retry_after_max = 240
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,8 +32,10 @@ from core.clients import ClientDetails
 from core.db import UnitOfWork
 from core.errors import LimitReached
 from core.models import Appointment, Client, IntakeJob, Notification
+from tasks.scheduled import RUNNING_TOO_LONG
 from tests import factories
 from tests.scenarios import build_salon
+from workers.base import JobTask, TransientError
 from workers.celery_app import app as celery_app
 
 NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
@@ -87,7 +90,7 @@ def rows(db, model, salon):
     return db.scalar(select(func.count()).select_from(model).where(model.tenant_id == salon.tenant.id))
 
 
-def submit_job(salon):
+def submit_job(salon, at=NOW):
     with UnitOfWork(salon.tenant.id) as uow:
         job, _ = intake.submit(
             uow,
@@ -98,7 +101,7 @@ def submit_job(salon):
                 "client": {"first_name": "Lucía", "phone": "+34612345678"},
             },
             None,
-            NOW,
+            at,
             lambda *_: None,
         )
     return job
@@ -106,9 +109,7 @@ def submit_job(salon):
 
 def claim(now):
     with UnitOfWork(system=True) as uow:  # as the sweeper runs it
-        claimed = intake.claim_stale(
-            uow, now, queued_for=timedelta(minutes=1), running_for=timedelta(minutes=5)
-        )
+        claimed = intake.claim_stale(uow, now, queued_for=timedelta(minutes=1), running_for=RUNNING_TOO_LONG)
         uow.commit()
     return {job_id for job_id, _ in claimed}
 
@@ -248,6 +249,36 @@ def test_a_job_that_keeps_dying_is_failed_not_requeued_forever(db, salon):
     db.refresh(stored)
     assert job.job_id not in claimed
     assert stored.status == "failed"
+
+
+def test_a_job_waiting_for_its_longest_retry_is_left_to_it_by_the_sweeper(db, salon):
+    # The provider asked for a long pause; the job stays `running` while its retry waits.
+    longest_wait = JobTask().retry_countdown(TransientError("429", retry_after=10**6))
+    job = submit_job(salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts, stored.started_at = "running", 5, NOW
+    db.flush()
+    retry_starts = NOW + timedelta(seconds=longest_wait + JobTask.time_limit)
+    assert job.job_id not in claim(retry_starts)
+    db.refresh(stored)
+    assert stored.status == "running", stored.error
+    # A job that never started again did lose its message: failed (a fifth start), not left running.
+    claim(NOW + RUNNING_TOO_LONG + timedelta(seconds=1))
+    db.refresh(stored)
+    assert stored.status == "failed"
+
+
+def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep(db, salon):
+    runbook = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    (requeue,) = re.findall(r"UPDATE intake_jobs SET status = 'queued'.*?;", runbook, flags=re.S)
+    # On the real clock: the runbook's SQL reads the database's now().
+    now = datetime.now(UTC)
+    job = submit_job(salon, at=now - timedelta(days=2))
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.error = "failed", {"code": "internal_error"}
+    db.flush()
+    db.execute(text(requeue.replace("<job_id>", str(job.job_id))))
+    assert job.job_id in claim(now)
 
 
 def test_a_job_that_just_started_after_a_backlog_is_not_requeued(db, salon):
