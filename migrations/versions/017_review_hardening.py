@@ -4,6 +4,9 @@
   (password hash included) readable to the tenant. Memberships are now created only in system mode, and
   an update may not hand a membership to another user (23514, tenant_users_user_id_fixed). A removed
   membership (deleted_at set) no longer shows the user.
+- users: a user may update their own row, but not the flags that grant or verify anything (is_staff,
+  is_superuser, is_active, email_verified): those change in system mode only (23514,
+  users_privileges_fixed).
 - tenants: creating one needs system mode, as docs/schema.md always said; the single USING policy let
   any unit of work create the tenant of its context.
 - audit_logs: the application role loses INSERT. The trail is written by audit_trigger_function, which
@@ -76,6 +79,24 @@ BEGIN
         RAISE EXCEPTION 'the membership % cannot be handed to another user', OLD.id
             USING ERRCODE = 'check_violation', CONSTRAINT = 'tenant_users_user_id_fixed',
                   TABLE = 'tenant_users', SCHEMA = TG_TABLE_SCHEMA;
+    END IF;
+    RETURN NEW;
+END;
+$$
+"""
+
+
+PRIVILEGE_COLUMNS = "is_staff, is_superuser, is_active, email_verified"
+
+KEEP_USER_PRIVILEGES = """
+CREATE FUNCTION users_keep_privileges() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('app.system', true) IS DISTINCT FROM 'on' THEN
+        RAISE EXCEPTION 'user %: is_staff, is_superuser, is_active and email_verified change in system mode only',
+                OLD.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'users_privileges_fixed',
+                  TABLE = 'users', SCHEMA = TG_TABLE_SCHEMA;
     END IF;
     RETURN NEW;
 END;
@@ -156,6 +177,13 @@ def upgrade() -> None:
         "CREATE TRIGGER keep_tenant_users_user BEFORE UPDATE OF user_id ON tenant_users FOR EACH ROW"
         " WHEN (OLD.user_id IS DISTINCT FROM NEW.user_id) EXECUTE FUNCTION tenant_users_keep_user()"
     )
+    op.execute(KEEP_USER_PRIVILEGES)
+    op.execute(
+        f"CREATE TRIGGER keep_users_privileges BEFORE UPDATE OF {PRIVILEGE_COLUMNS} ON users FOR EACH ROW"
+        " WHEN (OLD.is_staff IS DISTINCT FROM NEW.is_staff OR OLD.is_superuser IS DISTINCT FROM NEW.is_superuser"
+        " OR OLD.is_active IS DISTINCT FROM NEW.is_active OR OLD.email_verified IS DISTINCT FROM NEW.email_verified)"
+        " EXECUTE FUNCTION users_keep_privileges()"
+    )
     op.execute(_audit_function(skip_vanished_tenant=True))
     role = _app_role()
     if role:
@@ -170,6 +198,8 @@ def downgrade() -> None:
             f" GRANT INSERT ON audit_logs TO {role}; END IF; END $$"
         )
     op.execute(_audit_function(skip_vanished_tenant=False))
+    op.execute("DROP TRIGGER keep_users_privileges ON users")
+    op.execute("DROP FUNCTION users_keep_privileges()")
     op.execute("DROP TRIGGER keep_tenant_users_user ON tenant_users")
     op.execute("DROP FUNCTION tenant_users_keep_user()")
     op.execute("DROP POLICY tenant_members ON users")

@@ -101,3 +101,13 @@ def test_a_membership_cannot_be_handed_to_another_user_and_a_removed_one_hides_t
             text("UPDATE tenant_users SET deleted_at = now() WHERE id = :id"), {"id": membership.id}
         )
         assert uow.session.scalar(select(User.id).where(User.id == member.id)) is None
+
+
+@pytest.mark.parametrize("flag", ["is_staff", "is_superuser", "is_active", "email_verified"])
+def test_a_user_cannot_grant_themself_a_flag_but_may_change_their_name(db, flag):
+    user = factories.make_user(db)
+    with UnitOfWork(user_id=user.id) as uow:
+        uow.session.execute(text("UPDATE users SET first_name = 'Renamed' WHERE id = :id"), {"id": user.id})
+        with pytest.raises(DBAPIError) as caught:
+            uow.session.execute(text(f"UPDATE users SET {flag} = NOT {flag} WHERE id = :id"), {"id": user.id})
+        assert caught.value.orig.diag.constraint_name == "users_privileges_fixed"
