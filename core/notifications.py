@@ -7,6 +7,7 @@ never undoes a booking.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -20,7 +21,10 @@ from sqlalchemy import bindparam, or_, select, text, update
 from core.db import UnitOfWork
 from core.models import Appointment, Client, Notification, NotificationTemplate, Service, Tenant
 
-# Templates may be edited by businesses: render them sandboxed, and fail loudly on unknown variables.
+log = logging.getLogger(__name__)
+
+# Templates may be edited by businesses: render them sandboxed, and refuse unknown variables (a message
+# with a blank where the date should be is worse than the next template's).
 _environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
@@ -80,10 +84,10 @@ _TEMPLATES = select(NotificationTemplate).where(
 
 def _templates(
     uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: Locale
-) -> dict[str, NotificationTemplate]:
-    """The template to use per channel: the tenant's own wins over the system one, the client's language
-    (its exact locale, `es_ES`, before the bare language, `es`) over English. Channels without any template
-    are left out."""
+) -> dict[str, list[NotificationTemplate]]:
+    """The templates of each channel, best first: the tenant's own before the system ones, the client's
+    language (its exact locale, `es_ES`, before the bare language, `es`) before English. Channels without
+    any template are left out."""
     candidates = uow.session.scalars(
         _TEMPLATES, {"type": notification_type, "channels": channels, "tenant_id": tenant.id}
     ).all()
@@ -96,10 +100,25 @@ def _templates(
         # The locale last: among equals the choice is the same on every booking.
         return (0 if template.tenant_id is not None else 1, closeness, template.locale or "")
 
-    chosen: dict[str, NotificationTemplate] = {}
+    ranked: dict[str, list[NotificationTemplate]] = {}
     for template in sorted(candidates, key=rank):
-        chosen.setdefault(template.channel, template)
-    return chosen
+        ranked.setdefault(template.channel, []).append(template)
+    return ranked
+
+
+def _rendered(
+    templates: list[NotificationTemplate], context: dict
+) -> tuple[NotificationTemplate, str | None, str] | None:
+    """The first template that renders, with its subject and body; None if none does. A business's
+    template that does not render (a misspelt variable, a syntax error) is logged and passed over: the
+    booking that queues the message must not fail for it."""
+    for template in templates:
+        try:
+            subject = render(template.subject_template, context) if template.subject_template else None
+            return template, subject, render(template.body_template, context)
+        except Exception as error:  # whatever a business's template raises (undefined, syntax, 1/0, sandbox)
+            log.error("notification template %s (%s) does not render: %s", template.id, template.name, error)
+    return None
 
 
 @lru_cache(maxsize=1024)
@@ -143,6 +162,15 @@ def queue_for_appointment(
         return
     templates = _templates(uow, tenant, notification_type, channels, client_locale(tenant, client))
     context = appointment_context(tenant, client, service, appointment)
+    chosen = {}
+    for channel, ranked in templates.items():
+        rendered = _rendered(ranked, context)
+        if rendered is None:
+            log.error(
+                "no %s template renders for %s of appointment %s", channel, notification_type, appointment.id
+            )
+        else:
+            chosen[channel] = rendered
     rows = [
         {
             "id": uuid.uuid4(),
@@ -155,12 +183,12 @@ def queue_for_appointment(
             "recipient_email": client.email if channel == "email" else None,
             "recipient_phone": client.phone if channel == "sms" else None,
             "channel": channel,
-            "subject": render(template.subject_template, context) if template.subject_template else None,
-            "body": render(template.body_template, context),
+            "subject": subject,
+            "body": body,
             "status": "pending",
             "dedupe_key": f"{appointment.id}:{notification_type}:{channel}{dedupe_suffix}",
         }
-        for channel, template in templates.items()
+        for channel, (template, subject, body) in chosen.items()
     ]
     if rows:
         # An event queued already (a retried job, a second Beat run) keeps its row: its dedupe_key is taken.

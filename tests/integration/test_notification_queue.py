@@ -97,3 +97,24 @@ def test_a_locale_nobody_knows_falls_back_to_the_businesss_and_the_booking_goes_
 
     (sms,) = _queued(db, appointment)
     assert sms.body == "3 de marzo de 2027"
+
+
+def test_a_business_template_that_does_not_render_gives_way_to_the_system_one(db, caplog):
+    salon, client, appointment = _event(db)
+    broken = factories.make_notification_template(
+        db, salon.tenant, channel="sms", locale="es", body_template="{{ appointment_dat }}"
+    )
+    factories.make_notification_template(
+        db, None, channel="sms", locale="es", body_template="System {{ appointment_date }}"
+    )
+    factories.make_notification_template(
+        db, salon.tenant, channel="email", locale="es", body_template="{{ 1 / 0 }}"
+    )
+
+    _queue(salon, client, appointment)
+
+    # The SMS falls back to the system template; the email, with nothing else to use, is not queued.
+    (sms,) = _queued(db, appointment)
+    assert (sms.channel, sms.body) == ("sms", "System 3 de marzo de 2027")
+    assert f"notification template {broken.id}" in caplog.text
+    assert "no email template renders for appointment_confirmed" in caplog.text
