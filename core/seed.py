@@ -15,7 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import null, select
+from sqlalchemy import null, select, text
 
 from core.db import UnitOfWork
 from core.models import (
@@ -589,8 +589,14 @@ def _plan_named(uow: UnitOfWork, name: str) -> SubscriptionPlan | None:
     ).first()
 
 
+SEED_LOCK = 0x56410003  # an advisory-lock key of its own ("VA" and a number, as core.db's and core.booking's)
+
+
 def seed_all(uow: UnitOfWork, *, demo: bool = False, now: datetime | None = None) -> str:
     """Everything `voiceappoint seed [--demo]` inserts; returns a one-line summary."""
+    # Rows are found by name or id before they are inserted: two seeds at once (replicas starting together)
+    # would both find nothing and insert twice. The second waits here for the first's commit instead.
+    uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEED_LOCK})
     parts = [f"plans: {seed_plans(uow)}", f"system templates: {seed_system_templates(uow)}"]
     if demo:
         parts.append(f"demo tenant {DEMO_TENANT_SLUG}: {seed_demo(uow, now)}")
