@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import re
 import time
 import uuid
@@ -18,9 +19,12 @@ from api.waiting import JobWaiter
 from core import logging as app_logging
 from core.config import get_settings
 
+log = logging.getLogger("api.errors")
+
 MAX_BODY_BYTES = 64 * 1024
-# A caller's request id is echoed into headers and logs: only a plain token is taken as it is.
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# A caller's request id is echoed into headers and logs: only a plain token is taken, cut to 64 characters.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+")
+REQUEST_ID_LENGTH = 64
 
 DESCRIPTION = """
 Book appointments for a VoiceAppoint business.
@@ -71,7 +75,12 @@ class BodySizeLimit:
 
 
 class RequestId:
-    """Gives every request an id (the caller's X-Request-ID, or a new one), echoed back and logged."""
+    """Gives every request an id (the caller's X-Request-ID, or a new one), echoed back and logged.
+
+    It also answers an unexpected error (500 `internal_error`), here rather than in an exception handler:
+    FastAPI runs those outside every middleware, where the 500 would lose its id and its log line the
+    request's context.
+    """
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -81,15 +90,30 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = offered if REQUEST_ID_PATTERN.fullmatch(offered) else uuid.uuid4().hex
+        if REQUEST_ID_PATTERN.fullmatch(offered):
+            request_id = offered[:REQUEST_ID_LENGTH]
+        else:
+            request_id = uuid.uuid4().hex
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         with app_logging.bound(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                if response_started:
+                    raise
+                response = errors.problem(
+                    500, "internal_error", "Internal error", "Something went wrong on our side; please retry."
+                )
+                await response(scope, receive, send_with_id)
 
 
 class LoadShedding:
@@ -133,6 +157,21 @@ class ArrivalTime:
         await self.app(scope, receive, send)
 
 
+def _with_api_key_auth(spec: dict) -> dict:
+    """Declares the API key in the OpenAPI document (so /docs and generated clients send it). The key is
+    read from the header by api.deps, which also tells a missing key from a wrong scheme."""
+    spec.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The business's API key: `Authorization: Bearer va_live_...`",
+    }
+    for path, operations in spec.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"apiKey": []}]
+    return spec
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     app_logging.configure(settings.log_level, json=settings.is_production)
@@ -141,7 +180,7 @@ def create_app() -> FastAPI:
     for module in (health, catalog, jobs, appointments):
         app.include_router(module.router)
     build_openapi = app.openapi
-    app.openapi = lambda: errors.problem_media_type(build_openapi())  # type: ignore[method-assign]
+    app.openapi = lambda: _with_api_key_auth(errors.problem_media_type(build_openapi()))  # type: ignore[method-assign]
     app.state.job_waiter = JobWaiter(settings.booking_wait_poll_seconds, settings.booking_wait_max_requests)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(LoadShedding, max_queued=settings.api_max_queued_requests)

@@ -147,9 +147,4 @@ def install(app: FastAPI) -> None:
             "The service is briefly unavailable; please retry.",
         )
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(
-            500, "internal_error", "Internal error", "Something went wrong on our side; please retry."
-        )
+    # An unexpected error is answered by api.app.RequestId, inside the request's context.

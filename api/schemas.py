@@ -166,3 +166,6 @@ class Problem(BaseModel):
     )
     alternatives: list[SlotOut] | None = Field(None, description="With slot_taken: the nearest free slots.")
     job_id: uuid.UUID | None = Field(None, description="With ?wait=: the job that failed.")
+    checks: dict[str, str] | None = Field(
+        None, description='With not_ready (GET /ready): each dependency, "ok" or "unavailable".'
+    )

@@ -11,7 +11,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOICEAPPOINT_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused setting's message must not print the values (secrets) around it.
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEAPPOINT_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL, validation_alias=AliasChoices("DATABASE_URL", "VOICEAPPOINT_DATABASE_URL")

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.errors import problem
+from api.schemas import Problem
 from core.db import get_engine
 from workers.celery_app import app as celery_app
 
@@ -59,7 +60,9 @@ _broker = Check(_broker_answers)
 
 
 @router.get(
-    "/ready", summary="The database and the broker answer", responses={503: {"description": "Not ready"}}
+    "/ready",
+    summary="The database and the broker answer",
+    responses={503: {"model": Problem, "description": "Not ready: `checks` names what does not answer"}},
 )
 async def ready() -> JSONResponse:
     database, broker = await asyncio.gather(_database(), _broker())
