@@ -145,6 +145,7 @@ def install(app: FastAPI) -> None:
             "database_unavailable",
             "Service unavailable",
             "The service is briefly unavailable; please retry.",
+            headers={"Retry-After": "1"},
         )
 
     # An unexpected error is answered by api.app.RequestId, inside the request's context.

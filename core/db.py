@@ -43,6 +43,9 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", settings.db_pool_size)
     kwargs.setdefault("max_overflow", settings.db_max_overflow)
     kwargs.setdefault("pool_timeout", settings.db_pool_timeout_seconds)
+    # A failed statement's message (logged, retried, shown in Flower) must not carry its parameters: they
+    # are clients' names, phones and emails.
+    kwargs.setdefault("hide_parameters", True)
     # A database host that drops packets must fail a request in seconds, not hang it; and no statement
     # of the application may run longer than a task is allowed to.
     options = f"-c statement_timeout={settings.db_statement_timeout_ms}"

@@ -252,6 +252,7 @@ def test_an_unreachable_database_is_a_503_not_a_500(salon, redis_prefix, monkeyp
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as test_client:
         response = test_client.get("/v1/services")
     assert_problem(response, 503, "database_unavailable")
+    assert response.headers["retry-after"] == "1"
 
 
 # --- found in review: a 500 that lost its request id, a refused production setting that printed other

@@ -541,3 +541,14 @@ def test_the_tasks_the_workers_send_ignore_their_results(redis_prefix):
     finally:
         before_task_publish.disconnect(capture)
     assert published == [("bookings.process", True), ("bookings.give_up", True)]
+
+
+def test_a_failed_statement_does_not_carry_a_clients_details_into_logs(db, salon):
+    with pytest.raises(Exception) as failed, UnitOfWork(salon.tenant.id) as uow:
+        uow.session.execute(
+            text("SELECT 1 / 0 FROM clients WHERE phone = :phone OR email = :email"),
+            {"phone": "+34600999888", "email": "secret.client@example.com"},
+        )
+    message = str(failed.value)
+    assert "division by zero" in message
+    assert "+34600999888" not in message and "secret.client" not in message
