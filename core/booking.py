@@ -660,18 +660,9 @@ def reschedule(
         _set_status(uow, appointment, "scheduled", now)
     slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
     uow.session.flush()
-    client = uow.session.get(Client, appointment.client_id)
     # The confirmation of the old time must not go out after the one of the new time.
     notifications.withdraw_pending(uow, appointment.id)
-    notifications.queue_for_appointment(
-        uow,
-        tenant,
-        client,
-        service,
-        appointment,
-        "appointment_confirmed",
-        notifications.event_suffix(len(history)),
-    )
+    _queue_confirmation(uow, tenant, service, appointment)
     # Last, as in `book`: the client's row and the tenant's count stay locked only for the commit.
     clients.recount_latest(uow, appointment.client_id)
     _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id, lock=True)
@@ -778,9 +769,18 @@ def confirm(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> Booked
     result = _change_status(uow, appointment, "confirmed", now)
     tenant = uow.get(Tenant, appointment.tenant_id)
     service = uow.session.get(Service, appointment.service_id)
-    client = uow.session.get(Client, appointment.client_id)
     notifications.withdraw_pending(uow, appointment.id, "appointment_confirmed")
-    # Keyed by the moves so far: a move sends it back for confirmation, and its next confirmation is news.
+    _queue_confirmation(uow, tenant, service, appointment, occasion="@confirmed")
+    return result
+
+
+def _queue_confirmation(
+    uow: UnitOfWork, tenant: Tenant, service: Service, appointment: Appointment, occasion: str = ""
+) -> None:
+    """The client's confirmation of the appointment as it now stands, after a move or the business's
+    confirmation (`occasion`). Keyed by the moves so far: each move, and each confirmation after a move
+    sent it back for confirmation, is news to the client once."""
+    client = uow.session.get(Client, appointment.client_id)
     moves = len((appointment.metadata_ or {}).get("reschedules", []))
     notifications.queue_for_appointment(
         uow,
@@ -789,9 +789,8 @@ def confirm(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> Booked
         service,
         appointment,
         "appointment_confirmed",
-        "@confirmed" + notifications.event_suffix(moves),
+        occasion + notifications.event_suffix(moves),
     )
-    return result
 
 
 def start(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
