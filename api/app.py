@@ -19,7 +19,7 @@ from api.waiting import JobWaiter
 from core import logging as app_logging
 from core.config import get_settings
 
-log = logging.getLogger("api.errors")
+log = logging.getLogger("api.errors")  # the logger operators know the API's errors by
 
 MAX_BODY_BYTES = 64 * 1024
 # A caller's request id is echoed into headers and logs: only a plain token is taken, cut to 64 characters.

@@ -87,7 +87,9 @@ class JobTask(Task):
     retry_jitter = True
     # A Retry-After longer than this is cut short. While a retry waits, its job stays `running`: the
     # sweeper takes a job that has not started again for longer than the wait and a run
-    # (tasks.scheduled.RUNNING_TOO_LONG, derived from these) as lost, and re-sends or fails it.
+    # (tasks.scheduled.RUNNING_TOO_LONG, derived from these) as lost, and re-sends or fails it. Both waits
+    # also stay under the broker's visibility timeout (workers.celery_app.VISIBILITY_TIMEOUT_SECONDS), which
+    # would otherwise redeliver a message still waiting for its ETA.
     retry_after_max = 240
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
