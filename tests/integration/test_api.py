@@ -89,6 +89,9 @@ def test_the_openapi_contract_documents_every_error_as_problem_json(client):
                     )
     assert {"400", "404", "409", "413", "422"} <= set(spec["paths"]["/v1/bookings"]["post"]["responses"])
     assert "404" in spec["paths"]["/v1/availability"]["get"]["responses"]
+    # Nothing a client sends to /v1/services can fail validation: the API key is checked as 401.
+    assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "503"}
+    assert "422" in spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]
     assert spec["components"]["schemas"]["ClientIn"]["anyOf"] == [
         {"required": ["phone"]},
         {"required": ["email"]},
