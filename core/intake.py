@@ -36,6 +36,9 @@ MAX_ATTEMPTS = 5
 # process is handed back by the broker at once (reject_on_worker_lost) and would loop forever; the cap
 # leaves room for the worker's transient retries (JobTask.max_retries, each a new start) and re-sends.
 MAX_STARTS = 15
+# The longest wait between two sends of a queued job (see claim_stale): a send lost while the broker
+# refused messages must not leave the job waiting as long again after the broker is back.
+MAX_RESEND_INTERVAL = timedelta(minutes=15)
 INTERNAL_ERROR = {
     "code": "internal_error",
     "message": "The request could not be processed; please try again.",
@@ -340,10 +343,10 @@ def claim_stale(
         .values(status="failed", finished_at=now, error=INTERNAL_ERROR)
     )
     # A queued job is re-sent when it has waited since its last send at least as long as it had waited
-    # before it: after waits of 1, 2, 4, 8… × queued_for (at ages 1, 3, 7, 15…). A job merely waiting
-    # behind a backlog would otherwise get one more copy in the queue for every sweep it waits through,
-    # and a slow queue would only grow.
-    waited_before_last_send = IntakeJob.enqueued_at - IntakeJob.created_at
+    # before it: after waits of 1, 2, 4, 8… × queued_for (at ages 1, 3, 7, 15…), and at least every
+    # MAX_RESEND_INTERVAL. A job merely waiting behind a backlog would otherwise get one more copy in the
+    # queue for every sweep it waits through, and a slow queue would only grow.
+    waited_before_last_send = func.least(IntakeJob.enqueued_at - IntakeJob.created_at, MAX_RESEND_INTERVAL)
     stale = (
         select(IntakeJob.id)
         .where(
