@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import INET, JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from core.models.base import Audited, Base, SoftDeleted, created_at, flag, uuid_pk
+from core.models.base import Audited, Base, SoftDeleted, created_at, flag, known_time_zone, uuid_pk
 
 
 class User(Audited, SoftDeleted, Base):
@@ -48,6 +48,10 @@ class User(Audited, SoftDeleted, Base):
     password_changed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     locale: Mapped[str] = mapped_column(String(10), server_default="es")
     timezone: Mapped[str] = mapped_column(String(50), server_default="Europe/Madrid")
+
+    @validates("timezone")
+    def _known_time_zone(self, _key: str, name: Any) -> Any:
+        return known_time_zone(name)
 
 
 class UserSession(Base):

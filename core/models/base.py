@@ -12,10 +12,12 @@ import uuid
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
     Date,
     DateTime,
+    FetchedValue,
     ForeignKey,
     ForeignKeyConstraint,
     MetaData,
@@ -28,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from core.errors import InvalidRequest
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -58,12 +62,32 @@ def created_at() -> Mapped[datetime]:
 
 
 def updated_at() -> Mapped[datetime]:
-    # Kept current by the set_updated_at / update_updated_at_column triggers (revision 010).
-    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    # Kept current by the set_updated_at / update_updated_at_column triggers (revision 010); FetchedValue
+    # makes an object read the trigger's value again after its UPDATE instead of keeping the old one.
+    return mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), server_onupdate=FetchedValue()
+    )
 
 
 def version() -> Mapped[int]:
-    return mapped_column(nullable=False, server_default=text("1"))
+    # Counted up by update_updated_at_column (revision 010) on every UPDATE, like updated_at.
+    return mapped_column(nullable=False, server_default=text("1"), server_onupdate=FetchedValue())
+
+
+def known_time_zone(name: Any) -> Any:
+    """`name` if Python's zoneinfo knows it by exactly that name, which the core needs to read a
+    tenant's or user's local times (the database accepts any spelling PostgreSQL can convert with).
+    A SQL expression is left to the database."""
+    if not isinstance(name, str):
+        return name
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest(
+            f"{name!r} is not a time zone name; use an IANA name such as Europe/Madrid",
+            code="unknown_time_zone",
+        ) from None
+    return name
 
 
 def flag(default: bool) -> Mapped[bool]:

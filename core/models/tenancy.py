@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from core.models.base import (
     Audited,
@@ -16,6 +16,7 @@ from core.models.base import (
     created_at,
     flag,
     jsonb_object,
+    known_time_zone,
     updated_at,
     uuid_pk,
 )
@@ -60,6 +61,11 @@ class Tenant(Audited, SoftDeleted, Base):
 
     # IANA zone name; every local date and wall-clock schedule of the tenant is read in it.
     timezone: Mapped[str] = mapped_column(String(50), server_default="Europe/Madrid")
+
+    @validates("timezone")
+    def _known_time_zone(self, _key: str, name: Any) -> Any:
+        return known_time_zone(name)
+
     locale: Mapped[str] = mapped_column(String(10), server_default="es")
     currency: Mapped[str] = mapped_column(String(3), server_default="EUR")
 

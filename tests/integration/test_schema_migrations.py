@@ -249,6 +249,7 @@ def test_triggers_and_views_exist(cycled):
         | {"notifications.check_notifications_template.notifications_check_template"}
         | {"tenant_users.keep_tenant_users_user.tenant_users_keep_user"}
         | {"users.keep_users_privileges.users_keep_privileges"}
+        | {f"{table}.{table}_timezone_known.time_zone_known" for table in ("tenants", "users")}
         | {
             f"{table}.keep_{table}_tenant.keep_tenant_id"
             for table in ("services", "resources", "notification_templates")

@@ -219,6 +219,10 @@ def test_the_audit_function_works_on_a_table_without_tenant_id(db):
     assert entry.table_name == "audit_probe"
     assert entry.tenant_id is None
     assert entry.new_values == {"id": str(record_id), "note": "hello"}
+    # 017's shortcut for a vanished tenant skipped these deletes until 018.
+    db.execute(text("UPDATE audit_probe SET note = 'bye'"))
+    db.execute(text("DELETE FROM audit_probe"))
+    assert [entry.action for entry in _audit(db, record_id)] == ["CREATE", "UPDATE", "DELETE"]
 
 
 # --- appointments in the past ---------------------------------------------------------------------
