@@ -68,8 +68,9 @@ def _channels_for(client: Client) -> list[str]:
     channels = []
     if client.email and preferences.get("email", True):
         channels.append("email")
-    # A client we can only reach by phone still gets the SMS, whatever the default preference says.
-    if client.phone and (preferences.get("sms") or not channels):
+    # The column's default is {"email": true, "sms": false}: a client we can only reach by phone still gets
+    # the SMS under it. One who turned down email as well as SMS gets nothing.
+    if client.phone and (preferences.get("sms") or (not channels and preferences.get("email", True))):
         channels.append("sms")
     return channels
 

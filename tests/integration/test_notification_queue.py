@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 
 from core import notifications
@@ -118,3 +119,28 @@ def test_a_business_template_that_does_not_render_gives_way_to_the_system_one(db
     assert (sms.channel, sms.body) == ("sms", "System 3 de marzo de 2027")
     assert f"notification template {broken.id}" in caplog.text
     assert "no email template renders for appointment_confirmed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("email", "preferences", "channels"),
+    [
+        ("lucia@example.com", {"email": True, "sms": True}, ["email", "sms"]),
+        ("lucia@example.com", {"email": True, "sms": False}, ["email"]),
+        ("lucia@example.com", {"email": False, "sms": True}, ["sms"]),
+        # The column's default on a client we can reach only by phone: the phone it is.
+        (None, {"email": True, "sms": False}, ["sms"]),
+        # Turned down both: nothing, whichever contacts we have.
+        ("lucia@example.com", {"email": False, "sms": False}, []),
+        (None, {"email": False, "sms": False}, []),
+    ],
+)
+def test_the_clients_preferences_choose_the_channels(db, email, preferences, channels):
+    salon, client, appointment = _event(db)
+    client.email, client.communication_preferences = email, preferences
+    db.flush()
+    for channel in ("email", "sms"):
+        factories.make_notification_template(
+            db, salon.tenant, channel=channel, locale="es", body_template="{{ booking_reference }}"
+        )
+    _queue(salon, client, appointment)
+    assert sorted(n.channel for n in _queued(db, appointment)) == channels
