@@ -51,7 +51,7 @@ LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
 ALTERNATIVES = 3
 
 # Readable over the phone: no 0/O, 1/I/L, 5/S or 8/B to confuse.
-REFERENCE_ALPHABET = "2346779ACDEFGHJKMNPQRTUVWXYZ"
+REFERENCE_ALPHABET = "234679ACDEFGHJKMNPQRTUVWXYZ"
 REFERENCE_LENGTH = 6
 REFERENCE_ATTEMPTS = 5
 
@@ -348,8 +348,10 @@ def _allocate(
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
     candidates: dict[uuid.UUID, Candidate],
+    moving_from: datetime | None = None,
 ) -> Slot:
-    """Allocate the resources for the slot at `start`, all or none.
+    """Allocate the resources for the slot at `start`, all or none. A move passes the appointment's
+    current start as `moving_from`: the alternatives of a refusal leave out the time it already has.
 
     Resources of capacity 1 are guarded by the exclusion constraint itself: two bookings wait for each
     other only when their times overlap on a resource, and the loser sees 23P01 and looks again (another
@@ -374,7 +376,9 @@ def _allocate(
         try:
             slot = availability.check_slot(uow, service, start, now, resource_ids or None)
         except SlotUnavailable as unavailable:
-            raise _with_alternatives(uow, service, start, now, resource_ids, unavailable) from None
+            raise _with_alternatives(
+                uow, service, start, now, resource_ids, unavailable, moving_from
+            ) from None
         # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
         resources = sorted(slot.resource_ids)
         allocations = {
@@ -401,7 +405,7 @@ def _allocate(
             if getattr(error.orig, "sqlstate", None) not in ("23P01", "40P01"):
                 raise
     taken = SlotUnavailable("That time was just taken.", code="slot_taken")
-    raise _with_alternatives(uow, service, start, now, resource_ids, taken)
+    raise _with_alternatives(uow, service, start, now, resource_ids, taken, moving_from)
 
 
 # Transaction-level advisory locks (released at commit or rollback), in a key space of their own.
@@ -440,10 +444,16 @@ def _with_alternatives(
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
     unavailable: SlotUnavailable,
+    moving_from: datetime | None = None,
 ) -> SlotUnavailable:
-    alternatives = availability.nearest_alternatives(
-        uow, service, start, now, ALTERNATIVES, resource_ids or None
+    nearest = availability.nearest_alternatives(
+        uow, service, start, now, ALTERNATIVES + (moving_from is not None), resource_ids or None
     )
+    # One more was asked for when a move's own time may be among them; of the rest, the nearest stay.
+    others = sorted(
+        (slot for slot in nearest if slot.start != moving_from), key=lambda slot: abs(slot.start - start)
+    )
+    alternatives = sorted(others[:ALTERNATIVES], key=lambda slot: slot.start)
     timezone = ZoneInfo(uow.get(Tenant, uow.tenant_id).timezone)
     return SlotUnavailable(
         unavailable.message,
@@ -481,7 +491,7 @@ def _insert_with_new_reference(uow: UnitOfWork, **columns: Any) -> Appointment:
 
     References are unique across all businesses, but row-level security hides other businesses'
     rows, so a look-up cannot tell whether one is free: the unique index decides, and a clash
-    (about one in 480 million per existing appointment) simply draws again.
+    (about one in 390 million per existing appointment) simply draws again.
     """
     for _ in range(REFERENCE_ATTEMPTS):
         appointment = uow.session.scalar(
@@ -647,8 +657,7 @@ def reschedule(
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
     _release(uow, appointment)
-    if not resource_ids:
-        resource_ids = _same_resources_if_free(uow, service, new_start, now, previous_resources)
+    kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, previous_resources)
     # All of the move in one UPDATE (and one audit row); a refused allocation rolls it all back.
     history = list((appointment.metadata_ or {}).get("reschedules", []))
     history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
@@ -658,7 +667,15 @@ def reschedule(
     if service.requires_confirmation and appointment.status == "confirmed":
         # The business confirmed the old time, not this one.
         _set_status(uow, appointment, "scheduled", now)
-    slot = _allocate(uow, service, appointment, new_start, now, resource_ids, candidates)
+    try:
+        slot = _allocate(
+            uow, service, appointment, new_start, now, resource_ids or kept, candidates, previous_start
+        )
+    except SlotUnavailable:
+        if not kept:
+            raise
+        # The stylist kept was taken meanwhile: any free one will do, as for a new booking.
+        slot = _allocate(uow, service, appointment, new_start, now, (), candidates, previous_start)
     uow.session.flush()
     # The confirmation of the old time must not go out after the one of the new time.
     notifications.withdraw_pending(uow, appointment.id)

@@ -12,6 +12,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 
 from core.db import UnitOfWork
 from core.errors import Conflict, InvalidRequest
@@ -112,7 +113,8 @@ def for_booking(
 ) -> tuple[Client, bool]:
     """The tenant's client with this phone (else email, unless that client has another phone), or a new
     one; and whether it is new. A new client's row counts this booking already; a returning client's
-    booking is counted by `count_booking`, which the caller sends last (it locks the client's row).
+    booking is counted by `count_booking`, which the caller sends last (it locks the client's row). A
+    returning client who gives the phone or email we lacked keeps it (`_add_missing_contact`).
 
     Two bookings for the same new client can race to create it: the partial unique indexes decide,
     and the loser looks again and finds the winner's row (or, for a shared email, another person's).
@@ -127,6 +129,7 @@ def for_booking(
             # nothing of this booking reaches the other person.
             details, client = replace(details, email=None), None
         if client is not None:
+            _add_missing_contact(uow, client, details)
             return client, False
         client = uow.session.scalar(
             _INSERT_CLIENT,
@@ -147,6 +150,27 @@ def for_booking(
         if client is not None:
             return client, True
     raise Conflict("The client's phone and email belong to two different clients.", code="client_conflict")
+
+
+def _add_missing_contact(uow: UnitOfWork, client: Client, details: ClientDetails) -> None:
+    """A returning client who now gives the phone or email we lacked (a caller booking online) keeps it:
+    the confirmation reaches it too, and the next booking by either finds this client instead of making
+    a second one. Not if another client has it (a family's shared address): the unique indexes decide."""
+    if client.email is None and details.email is not None:
+        column, value, channel = "email", details.email, "email"
+    elif client.phone is None and details.phone is not None:
+        column, value, channel = "phone", details.phone, "sms"
+    else:
+        return
+    try:
+        with uow.session.begin_nested():
+            setattr(client, column, value)
+            # The preference was only "no such contact"; the client has just given one for this booking.
+            client.communication_preferences = {**(client.communication_preferences or {}), channel: True}
+            uow.session.flush()
+    except IntegrityError as error:
+        if getattr(error.orig, "sqlstate", None) != "23505":
+            raise
 
 
 # Counted in SQL, not from values read before: two bookings of one client at once must not both write

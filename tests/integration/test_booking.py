@@ -82,6 +82,7 @@ def test_book_allocates_every_needed_resource_and_queues_the_confirmation(db, sa
     assert len(appointment.booking_reference) == 6 and set(appointment.booking_reference) <= set(
         booking.REFERENCE_ALPHABET
     )
+    assert len(set(booking.REFERENCE_ALPHABET)) == len(booking.REFERENCE_ALPHABET)  # each as likely
 
     rows = allocations(db, booked.appointment_id)
     assert {row.resource_id for row in rows} == {salon.stylists[0].id, salon.chairs[0].id}
@@ -132,6 +133,26 @@ def test_a_clients_bookings_are_counted_and_the_phone_wins_over_the_email(db, sa
     # The latest appointment, not the latest booked.
     assert phone_client.last_appointment_date == salon.at(DAY, "16:00")
     assert email_client.last_appointment_date == salon.at(DAY, "10:00")
+    # The address stays with the client who has it (the unique index refused it to the other, quietly).
+    assert (phone_client.email, email_client.email) == (None, "ana@example.com")
+
+
+def test_a_returning_client_keeps_the_contact_they_add_and_stays_one_client(db, salon):
+    online = book(salon, request(salon, "10:00", phone=None, email="lucia@example.com"))
+    both = book(salon, request(salon, "12:00", phone="612 345 678", email="lucia@example.com"))
+    call = book(salon, request(salon, "14:00", phone="612 345 678"))  # the caller id only
+    client_ids = {db.get(Appointment, booked.appointment_id).client_id for booked in (online, both, call)}
+    assert len(client_ids) == 1
+    client = db.get(Client, client_ids.pop())
+    db.refresh(client)
+    assert (client.phone, client.email) == ("+34612345678", "lucia@example.com")
+    assert client.communication_preferences == {"email": True, "sms": True}
+    # Known by phone, the client now gives an address too: the call's confirmation is emailed as well.
+    sent = db.scalars(select(Notification).where(Notification.appointment_id == call.appointment_id)).all()
+    assert sorted((n.channel, n.recipient_email or n.recipient_phone) for n in sent) == [
+        ("email", "lucia@example.com"),
+        ("sms", "+34612345678"),
+    ]
 
 
 def test_a_shared_email_does_not_make_two_people_one_client(db, salon):
@@ -289,6 +310,17 @@ def test_a_failed_reschedule_leaves_the_appointment_where_it_was(db, salon):
     db.refresh(appointment)
     assert appointment.scheduled_start == salon.at(DAY, "10:00")
     assert all(row.active for row in allocations(db, booked.appointment_id))
+
+
+def test_a_refused_move_does_not_offer_the_time_the_appointment_already_has(db):
+    salon = build_salon(db, stylists=1, chairs=1, buffer_time_minutes=5, opens="09:00", closes="11:50")
+    mine = book(salon, request(salon, "10:00"))
+    book(salon, request(salon, "11:00", phone="612 345 679"))
+    with pytest.raises(SlotUnavailable) as taken, UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, mine.appointment_id, salon.at(DAY, "11:00"), NOW)
+    starts = [alternative["start"] for alternative in taken.value.details["alternatives"]]
+    # 10:00 is free once the appointment leaves it, but it is where the appointment already is.
+    assert starts == ["2027-03-03T09:15:00+01:00", "2027-03-03T09:30:00+01:00", "2027-03-03T09:45:00+01:00"]
 
 
 def test_cancel_frees_the_slot_and_keeps_the_history(db, salon):

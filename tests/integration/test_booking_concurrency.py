@@ -211,32 +211,72 @@ def a_booking_waiting_for_its_stylist(committed_engine, salon, request: BookingR
     """`request` being booked in a thread of its own and held inside its allocation, where another
     transaction has taken the same stylist at that time and not committed yet. On leaving, that
     transaction rolls back and the booking goes through and commits."""
+    with a_change_waiting_for_a_stylist(
+        committed_engine,
+        salon,
+        request.resource_ids[0],
+        request.start,
+        lambda uow: booking.book(uow, request, NOW),
+    ) as outcome:
+        yield
+    assert len(outcome) == 1 and isinstance(outcome[0], booking.BookedAppointment), outcome
+
+
+@contextmanager
+def a_change_waiting_for_a_stylist(
+    committed_engine, salon, stylist_id, start: datetime, change, *, taken: bool = False
+) -> Iterator[list]:
+    """`change(uow)` (a booking, a move) run in a thread of its own and held inside its allocation, where
+    another transaction has taken the stylist at `start` and not committed yet. On leaving, that
+    transaction commits if `taken` (else rolls back) and the change goes on; the list yielded then holds
+    its result or its DomainError."""
     holder = Session(committed_engine)
-    stylist = holder.get(Resource, request.resource_ids[0])
+    stylist = holder.get(Resource, stylist_id)
     someone = factories.make_client(holder, holder.merge(salon.tenant))
-    factories.make_appointment(
-        holder, salon.tenant, salon.haircut, someone, request.start, resources=[stylist]
-    )
-    booked: list[booking.BookedAppointment] = []
+    factories.make_appointment(holder, salon.tenant, salon.haircut, someone, start, resources=[stylist])
+    outcome: list = []
 
-    def book_it() -> None:
-        with UnitOfWork(salon.tenant.id) as uow:
-            booked.append(booking.book(uow, request, NOW))
-            uow.commit()
+    def change_it() -> None:
+        try:
+            with UnitOfWork(salon.tenant.id) as uow:
+                outcome.append(change(uow))
+                uow.commit()
+        except DomainError as error:
+            outcome.append(error)
 
-    thread = threading.Thread(target=book_it)
+    thread = threading.Thread(target=change_it)
     thread.start()
     try:
         deadline = time.monotonic() + 10
         while not _waiting_to_allocate(committed_engine):
-            assert time.monotonic() < deadline, "the booking never reached its allocation"
+            assert time.monotonic() < deadline, "the change never reached its allocation"
             time.sleep(0.02)
-        yield
+        yield outcome
     finally:
-        holder.rollback()
+        holder.commit() if taken else holder.rollback()
         holder.close()
         thread.join(timeout=30)
-    assert len(booked) == 1
+
+
+def test_a_move_whose_stylist_is_taken_meanwhile_takes_another_free_one(committed_engine, committed):
+    """The move keeps the client's stylist when free; if another booking takes that stylist while the move
+    is under way, another free stylist will do, as for a new booking."""
+    salon = committed(stylists=2, chairs=0)
+    kept, other = salon.stylists
+    mine = book_at_once(salon, stylist_request(salon, "10:00", 0, "+34614005555"))
+    target = salon.at(DAY, "14:00")
+    with a_change_waiting_for_a_stylist(
+        committed_engine,
+        salon,
+        kept.id,
+        target,
+        lambda uow: booking.reschedule(uow, mine.appointment_id, target, NOW),
+        taken=True,
+    ) as outcome:
+        pass
+    [moved] = outcome
+    assert isinstance(moved, booking.BookedAppointment), moved
+    assert (moved.start, moved.resource_ids) == (target, (other.id,))
 
 
 def _waiting_to_allocate(engine) -> bool:
