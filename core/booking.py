@@ -377,7 +377,7 @@ def _allocate(
             slot = availability.check_slot(uow, service, start, now, resource_ids or None)
         except SlotUnavailable as unavailable:
             raise _with_alternatives(
-                uow, service, start, now, resource_ids, unavailable, moving_from
+                uow, service, appointment, start, now, resource_ids, unavailable, moving_from
             ) from None
         # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
         resources = sorted(slot.resource_ids)
@@ -405,7 +405,7 @@ def _allocate(
             if getattr(error.orig, "sqlstate", None) not in ("23P01", "40P01"):
                 raise
     taken = SlotUnavailable("That time was just taken.", code="slot_taken")
-    raise _with_alternatives(uow, service, start, now, resource_ids, taken, moving_from)
+    raise _with_alternatives(uow, service, appointment, start, now, resource_ids, taken, moving_from)
 
 
 # Transaction-level advisory locks (released at commit or rollback), in a key space of their own.
@@ -440,6 +440,7 @@ def resource_day_keys(resource_ids: list[uuid.UUID], start: datetime, occupied_u
 def _with_alternatives(
     uow: UnitOfWork,
     service: Service,
+    appointment: Appointment,
     start: datetime,
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
@@ -453,8 +454,11 @@ def _with_alternatives(
     others = sorted(
         (slot for slot in nearest if slot.start != moving_from), key=lambda slot: abs(slot.start - start)
     )
-    alternatives = sorted(others[:ALTERNATIVES], key=lambda slot: slot.start)
-    timezone = ZoneInfo(uow.get(Tenant, uow.tenant_id).timezone)
+    tenant = uow.get(Tenant, uow.tenant_id)
+    alternatives = _in_months_with_room(
+        uow, tenant, sorted(others[:ALTERNATIVES], key=lambda slot: slot.start), appointment.id
+    )
+    timezone = ZoneInfo(tenant.timezone)
     return SlotUnavailable(
         unavailable.message,
         code=unavailable.code,
@@ -572,6 +576,24 @@ def _enforce_monthly_limit(
             f"The plan allows {limit} appointments a month and {local.strftime('%B %Y')} is full.",
             code="plan_limit_reached",
         )
+
+
+def _in_months_with_room(
+    uow: UnitOfWork, tenant: Tenant, slots: list[Slot], appointment_id: uuid.UUID
+) -> list[Slot]:
+    """The slots in a local month the plan still has room in (the appointment itself aside): an
+    alternative offered must be bookable, and the nearest ones can fall in the next month."""
+    limit = _plan_limit(uow, tenant)
+    if limit is None:
+        return slots
+    with_room = []
+    for slot in slots:
+        try:
+            _enforce_monthly_limit(uow, tenant, limit, slot.start, besides=appointment_id)
+        except LimitReached:
+            continue
+        with_room.append(slot)
+    return with_room
 
 
 def _booked(

@@ -270,6 +270,27 @@ def test_the_plans_monthly_limit_counts_the_tenants_local_month(db):
     assert book(salon, april).appointment_id
 
 
+def test_no_alternative_is_offered_in_a_month_the_plan_has_filled(db):
+    # One 45-minute slot a day, 17:00: the nearest alternatives to 31 March are on the days around it.
+    salon = build_salon(db, stylists=1, chairs=1, opens="17:00", closes="17:45")
+    plan = factories.make_plan(db, max_appointments_per_month=3)
+    factories.make_subscription(db, salon.tenant, plan, status="active")
+
+    def at(day: date, phone: str) -> BookingRequest:
+        return BookingRequest(salon.haircut.id, salon.at(day, "17:00"), ClientDetails("A", phone=phone))
+
+    book(salon, at(date(2027, 4, 10), "612000001"))
+    book(salon, at(date(2027, 4, 11), "612000002"))
+    book(salon, at(date(2027, 4, 12), "612000003"))  # April is full
+    book(salon, at(date(2027, 3, 31), "612000004"))  # March has room
+    with pytest.raises(SlotUnavailable) as taken:
+        book(salon, at(date(2027, 3, 31), "612000005"))
+    starts = [alternative["start"] for alternative in taken.value.details["alternatives"]]
+    # 1 April is as near as 30 March, but April has no room: only March's days are offered.
+    assert "2027-03-30T17:00:00+02:00" in starts
+    assert [start for start in starts if not start.startswith("2027-03-")] == []
+
+
 def test_reschedule_moves_the_allocation_in_one_transaction(db, salon):
     booked = book(salon, request(salon, "10:00"))
     with UnitOfWork(salon.tenant.id) as uow:
