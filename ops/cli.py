@@ -507,7 +507,7 @@ def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
             f'  curl {auth} "{api_url}/v1/availability?service_id={seed.DEMO_SERVICE_IDS["haircut"]}&from={day}&to={day}"',
             f"  curl {auth} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-{day}' \\",
             f"       -d '{booking}' {api_url}/v1/bookings",
-            f'  curl {auth} "{api_url}/v1/jobs/<job_id from the answer above>?wait=10"',
+            f'  curl {auth} "{api_url}/v1/jobs/<job_id from the answer above>"',
             "",
         ]
     )

@@ -28,6 +28,17 @@ IDEMPOTENCY_DESCRIPTION = (
 SUBMIT_ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 422, 503)
 
 
+def _submit_responses(waited_status: int) -> dict[int | str, dict[str, Any]]:
+    """The problems, and the answer of a request whose `?wait=` saw its job succeed."""
+    return {
+        **SUBMIT_ERRORS,
+        waited_status: {
+            "model": JobOut,
+            "description": "With `?wait=`: the job succeeded; `result` has the appointment",
+        },
+    }
+
+
 def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:
     with UnitOfWork(tenant_id) as uow:
         job, _ = intake.submit(uow, kind, payload, key, utcnow(), enqueue_intake_job)
@@ -49,7 +60,8 @@ async def _answer(
         await request.app.state.job_waiter.until_ended(job.job_id, deadline - time.monotonic())
         # One more look however the wait ended: a job that ended as the time ran out is answered as ended.
         job = await run_in_threadpool(_read, tenant_id, job.job_id)
-    body = job.as_dict()
+    # As GET /v1/jobs/{id} answers it (its response_model), so the two read the same.
+    body = JobOut.model_validate(job.as_dict()).model_dump(mode="json")
     headers = {"Location": f"/v1/jobs/{job.job_id}"}
     if job.status == "succeeded" and wait > 0:
         return JSONResponse(body, status_code=success_status, headers=headers)
@@ -86,7 +98,11 @@ async def _accept(
 
 
 @router.post(
-    "/bookings", status_code=202, response_model=JobOut, responses=SUBMIT_ERRORS, summary="Request a booking"
+    "/bookings",
+    status_code=202,
+    response_model=JobOut,
+    responses=_submit_responses(201),
+    summary="Request a booking",
 )
 async def create_booking(
     request: Request,
@@ -112,7 +128,7 @@ async def create_booking(
     "/appointments/{appointment_id}/reschedule",
     status_code=202,
     response_model=JobOut,
-    responses=SUBMIT_ERRORS,
+    responses=_submit_responses(200),
     summary="Move an appointment to another time",
 )
 async def reschedule_appointment(
@@ -133,7 +149,7 @@ async def reschedule_appointment(
     "/appointments/{appointment_id}/cancel",
     status_code=202,
     response_model=JobOut,
-    responses=SUBMIT_ERRORS,
+    responses=_submit_responses(200),
     summary="Cancel an appointment",
 )
 async def cancel_appointment(

@@ -91,6 +91,9 @@ def test_the_openapi_contract_documents_every_error_as_problem_json(client):
                     )
     assert {"400", "404", "409", "413", "422"} <= set(spec["paths"]["/v1/bookings"]["post"]["responses"])
     assert "404" in spec["paths"]["/v1/availability"]["get"]["responses"]
+    # What ?wait= answers when the job succeeded.
+    assert "201" in spec["paths"]["/v1/bookings"]["post"]["responses"]
+    assert "200" in spec["paths"]["/v1/appointments/{appointment_id}/cancel"]["post"]["responses"]
     # Nothing a client sends to /v1/services can fail validation: the API key is checked as 401.
     assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "503"}
     assert "422" in spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]
@@ -177,7 +180,10 @@ def test_a_booking_is_accepted_as_a_queued_job(db, client, salon):
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["status"] == "queued" and job["links"]["self"] == f"/v1/jobs/{job['job_id']}"
-    assert client.get(f"/v1/jobs/{job['job_id']}").json()["status"] == "queued"
+    # The answer reads as GET /v1/jobs/{id} does, the replay's too (the same fields, times in one format).
+    assert client.get(f"/v1/jobs/{job['job_id']}").json() == job
+    replayed = client.post("/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "k-1"})
+    assert (replayed.status_code, replayed.json()) == (202, job)
     stored = db.scalar(select(IntakeJob).where(IntakeJob.id == job["job_id"]))
     assert stored.payload["client"]["phone"] == "612 345 678" and stored.idempotency_key == "k-1"
 
