@@ -18,6 +18,8 @@ from api.routes import appointments, catalog, health, jobs
 from api.waiting import JobWaiter
 from core import logging as app_logging
 from core.config import get_settings
+from workers.celery_app import app as celery_app
+from workers.celery_app import bound_waits_for_sending
 
 log = logging.getLogger("api.errors")  # the logger operators know the API's errors by
 
@@ -181,6 +183,7 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     build_openapi = app.openapi
     app.openapi = lambda: _with_api_key_auth(errors.problem_media_type(build_openapi()))  # type: ignore[method-assign]
+    bound_waits_for_sending(celery_app)
     app.state.job_waiter = JobWaiter(settings.booking_wait_poll_seconds, settings.booking_wait_max_requests)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(LoadShedding, max_queued=settings.api_max_queued_requests)

@@ -48,6 +48,12 @@ VISIBILITY_TIMEOUT_SECONDS = 2 * 60 * 60
 
 RESULT_EXPIRES_SECONDS = 24 * 60 * 60
 
+# The longest a process that only sends (the API) waits for Redis to take a connection or to answer. A Redis
+# that hangs (stopped, swapping, a network black hole) must not hold requests whose jobs are committed
+# already: the send fails, and the sweeper sends the job later. Not for workers or Flower: they wait on idle
+# subscriptions, where a read timeout is no fault and would only make kombu reconnect them again and again.
+SENDER_SOCKET_TIMEOUT_SECONDS = 2.0
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the project, derived from our Settings."""
@@ -111,6 +117,15 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = True)
             sender.config_from_object(celery_config(get_settings()))
 
     return celery
+
+
+def bound_waits_for_sending(celery: Celery) -> None:
+    """Make `celery`'s broker connections give up after SENDER_SOCKET_TIMEOUT_SECONDS (the API's)."""
+    celery.conf.broker_transport_options = {
+        **celery.conf.broker_transport_options,
+        "socket_timeout": SENDER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SENDER_SOCKET_TIMEOUT_SECONDS,
+    }
 
 
 app = create_app()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import socket
 import time as clock
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -252,22 +255,30 @@ def test_killing_worker_processes_mid_stream_loses_no_booking(committed_engine, 
     assert overlapping_allocations(committed_engine, salon.tenant.id) == 0
 
 
+@contextlib.contextmanager
+def a_broker_that_never_answers() -> Iterator[str]:
+    """A port whose connections the kernel accepts and nobody ever reads: a Redis that hangs (stopped,
+    swapping), not one that is down."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(100)
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.mark.parametrize(("broker", "clock_time"), [("down", "11:00"), ("hanging", "12:00")])
 def test_a_booking_accepted_while_redis_is_down_is_not_lost(
-    committed_engine, worker, celery_client, process_environment, salon
+    committed_engine, worker, celery_client, process_environment, salon, broker, clock_time
 ):
-    # A second API whose broker does not answer (a closed port): what the API meets when Redis is down.
-    broker_down = dataclasses.replace(process_environment, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    with ProcessHarness(broker_down, client=celery_client) as harness:
-        api = harness.start_api()
-        with api.client(headers={"Authorization": f"Bearer {salon.api_key}"}, timeout=30) as client:
-            # A client that gives up after 10 s, as callers do: the broker must not hold the request hostage
-            # (a result subscription on a down Redis did, for ~20 s).
-            accepted = client.post(
-                "/v1/bookings",
-                json=body(salon, salon.at(booking_day(salon), "11:00"), "+34612999006"),
-                timeout=10,
-            )
-            ready = client.get("/ready")
+    # A second API whose broker does not answer: a closed port (Redis down), or one that never replies.
+    with contextlib.ExitStack() as stack:
+        redis_url = (
+            f"redis://127.0.0.1:{free_port()}/0"
+            if broker == "down"
+            else stack.enter_context(a_broker_that_never_answers())
+        )
+        accepted, ready = _book_with_the_broker_at(
+            process_environment, celery_client, salon, redis_url, clock_time
+        )
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["status"] == "queued"
     assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unavailable"
@@ -282,6 +293,23 @@ def test_a_booking_accepted_while_redis_is_down_is_not_lost(
 
     (finished,) = wait_for_jobs(committed_engine, [job_id])
     assert finished.status == "succeeded", finished.error
+
+
+def _book_with_the_broker_at(process_environment, celery_client, salon, redis_url: str, clock_time: str):
+    with ProcessHarness(
+        dataclasses.replace(process_environment, redis_url=redis_url), client=celery_client
+    ) as harness:
+        api = harness.start_api()
+        with api.client(headers={"Authorization": f"Bearer {salon.api_key}"}, timeout=30) as client:
+            # A client that gives up after 10 s, as callers do: the broker must not hold the request hostage
+            # (a result subscription on a down Redis did, for ~20 s).
+            accepted = client.post(
+                "/v1/bookings",
+                json=body(salon, salon.at(booking_day(salon), clock_time), "+34612999006"),
+                timeout=10,
+            )
+            ready = client.get("/ready")
+    return accepted, ready
 
 
 def test_bookings_that_kill_or_hang_their_worker_are_failed_and_the_worker_goes_on(
