@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -66,10 +67,37 @@ def tenant_for_api_key(uow: UnitOfWork, presented: str | None, now: datetime) ->
     return api_key.tenant_id
 
 
-def revoke_api_key(uow: UnitOfWork, key_prefix: str, now: datetime) -> bool:
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What may be shown of a key: never the key, which only its creator ever saw."""
+
+    key_prefix: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def list_api_keys(uow: UnitOfWork) -> list[ApiKeyInfo]:
+    """The unit of work's tenant's keys, oldest first (row-level security keeps it to that tenant)."""
+    rows = uow.session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.key_prefix))
+    return [
+        ApiKeyInfo(row.key_prefix, row.name, row.created_at, row.last_used_at, row.revoked_at) for row in rows
+    ]
+
+
+def key_prefix_of(key_or_prefix: str) -> str:
+    """The prefix that finds a key's row, from the whole key (`va_live_<prefix>_<secret>`), from
+    `va_live_<prefix>`, or from the prefix itself: an operator revoking a leaked key may have any of them."""
+    bare = key_or_prefix.strip().removeprefix(KEY_SCHEME)
+    return bare.split("_", 1)[0]
+
+
+def revoke_api_key(uow: UnitOfWork, key_or_prefix: str, now: datetime) -> bool:
+    """Revoke the unit of work's tenant's key; False when it has no such live key."""
     result = uow.session.execute(
         update(ApiKey)
-        .where(ApiKey.key_prefix == key_prefix, ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_prefix == key_prefix_of(key_or_prefix), ApiKey.revoked_at.is_(None))
         .values(revoked_at=now)
     )
     return result.rowcount == 1

@@ -2,7 +2,7 @@
 
     voiceappoint up        everything at once, for a developer (private PostgreSQL/Redis if none answers)
     voiceappoint test      lint, import contracts and the test suite, as CI runs them
-    voiceappoint migrate | seed | apikey create | api | worker | beat | flower
+    voiceappoint migrate | seed | apikey create|list|revoke | api | worker | beat | flower
 
 Errors an operator can fix (a server that does not answer, a bad setting) are printed as one line and
 exit with status 2; a failing test run exits with 1.
@@ -195,10 +195,7 @@ def _tenant_id(slug: str):
 
 
 def _create_api_key(slug: str, name: str) -> str:
-    try:
-        from core.auth import create_api_key
-    except ImportError as exc:
-        raise CommandError(f"API keys cannot be created yet: {exc}") from None
+    from core.auth import create_api_key
     from core.db import UnitOfWork
 
     tenant_id = _tenant_id(slug)
@@ -263,6 +260,50 @@ def apikey_create(tenant_slug: str, name: str) -> None:
     with _services(with_redis=False):
         key = _create_api_key(tenant_slug, name)
     click.echo(key)
+
+
+@apikey.command("list")
+@click.option("--tenant", "tenant_slug", required=True, metavar="SLUG", help="The tenant's slug.")
+def apikey_list(tenant_slug: str) -> None:
+    """The tenant's keys: prefix, name, created, last used, revoked (never the keys themselves)."""
+    from core.auth import KEY_SCHEME, list_api_keys
+    from core.db import UnitOfWork
+
+    with _services(with_redis=False):
+        tenant_id = _tenant_id(tenant_slug)
+        with UnitOfWork(tenant_id=tenant_id) as uow:
+            keys = list_api_keys(uow)
+    for key in keys:
+        when = [
+            f"{label} {moment:%Y-%m-%d %H:%M}"
+            for label, moment in (
+                ("created", key.created_at),
+                ("used", key.last_used_at),
+                ("REVOKED", key.revoked_at),
+            )
+            if moment is not None
+        ]
+        click.echo(f"{KEY_SCHEME}{key.key_prefix}  {key.name}  ({', '.join(when)})")
+
+
+@apikey.command("revoke")
+@click.option("--tenant", "tenant_slug", required=True, metavar="SLUG", help="The tenant's slug.")
+@click.argument("key")
+def apikey_revoke(tenant_slug: str, key: str) -> None:
+    """Revoke KEY at once: the whole key, or its `va_live_<prefix>` as `apikey list` shows it."""
+    from core.auth import key_prefix_of, revoke_api_key
+    from core.clock import utcnow
+    from core.db import UnitOfWork
+
+    with _services(with_redis=False):
+        tenant_id = _tenant_id(tenant_slug)
+        with UnitOfWork(tenant_id=tenant_id) as uow:
+            revoked = revoke_api_key(uow, key, utcnow())
+            uow.commit()
+    if not revoked:
+        shown = f"va_live_{key_prefix_of(key)}"  # never the secret part, which would land in logs
+        raise CommandError(f"'{tenant_slug}' has no live key {shown}; see `voiceappoint apikey list`")
+    click.echo("revoked: requests with that key now get 401 invalid_api_key", err=True)
 
 
 # --- the long-running processes ---------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""`voiceappoint apikey create | list | revoke`, run as an operator runs them, on the test database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from core.auth import tenant_for_api_key
+from core.clock import utcnow
+from core.db import UnitOfWork
+from core.errors import Unauthorized
+from tests.factories import make_tenant
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def voiceappoint(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from ops.cli import main; main()", *args],
+        cwd=REPO,
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_operator_lists_and_revokes_a_leaked_key(database_url, committed_engine):
+    with Session(committed_engine, expire_on_commit=False) as session:
+        tenant = make_tenant(session)
+        session.commit()
+    created = voiceappoint(
+        database_url, "apikey", "create", "--tenant", tenant.slug, "--name", "booking widget"
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    shown = key.rsplit("_", 1)[0]  # va_live_<prefix>: the secret part is never shown again
+
+    listed = voiceappoint(database_url, "apikey", "list", "--tenant", tenant.slug)
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert line.startswith(f"{shown}  booking widget  (created ") and "REVOKED" not in line
+    assert key not in listed.stdout
+
+    revoked = voiceappoint(
+        database_url, "apikey", "revoke", "--tenant", tenant.slug, key
+    )  # the leaked key itself
+    assert revoked.returncode == 0, revoked.stderr
+    with UnitOfWork(system=True) as uow, pytest.raises(Unauthorized):
+        tenant_for_api_key(uow, key, utcnow())
+    assert "REVOKED" in voiceappoint(database_url, "apikey", "list", "--tenant", tenant.slug).stdout
+
+    again = voiceappoint(database_url, "apikey", "revoke", "--tenant", tenant.slug, shown)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"voiceappoint: error: '{tenant.slug}' has no live key {shown}; see `voiceappoint apikey list`"
+    ]
