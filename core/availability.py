@@ -233,6 +233,9 @@ def nearest_slots(
 
 
 _UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
+_DATE_TIME = re.compile(r"(\d{8}T\d{6})(Z?)")
+# The properties that carry date-times besides the RRULE's UNTIL (calendar exports write them in UTC).
+_DATE_PROPERTIES = ("DTSTART", "EXDATE", "RDATE")
 
 
 def expand_block(
@@ -247,7 +250,8 @@ def expand_block(
 
     The first occurrence is [start, end). A recurring block repeats per its RFC 5545 RRULE on the tenant's
     wall clock (a weekly 13:00-14:00 lunch stays at 13:00 local across DST), each occurrence lasting
-    end - start. A rule that cannot be read blocks the whole window: better no slots than a double booking.
+    end - start; EXDATE and RDATE lines may follow it. A rule that cannot be read blocks the whole window:
+    better no slots than a double booking.
     """
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if not recurrence_rule:
@@ -255,8 +259,10 @@ def expand_block(
     length = end - start
     try:
         occurrences = _occurrence_starts(start, length, recurrence_rule, tz, window_start, window_end)
-    except (ValueError, TypeError, OverflowError):
-        log.error("unreadable recurrence_rule %r: blocking the whole window", recurrence_rule)
+    except (
+        Exception
+    ) as error:  # whatever the rule does to dateutil (or a TZID nobody knows), not to a booking
+        log.error("unreadable recurrence_rule %r (%r): blocking the whole window", recurrence_rule, error)
         return [(window_start, window_end)]
     return [(s, s + length) for s in occurrences if s < window_end and s + length > window_start]
 
@@ -265,44 +271,82 @@ def _occurrence_starts(
     start: datetime, length: timedelta, rule: str, tz: ZoneInfo, window_start: datetime, window_end: datetime
 ) -> list[datetime]:
     first_local = start.astimezone(tz).replace(tzinfo=None)
-    # The rule runs on naive local wall-clock times; a UTC UNTIL is turned into local time to match.
-    rule = _UNTIL_UTC.sub(
-        lambda m: (
-            "UNTIL="
-            + datetime.strptime(m.group(1), "%Y%m%dT%H%M%S")
-            .replace(tzinfo=UTC)
-            .astimezone(tz)
-            .strftime("%Y%m%dT%H%M%S")
-        ),
-        rule.strip(),
-    )
+    rule = _on_local_wall_clock(rule, tz)
+    parts = _rrule_parts(rule)
+    if not parts.get("INTERVAL", "1").isdigit() or int(parts.get("INTERVAL", "1")) < 1:
+        # dateutil divides by it, or walks in place for ever (MONTHLY, YEARLY).
+        raise ValueError(f"INTERVAL must be a whole number from 1: {parts['INTERVAL']!r}")
     # Wall-clock bounds are not monotonic across DST, so search a day wider and filter in UTC.
     low = (window_start - length).astimezone(tz).replace(tzinfo=None) - ONE_DAY
     high = window_end.astimezone(tz).replace(tzinfo=None) + ONE_DAY
-    recurrence = rrulestr(rule, dtstart=_skip_ahead(rule, first_local, low), forceset=True)
+    recurrence = rrulestr(rule, dtstart=_skip_ahead(rule, parts, first_local, low), forceset=True)
     starts = {start}  # RFC 5545: the first occurrence counts even when it does not match the rule
     for local in recurrence.between(low, high, inc=True):
         starts.add(local.replace(tzinfo=tz).astimezone(UTC))
     return sorted(starts)
 
 
-_SIMPLE_PERIOD_DAYS = {"DAILY": 1, "WEEKLY": 7}
+def _on_local_wall_clock(rule: str, tz: ZoneInfo) -> str:
+    """The rule with every date-time on the tenant's naive wall clock, as it is expanded: UTC values
+    (`…Z`) and values with a TZID are converted; floating ones already are."""
+    lines = []
+    for line in rule.strip().splitlines():
+        head, colon, values = line.strip().partition(":")
+        name, *params = head.split(";")
+        if colon and name.upper() in _DATE_PROPERTIES:
+            zone_names = [param.split("=", 1)[1] for param in params if param.upper().startswith("TZID=")]
+            zone = ZoneInfo(zone_names[0]) if zone_names else None
+            params = [param for param in params if not param.upper().startswith("TZID=")]
+            values = ",".join(_local_value(value, zone, tz) for value in values.split(","))
+            line = ";".join([name, *params]) + ":" + values
+        lines.append(line)
+    return _UNTIL_UTC.sub(lambda match: "UNTIL=" + _local_value(match[0][6:], None, tz), "\n".join(lines))
 
 
-def _skip_ahead(rule: str, first_local: datetime, low: datetime) -> datetime:
-    """A later start for a DAILY or WEEKLY rule without COUNT or BYSETPOS, whole periods on, before `low`.
+def _local_value(value: str, zone: ZoneInfo | None, tz: ZoneInfo) -> str:
+    match = _DATE_TIME.fullmatch(value.strip())
+    source = UTC if match and match[2] else zone
+    if match is None or source is None:  # a date (VALUE=DATE), or a floating time: wall clock already
+        return value
+    moment = datetime.strptime(match[1], "%Y%m%dT%H%M%S").replace(tzinfo=source)
+    return moment.astimezone(tz).strftime("%Y%m%dT%H%M%S")
+
+
+def _rrule_parts(rule: str) -> dict[str, str]:
+    """The RRULE's parts (FREQ, INTERVAL, COUNT, ...), upper-cased, from a bare rule or its RRULE line."""
+    lines = rule.upper().splitlines()
+    line = next((line for line in lines if line.startswith("RRULE:")), lines[0] if len(lines) == 1 else "")
+    return dict(part.split("=", 1) for part in line.removeprefix("RRULE:").split(";") if "=" in part)
+
+
+# Frequencies whose periods have a fixed length on the naive wall clock dateutil walks.
+_FIXED_PERIODS = {
+    "WEEKLY": timedelta(days=7),
+    "DAILY": timedelta(days=1),
+    "HOURLY": timedelta(hours=1),
+    "MINUTELY": timedelta(minutes=1),
+    "SECONDLY": timedelta(seconds=1),
+}
+
+
+def _skip_ahead(rule: str, parts: dict[str, str], first_local: datetime, low: datetime) -> datetime:
+    """A later start for a rule of fixed periods without COUNT or BYSETPOS, whole periods on, before `low`.
 
     dateutil walks every occurrence from the start; a weekly lunch set up years ago would be walked week by
-    week on every call. Moving the start by whole periods keeps the same occurrences from `low` on.
+    week on every call (an hourly rule, hour by hour). Moving the start by whole periods keeps the same
+    occurrences from `low` on.
     """
-    if "\n" in rule or first_local >= low:
-        return first_local
-    parts = dict(part.split("=", 1) for part in rule.upper().removeprefix("RRULE:").split(";") if "=" in part)
-    period = _SIMPLE_PERIOD_DAYS.get(parts.get("FREQ", ""))
-    if period is None or "COUNT" in parts or "BYSETPOS" in parts:
+    period = _FIXED_PERIODS.get(parts.get("FREQ", ""))
+    if (
+        "\n" in rule.strip()
+        or first_local >= low
+        or period is None
+        or "COUNT" in parts
+        or "BYSETPOS" in parts
+    ):
         return first_local
     period *= int(parts.get("INTERVAL", "1"))
-    return first_local + timedelta(days=(low - first_local).days // period * period)
+    return first_local + (low - first_local) // period * period
 
 
 def day_number(day: date) -> int:

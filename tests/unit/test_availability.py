@@ -8,6 +8,7 @@ America/Santiago springs forward at the end of Saturday 2027-09-04 (24:00 -> Sun
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -648,6 +649,7 @@ def test_recurrence_rules_until_count_and_a_first_occurrence_off_the_rule():
         "FREQ=WEEKLY;INTERVAL=2;BYDAY=TU,TH;WKST=SU",
         "FREQ=DAILY;UNTIL=20270410T120000Z",
         "FREQ=MONTHLY;BYDAY=1FR",
+        "FREQ=HOURLY;INTERVAL=5;BYHOUR=13",
     ],
 )
 def test_a_rule_started_years_ago_gives_the_occurrences_dateutil_gives(rule):
@@ -1033,3 +1035,47 @@ def test_nearest_slots_look_both_ways():
     cal = calendar([stylist], slot_step_minutes=30)
     near = nearest_slots(cal, at(MADRID, 2027, 3, 1, 11), LONG_AGO, 3, MONDAY, MONDAY)
     assert local_starts(near) == ["09:00", "12:00", "12:30"]  # 2 h before, 1 h after, 1.5 h after
+
+
+def test_exceptions_and_extra_dates_written_in_utc_or_with_a_zone_are_read_on_the_local_clock():
+    """Calendar exports write EXDATE and RDATE in UTC (…Z) or with a TZID; the rule runs on the wall clock."""
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 1, 13), at(MADRID, 2027, 3, 1, 14))
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 5, 0))
+    for rule in (
+        "RRULE:FREQ=DAILY\nEXDATE:20270302T120000Z",  # 13:00 in Madrid, in UTC
+        "RRULE:FREQ=DAILY\nEXDATE;TZID=America/New_York:20270302T070000",  # the same instant
+        "RRULE:FREQ=DAILY\nEXDATE:20270302T130000",  # floating: the local wall clock
+    ):
+        lunches = expand_block(*first, rule, tz, *window)
+        assert [s.astimezone(tz).strftime("%d %H:%M") for s, _ in lunches] == [
+            "01 13:00",
+            "03 13:00",
+            "04 13:00",
+        ]
+    extra = expand_block(*first, "RRULE:FREQ=DAILY;COUNT=2\nRDATE:20270304T150000Z", tz, *window)
+    assert [s.astimezone(tz).strftime("%d %H:%M") for s, _ in extra] == ["01 13:00", "02 13:00", "04 16:00"]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=DAILY;INTERVAL=0",  # dateutil divided by it
+        "FREQ=WEEKLY;INTERVAL=0",
+        "FREQ=MONTHLY;INTERVAL=0",  # dateutil walked in place for ever
+        "FREQ=YEARLY;INTERVAL=-1",
+        "RRULE:FREQ=DAILY\nEXDATE;TZID=Mars/Olympus:20270302T130000",
+        "FREQ=FORTNIGHTLY",
+    ],
+)
+def test_a_rule_that_cannot_be_read_blocks_the_window_at_once(rule):
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2026, 3, 2, 13), at(MADRID, 2026, 3, 2, 14))  # a year before the window
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 5, 0))
+    found: list = []
+    expanding = threading.Thread(
+        target=lambda: found.append(expand_block(*first, rule, tz, *window)), daemon=True
+    )
+    expanding.start()
+    expanding.join(timeout=10)
+    assert found == [[window]], "the expansion crashed or hung"
