@@ -57,6 +57,21 @@ class Service(Audited, SoftDeleted, Base):
         CheckConstraint("duration_minutes > 0", name="services_duration_positive"),
         CheckConstraint("base_price IS NULL OR base_price >= 0", name="services_price_non_negative"),
         CheckConstraint("buffer_time_minutes >= 0", name="services_buffer_non_negative"),
+        # Revision 019: the rules the core reads for every query and booking of the service.
+        CheckConstraint(
+            "jsonb_typeof(available_days) = 'array' AND available_days <@ '[0, 1, 2, 3, 4, 5, 6]'::jsonb",
+            name="services_available_days_valid",
+        ),
+        CheckConstraint(
+            "jsonb_typeof(available_hours) = 'object'"
+            " AND available_hours ->> 'start' ~ '^([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$'"
+            " AND available_hours ->> 'end' ~ '^(([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?|24:00(:00)?)$'",
+            name="services_available_hours_valid",
+        ),
+        CheckConstraint(
+            "min_advance_booking_hours >= 0 AND max_advance_booking_days BETWEEN 0 AND 3650",
+            name="services_advance_booking_valid",
+        ),
         # The seed's UNIQUE(tenant_id, slug), but a soft-deleted service no longer holds its slug.
         Index("services_tenant_id_slug_key", "tenant_id", "slug", unique=True, postgresql_where=NOT_DELETED),
         Index("idx_services_tenant_active", "tenant_id", postgresql_where=ACTIVE_NOT_DELETED),

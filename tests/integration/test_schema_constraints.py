@@ -128,6 +128,13 @@ CHECK_CASES = {
     "services_duration_positive": lambda db: make_service(db, make_tenant(db), duration_minutes=0),
     "services_price_non_negative": lambda db: make_service(db, make_tenant(db), base_price=Decimal("-1")),
     "services_buffer_non_negative": lambda db: make_service(db, make_tenant(db), buffer_time_minutes=-5),
+    "services_available_days_valid": lambda db: make_service(db, make_tenant(db), available_days=["1", "2"]),
+    "services_available_hours_valid": lambda db: make_service(
+        db, make_tenant(db), available_hours={"start": "9am", "end": "18:00"}
+    ),
+    "services_advance_booking_valid": lambda db: make_service(
+        db, make_tenant(db), max_advance_booking_days=1_000_000
+    ),
     "resources_type_valid": lambda db: make_resource(db, make_tenant(db), "robot"),
     "resources_capacity_positive": lambda db: make_resource(db, make_tenant(db), "room", 0),
     "clients_phone_format": lambda db: make_client(db, make_tenant(db), phone="phone"),
