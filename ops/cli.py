@@ -30,7 +30,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ops.services import (
+    IN_USE,
     REPO_ROOT,
+    STOPPED,
     ServiceError,
     data_dir_from_env,
     ensure_postgres,
@@ -63,7 +65,11 @@ def main() -> None:
     except (ServiceError, CommandError) as exc:
         _fail(str(exc))
     except ValidationError as exc:
-        problems = "; ".join(f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors())
+        # A rule over several settings (production secrets) has no location; its message names them.
+        problems = "; ".join(
+            f"{_variable(error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in exc.errors()
+        )
         _fail(f"bad configuration: {problems}")
     except DBAPIError as exc:
         # Operational (no server), programming (no table) or data errors (`SET ROLE` to a role that does
@@ -75,7 +81,7 @@ def main() -> None:
 
 def _variable(location: tuple) -> str:
     """The environment variable behind a settings field (what the operator has to fix)."""
-    field = str(location[0]) if location else "settings"
+    field = str(location[0])
     if field.lower() in ("database_url", "redis_url"):
         return field.upper()
     return f"VOICEAPPOINT_{field.upper()}"
@@ -137,10 +143,15 @@ def _services(*, with_redis: bool) -> Iterator[tuple[str, str | None]]:
 
 
 def _release(stop, data_dir: Path, name: str) -> None:
-    if stop(data_dir):
+    outcome = stop(data_dir)
+    if outcome == STOPPED:
         click.echo(f"stopped the private {name}", err=True)
-    else:
+    elif outcome == IN_USE:
         click.echo(f"left the private {name} running: another voiceappoint command still uses it", err=True)
+    else:
+        click.echo(
+            f"the private {name} had stopped already (killed, or it crashed; see its log in .data/)", err=True
+        )
 
 
 # --- migrate, seed, apikey --------------------------------------------------------------------------

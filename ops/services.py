@@ -36,6 +36,9 @@ from sqlalchemy.exc import ArgumentError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".data"
+
+# What releasing a private server did (stop_postgres, stop_redis).
+STOPPED, IN_USE, NOT_RUNNING = "stopped", "in use", "not running"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # How long we wait for a configured server to accept a TCP connection before calling it absent.
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -82,6 +85,8 @@ def _services_lock(data_dir: Path) -> Iterator[None]:
 
 
 def _pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # a child of ours that died stays a zombie, "alive", until reaped
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,8 +124,6 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if not _pid_alive(pid):
             return True
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
         time.sleep(0.1)
     return not _pid_alive(pid)
 
@@ -319,23 +322,24 @@ def _postmaster_pid(pgdata: Path) -> int | None:
     return pid if pid is not None and _pid_alive(pid) else None
 
 
-def stop_postgres(data_dir: Path | str = DEFAULT_DATA_DIR) -> bool:
+def stop_postgres(data_dir: Path | str = DEFAULT_DATA_DIR) -> str:
     """Release this process's claim on the private PostgreSQL; stop it if no live process claims it.
 
-    Returns True when the server was stopped. Its data stays for the next run.
+    Returns STOPPED, IN_USE (another command still claims it) or NOT_RUNNING (it had stopped already). Its
+    data stays for the next run.
     """
     data_dir = Path(data_dir)
     pgdata = _postgres_data(data_dir)
     with _services_lock(data_dir):
         if not _release(pgdata / ".claims"):
-            return False
+            return IN_USE
         pid = _postmaster_pid(pgdata)
         if pid is None:
-            return False
+            return NOT_RUNNING
         # SIGINT is PostgreSQL's "fast" shutdown: sessions are ended, nothing is lost. Signalling the pid
         # avoids pg_ctl, which refuses to run as root.
         _stop_pid(pid, signal.SIGINT, "the private PostgreSQL")
-        return True
+        return STOPPED
 
 
 # --- Redis -----------------------------------------------------------------------------------------
@@ -496,16 +500,17 @@ def ensure_redis(url: str, data_dir: Path | str = DEFAULT_DATA_DIR) -> tuple[str
     return private, True
 
 
-def stop_redis(data_dir: Path | str = DEFAULT_DATA_DIR) -> bool:
-    """Release this process's claim on the private Redis; stop it if no live process claims it."""
+def stop_redis(data_dir: Path | str = DEFAULT_DATA_DIR) -> str:
+    """Release this process's claim on the private Redis; stop it if no live process claims it (as
+    `stop_postgres`, and with the same answers)."""
     data_dir = Path(data_dir)
     redis_dir = _redis_dir(data_dir)
     with _services_lock(data_dir):
         if not _release(redis_dir / ".claims"):
-            return False
+            return IN_USE
         pid = _read_number(redis_dir / "redis.pid")
         if pid is None or not _pid_alive(pid):
-            return False
+            return NOT_RUNNING
         _stop_pid(pid, signal.SIGTERM, "the private Redis")
         (redis_dir / "redis.pid").unlink(missing_ok=True)
-        return True
+        return STOPPED

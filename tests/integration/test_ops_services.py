@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -14,7 +15,16 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from ops.services import ServiceError, ensure_postgres, ensure_redis, stop_postgres, stop_redis
+from ops.services import (
+    NOT_RUNNING,
+    STOPPED,
+    ServiceError,
+    _pid_alive,
+    ensure_postgres,
+    ensure_redis,
+    stop_postgres,
+    stop_redis,
+)
 
 
 def _closed_port() -> int:
@@ -36,14 +46,6 @@ def data_dir():
 
 def _libpq(url: str, database: str) -> str:
     return make_url(url).set(drivername="postgresql", database=database).render_as_string(hide_password=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _wait_gone(pid: int) -> bool:
@@ -86,11 +88,11 @@ def test_private_servers_start_when_local_urls_do_not_answer(data_dir):
             assert again_db_started
         finally:
             redis_pid = int((data_dir / "redis" / "redis.pid").read_text())
-            assert stop_redis(data_dir) is True
+            assert stop_redis(data_dir) == STOPPED
             assert _wait_gone(redis_pid)
     finally:
         postgres_pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        assert stop_postgres(data_dir) is True
+        assert stop_postgres(data_dir) == STOPPED
         assert _wait_gone(postgres_pid)
 
     # Stopped servers leave their data behind, and a later run starts them again on it.
@@ -105,7 +107,7 @@ def test_private_servers_start_when_local_urls_do_not_answer(data_dir):
                 == 1
             )
     finally:
-        assert stop_postgres(data_dir) is True
+        assert stop_postgres(data_dir) == STOPPED
 
 
 def test_a_claim_of_a_dead_process_does_not_keep_the_server(data_dir):
@@ -114,7 +116,15 @@ def test_a_claim_of_a_dead_process_does_not_keep_the_server(data_dir):
     claims = data_dir / "redis" / ".claims"
     # A run that was killed (kill -9) leaves its pid behind; pid 2**22+1 is above Linux's pid_max.
     claims.write_text(claims.read_text() + f"{2**22 + 1}\n")
-    assert stop_redis(data_dir) is True
+    assert stop_redis(data_dir) == STOPPED
+
+
+def test_a_private_server_that_died_meanwhile_is_reported_as_such(data_dir):
+    ensure_redis(f"redis://127.0.0.1:{_closed_port()}/0", data_dir)
+    redis_pid = int((data_dir / "redis" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGKILL)  # as an OOM kill would
+    assert _wait_gone(redis_pid)
+    assert stop_redis(data_dir) == NOT_RUNNING
 
 
 def test_answering_servers_are_used_as_they_are(tmp_path):

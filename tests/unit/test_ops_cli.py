@@ -31,6 +31,8 @@ def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
             "cannot resolve host 'db.invalid'",
         ),
         ({"VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES": "often"}, "VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES"),
+        # A rule over several settings: its message names them, and no made-up VOICEAPPOINT_SETTINGS.
+        ({"VOICEAPPOINT_ENV": "production"}, "bad configuration: Value error, in production set"),
     ],
 )
 def test_an_operator_error_is_one_line_and_exit_status_2(env, expected):
