@@ -259,9 +259,7 @@ def expand_block(
     length = end - start
     try:
         occurrences = _occurrence_starts(start, length, recurrence_rule, tz, window_start, window_end)
-    except (
-        Exception
-    ) as error:  # whatever the rule does to dateutil (or a TZID nobody knows), not to a booking
+    except Exception as error:  # anything a rule does to dateutil must not fail a booking
         log.error("unreadable recurrence_rule %r (%r): blocking the whole window", recurrence_rule, error)
         return [(window_start, window_end)]
     return [(s, s + length) for s in occurrences if s < window_end and s + length > window_start]

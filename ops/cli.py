@@ -150,7 +150,8 @@ def _release(stop, data_dir: Path, name: str) -> None:
         click.echo(f"left the private {name} running: another voiceappoint command still uses it", err=True)
     else:
         click.echo(
-            f"the private {name} had stopped already (killed, or it crashed; see its log in .data/)", err=True
+            f"the private {name} had stopped already (killed, or it crashed; its log is under {data_dir})",
+            err=True,
         )
 
 
@@ -302,7 +303,7 @@ def apikey_list(tenant_slug: str) -> None:
 @click.argument("key")
 def apikey_revoke(tenant_slug: str, key: str) -> None:
     """Revoke KEY at once: the whole key, or its `va_live_<prefix>` as `apikey list` shows it."""
-    from core.auth import key_prefix_of, revoke_api_key
+    from core.auth import KEY_SCHEME, key_prefix_of, revoke_api_key
     from core.clock import utcnow
     from core.db import UnitOfWork
 
@@ -312,7 +313,7 @@ def apikey_revoke(tenant_slug: str, key: str) -> None:
             revoked = revoke_api_key(uow, key, utcnow())
             uow.commit()
     if not revoked:
-        shown = f"va_live_{key_prefix_of(key)}"  # never the secret part, which would land in logs
+        shown = f"{KEY_SCHEME}{key_prefix_of(key)}"  # never the secret part, which would land in logs
         raise CommandError(f"'{tenant_slug}' has no live key {shown}; see `voiceappoint apikey list`")
     click.echo("revoked: requests with that key now get 401 invalid_api_key", err=True)
 
