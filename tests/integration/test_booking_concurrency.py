@@ -16,14 +16,14 @@ from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from core import booking, intake
+from core import booking, clients, intake
 from core.booking import EXCLUSIVE_INSERT_LOCKS, BookingRequest
 from core.clients import ClientDetails
 from core.db import HOLDS_SESSION_LOCKS, UnitOfWork
 from core.errors import DomainError
 from core.models import Appointment, AppointmentResource, Client, IntakeJob, Resource, VapiCallLog
 from tests import factories
-from tests.scenarios import build_salon
+from tests.scenarios import EVERY_DAY, build_salon
 
 NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
 DAY = date(2027, 3, 3)
@@ -470,3 +470,64 @@ def test_a_connection_goes_back_to_the_pool_without_the_insert_locks_it_still_he
             text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = :pid"), {"pid": pid}
         )
     assert held == 0
+
+
+def test_a_returning_client_adding_an_email_does_not_deadlock_their_other_booking(
+    committed_engine, committed, monkeypatch
+):
+    """The contact a returning client adds is written last, with the count: the client's row is locked
+    after the shared room's day, as every booking locks them. (Written first, it deadlocked a second
+    booking of the same person that held the room's day and waited for the client's row.)"""
+    salon = committed(stylists=2, chairs=0)
+    with Session(committed_engine, expire_on_commit=False) as session:
+        room = factories.make_resource(session, session.merge(salon.tenant), "room", 3, name="Big room")
+        factories.link_service_resource(session, session.merge(salon.haircut), room, is_required=True)
+        for day in EVERY_DAY:
+            factories.make_schedule(session, room, day, "09:00", "18:00")
+        session.add(Client(tenant_id=salon.tenant.id, first_name="Ana", phone="+34614007777"))  # a caller
+        session.commit()
+
+    found = threading.Event()
+    go_on = threading.Event()
+    real_for_booking = clients.for_booking
+
+    def held_after_finding_the_client(uow, tenant, details, booked_start):
+        found_client = real_for_booking(uow, tenant, details, booked_start)
+        if threading.current_thread().name == "online":
+            found.set()
+            go_on.wait(10)
+        return found_client
+
+    monkeypatch.setattr(clients, "for_booking", held_after_finding_the_client)
+    outcomes: dict[str, str] = {}
+
+    def book_as(name: str, request: BookingRequest) -> None:
+        try:
+            book_at_once(salon, request)
+            outcomes[name] = "booked"
+        except Exception as error:  # noqa: BLE001 - the outcome is what the test compares
+            outcomes[name] = getattr(error, "code", repr(error)[:120])
+
+    online = BookingRequest(  # the client now gives an email too
+        salon.haircut.id,
+        salon.at(DAY, "10:00"),
+        ClientDetails("Ana", phone="+34614007777", email="ana@example.com"),
+        (salon.stylists[0].id,),
+    )
+    call = stylist_request(salon, "15:00", 1, "+34614007777")
+    first = threading.Thread(target=book_as, args=("online", online), name="online")
+    first.start()
+    assert found.wait(10)
+    second = threading.Thread(target=book_as, args=("call", call), name="call")
+    second.start()
+    deadline = time.monotonic() + 10
+    while second.is_alive() and not _lock_waits(committed_engine):
+        assert time.monotonic() < deadline, "the call neither finished nor waited"
+        time.sleep(0.02)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert outcomes == {"online": "booked", "call": "booked"}
+    with Session(committed_engine) as session:
+        client = session.scalars(select(Client).where(Client.tenant_id == salon.tenant.id)).one()
+    assert (client.email, client.total_appointments) == ("ana@example.com", 2)
