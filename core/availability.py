@@ -233,7 +233,7 @@ def nearest_slots(
 
 
 _UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
-_DATE_TIME = re.compile(r"(\d{8}T\d{6})(Z?)")
+_DATE_TIME = re.compile(r"(\d{8}T\d{6})(Z?)", re.IGNORECASE)  # dateutil takes any case too
 # The properties that carry date-times besides the RRULE's UNTIL (calendar exports write them in UTC).
 _DATE_PROPERTIES = ("DTSTART", "EXDATE", "RDATE")
 
@@ -306,7 +306,7 @@ def _local_value(value: str, zone: ZoneInfo | None, tz: ZoneInfo) -> str:
     source = UTC if match and match[2] else zone
     if match is None or source is None:  # a date (VALUE=DATE), or a floating time: wall clock already
         return value
-    moment = datetime.strptime(match[1], "%Y%m%dT%H%M%S").replace(tzinfo=source)
+    moment = datetime.strptime(match[1].upper(), "%Y%m%dT%H%M%S").replace(tzinfo=source)
     return moment.astimezone(tz).strftime("%Y%m%dT%H%M%S")
 
 

@@ -348,10 +348,10 @@ def _allocate(
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
     candidates: dict[uuid.UUID, Candidate],
-    moving_from: datetime | None = None,
+    moving_from: Slot | None = None,
 ) -> Slot:
     """Allocate the resources for the slot at `start`, all or none. A move passes the appointment's
-    current start as `moving_from`: the alternatives of a refusal leave out the time it already has.
+    current slot as `moving_from`: the alternatives of a refusal leave out the place it already has.
 
     Resources of capacity 1 are guarded by the exclusion constraint itself: two bookings wait for each
     other only when their times overlap on a resource, and the loser sees 23P01 and looks again (another
@@ -445,14 +445,16 @@ def _with_alternatives(
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
     unavailable: SlotUnavailable,
-    moving_from: datetime | None = None,
+    moving_from: Slot | None = None,
 ) -> SlotUnavailable:
     nearest = availability.nearest_alternatives(
         uow, service, start, now, ALTERNATIVES + (moving_from is not None), resource_ids or None
     )
-    # One more was asked for when a move's own time may be among them; of the rest, the nearest stay.
+    # One more was asked for when a move's own place (its time with its resources) may be among them; of
+    # the rest, the nearest stay. The same time with another stylist is a real move, and stays.
     others = sorted(
-        (slot for slot in nearest if slot.start != moving_from), key=lambda slot: abs(slot.start - start)
+        (slot for slot in nearest if not _same_place(slot, moving_from)),
+        key=lambda slot: abs(slot.start - start),
     )
     tenant = uow.get(Tenant, uow.tenant_id)
     alternatives = _in_months_with_room(
@@ -578,6 +580,13 @@ def _enforce_monthly_limit(
         )
 
 
+def _same_place(slot: Slot, other: Slot | None) -> bool:
+    return other is not None and (slot.start, set(slot.resource_ids)) == (
+        other.start,
+        set(other.resource_ids),
+    )
+
+
 def _in_months_with_room(
     uow: UnitOfWork, tenant: Tenant, slots: list[Slot], appointment_id: uuid.UUID
 ) -> list[Slot]:
@@ -678,6 +687,7 @@ def reschedule(
     _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
+    previous = Slot(previous_start, appointment.scheduled_end, previous_resources)
     _release(uow, appointment)
     kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, previous_resources)
     # All of the move in one UPDATE (and one audit row); a refused allocation rolls it all back.
@@ -691,13 +701,13 @@ def reschedule(
         _set_status(uow, appointment, "scheduled", now)
     try:
         slot = _allocate(
-            uow, service, appointment, new_start, now, resource_ids or kept, candidates, previous_start
+            uow, service, appointment, new_start, now, resource_ids or kept, candidates, previous
         )
     except SlotUnavailable:
         if not kept:
             raise
         # The stylist kept was taken meanwhile: any free one will do, as for a new booking.
-        slot = _allocate(uow, service, appointment, new_start, now, (), candidates, previous_start)
+        slot = _allocate(uow, service, appointment, new_start, now, (), candidates, previous)
     uow.session.flush()
     # The confirmation of the old time must not go out after the one of the new time.
     notifications.withdraw_pending(uow, appointment.id)

@@ -82,7 +82,7 @@ def known_time_zone(name: Any) -> Any:
         return name
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of zones, "Europe"
         raise InvalidRequest(
             f"{name!r} is not a time zone name; use an IANA name such as Europe/Madrid",
             code="unknown_time_zone",

@@ -69,7 +69,7 @@ class Service(Audited, SoftDeleted, Base):
             name="services_available_hours_valid",
         ),
         CheckConstraint(
-            "min_advance_booking_hours >= 0 AND max_advance_booking_days BETWEEN 0 AND 3650",
+            "min_advance_booking_hours BETWEEN 0 AND 87600 AND max_advance_booking_days BETWEEN 0 AND 3650",
             name="services_advance_booking_valid",
         ),
         # The seed's UNIQUE(tenant_id, slug), but a soft-deleted service no longer holds its slug.

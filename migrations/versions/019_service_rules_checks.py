@@ -29,7 +29,7 @@ CHECKS = {
     ),
     # Ten years ahead at most: further is a typo, and past the dates the core can count to.
     "services_advance_booking_valid": (
-        "min_advance_booking_hours >= 0 AND max_advance_booking_days BETWEEN 0 AND 3650"
+        "min_advance_booking_hours BETWEEN 0 AND 87600 AND max_advance_booking_days BETWEEN 0 AND 3650"
     ),
 }
 

@@ -344,6 +344,22 @@ def test_a_refused_move_does_not_offer_the_time_the_appointment_already_has(db):
     assert starts == ["2027-03-03T09:15:00+01:00", "2027-03-03T09:30:00+01:00", "2027-03-03T09:45:00+01:00"]
 
 
+def test_a_refused_move_to_another_stylist_offers_that_stylist_at_the_appointments_time(db):
+    # An hour's grid: 09:00, 10:00, 11:00. Bea is free at 10:00 only, when the client is with Ana.
+    salon = build_salon(db, stylists=2, chairs=0, duration_minutes=60, opens="09:00", closes="12:00")
+    salon.tenant.settings = {"slot_step_minutes": 60}
+    db.flush()
+    ana, bea = salon.stylists
+    mine = book(salon, request(salon, "10:00", resource_ids=(ana.id,)))
+    book(salon, request(salon, "09:00", phone="612 000 002", resource_ids=(bea.id,)))
+    book(salon, request(salon, "11:00", phone="612 000 003", resource_ids=(bea.id,)))
+    with pytest.raises(SlotUnavailable) as taken, UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, mine.appointment_id, salon.at(DAY, "11:00"), NOW, (bea.id,))
+    offered = [(a["start"], a["resource_ids"]) for a in taken.value.details["alternatives"]]
+    # The same time with Bea is a real move (not the place the appointment already has), and it is offered.
+    assert ("2027-03-03T10:00:00+01:00", [str(bea.id)]) in offered
+
+
 def test_cancel_frees_the_slot_and_keeps_the_history(db, salon):
     booked = book(salon, request(salon, "10:00"))
     with UnitOfWork(salon.tenant.id) as uow:

@@ -502,3 +502,9 @@ def test_plans_are_just_rows(db):
     assert db.get(Tenant, make_tenant(db).id) is not None
     assert db.get(Resource, make_resource(db, make_tenant(db)).id) is not None
     assert db.scalar(select(Appointment).limit(0)) is None
+
+
+def test_a_service_cannot_ask_for_notice_longer_than_ten_years(db):
+    # now + that many hours is past the dates the core can count to: every query of the service failed.
+    with violates(db, "services_advance_booking_valid", CHECK_VIOLATION):
+        make_service(db, make_tenant(db), min_advance_booking_hours=100_000_000)

@@ -630,6 +630,8 @@ def test_recurrence_rules_until_count_and_a_first_occurrence_off_the_rule():
     window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 10, 0))
     until = expand_block(*first, "FREQ=DAILY;UNTIL=20270303T235959Z", tz, *window)
     assert [s.astimezone(tz).day for s, _ in until] == [1, 2, 3]
+    lower_case = expand_block(*first, "freq=daily;until=20270303t235959z", tz, *window)  # as dateutil allows
+    assert lower_case == until
     counted = expand_block(*first, "RRULE:FREQ=DAILY;COUNT=2", tz, *window)
     assert [s.astimezone(tz).day for s, _ in counted] == [1, 2]
     # The first occurrence (a Monday) counts even though the rule says Wednesdays.
