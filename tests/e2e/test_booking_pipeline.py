@@ -157,6 +157,42 @@ def test_overlapping_requests_for_stylists_sharing_a_chair_never_double_book(
         assert chair_allocations == len(succeeded)
 
 
+def test_an_appointment_is_booked_moved_and_cancelled_over_http(committed_engine, worker, api_server, salon):
+    day = booking_day(salon)
+    start, later = salon.at(day, "13:00"), salon.at(day, "14:00")
+    with api_server.client(headers={"Authorization": f"Bearer {salon.api_key}"}, timeout=30) as client:
+        booked = client.post("/v1/bookings?wait=15", json=body(salon, start, "+34612999060"))
+        appointment_id = booked.json()["result"]["appointment_id"]
+        moved = client.post(
+            f"/v1/appointments/{appointment_id}/reschedule?wait=15", json={"start": later.isoformat()}
+        )
+        after_the_move = client.get(f"/v1/appointments/{appointment_id}")
+        cancelled = client.post(
+            f"/v1/appointments/{appointment_id}/cancel?wait=15", json={"reason": "Client is ill"}
+        )
+        after_the_cancel = client.get(f"/v1/appointments/{appointment_id}")
+
+    assert booked.status_code == 201, booked.text
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["kind"] == "reschedule" and moved.json()["result"]["start"] == later.isoformat()
+    assert after_the_move.json()["start"] == later.isoformat()
+    assert after_the_move.json()["booking_reference"] == booked.json()["result"]["booking_reference"]
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["result"]["status"] == "cancelled"
+    assert (after_the_cancel.json()["status"], after_the_cancel.json()["cancellation_reason"]) == (
+        "cancelled",
+        "Client is ill",
+    )
+    with Session(committed_engine) as session:
+        stored = session.get(Appointment, appointment_id)
+        held = session.scalar(
+            select(func.count())
+            .select_from(AppointmentResource)
+            .where(AppointmentResource.appointment_id == stored.id, AppointmentResource.active)
+        )
+    assert (stored.status, stored.scheduled_start, held) == ("cancelled", later, 0)
+
+
 def test_a_replayed_idempotency_key_returns_the_first_job(committed_engine, worker, api_server, salon):
     start = salon.at(booking_day(salon), "15:00")
     headers = {"Authorization": f"Bearer {salon.api_key}", "Idempotency-Key": f"order-{uuid.uuid4()}"}

@@ -199,6 +199,7 @@ def test_a_booking_is_accepted_as_a_queued_job(db, client, salon):
         ({"colour": "blue"}, 422, "unknown_field"),
         ({"start": "PAST"}, 422, "start_in_past"),
         ({"service_id": "not-a-uuid"}, 422, "validation_error"),
+        ({"start": "MISSING"}, 422, "validation_error"),
     ],
 )
 def test_bad_bookings_get_a_code_and_leave_no_row(db, client, salon, change, status, code):
@@ -208,8 +209,11 @@ def test_bad_bookings_get_a_code_and_leave_no_row(db, client, salon, change, sta
         "PAST": salon.at(DAY - timedelta(days=5), "10:00").isoformat(),
     }
     if "start" in change:
-        change = {"start": starts[change["start"]]}
-    response = client.post("/v1/bookings", json=booking_body(salon, **change))
+        change = {"start": starts.get(change["start"], change["start"])}
+    body = booking_body(salon, **change)
+    if body["start"] == "MISSING":
+        del body["start"]
+    response = client.post("/v1/bookings", json=body)
     problem = assert_problem(response, status, code)
     if code in ("validation_error", "unknown_field"):
         assert problem["errors"]

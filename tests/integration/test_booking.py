@@ -255,6 +255,19 @@ def test_the_clients_of_a_suspended_business_can_still_cancel(db, salon):
     assert not allocations(db, booked.appointment_id, active=True)
 
 
+def test_a_plan_with_a_limit_of_minus_one_is_unlimited(db, salon):
+    plan = factories.make_plan(db, max_appointments_per_month=-1)
+    factories.make_subscription(db, salon.tenant, plan, status="active")
+    for n, clock in enumerate(["09:00", "10:00", "11:00", "12:00"]):
+        book(salon, request(salon, clock, phone=f"612 000 10{n}"))
+    assert (
+        db.scalar(
+            select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+        )
+        == 4
+    )
+
+
 def test_the_plans_monthly_limit_counts_the_tenants_local_month(db):
     salon = build_salon(db, opens="00:00", closes="23:45")
     plan = factories.make_plan(db, max_appointments_per_month=1)

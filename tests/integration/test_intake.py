@@ -6,7 +6,8 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from core import intake
 from core.db import UnitOfWork
@@ -148,3 +149,22 @@ def test_a_job_waiting_behind_a_backlog_is_re_sent_ever_more_rarely(db, salon):
     # then on every 15 minutes, so a copy lost in an outage is not followed by as long a wait again.
     sent_at = [m for m in range(0, 61) if m and sweep(NOW + m * minute + timedelta(seconds=1))]
     assert sent_at == [1, 3, 7, 15, 30, 45, 60]
+
+
+def test_a_job_is_sent_only_once_another_connection_can_read_it(committed_engine):
+    """A worker that takes the message at once must find the row: the send waits for the commit."""
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session)
+        session.commit()
+    readable_when_sent = []
+
+    def enqueue(job_id, queue):
+        with Session(committed_engine) as worker_side:  # another connection, as a worker's
+            readable_when_sent.append(worker_side.get(IntakeJob, job_id) is not None)
+
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, created = intake.submit(uow, "booking", payload(salon), None, NOW, enqueue)
+    assert created and readable_when_sent == [True]
+    with Session(committed_engine) as session:  # nobody runs it: keep later sweeps off it
+        session.execute(update(IntakeJob).where(IntakeJob.id == job.job_id).values(status="failed", error={}))
+        session.commit()

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.auth import tenant_for_api_key
 from core.clock import utcnow
 from core.db import UnitOfWork
 from core.errors import Unauthorized
+from core.models import ApiKey
 from tests.factories import make_tenant
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +44,13 @@ def test_an_operator_lists_and_revokes_a_leaked_key(database_url, committed_engi
     key = created.stdout.strip()
     # va_live_<prefix>: the secret part (which may hold "_" too) is never shown again
     shown = "va_live_" + key.removeprefix("va_live_").split("_", 1)[0]
+
+    # Only its digest is stored, and the key printed authenticates as the tenant.
+    with Session(committed_engine) as session:
+        stored = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)).one()
+    assert stored.key_hash == hashlib.sha256(key.encode()).hexdigest() and key not in stored.key_hash
+    with UnitOfWork(system=True) as uow:
+        assert tenant_for_api_key(uow, key, utcnow()) == tenant.id
 
     listed = voiceappoint(database_url, "apikey", "list", "--tenant", tenant.slug)
     assert listed.returncode == 0, listed.stderr
