@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import socket
+import subprocess
 import time as clock
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +26,9 @@ from tests.e2e.processes import ProcessHarness, free_port
 from tests.scenarios import build_salon
 
 JOB_TIMEOUT = 120
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -191,6 +197,32 @@ def test_an_appointment_is_booked_moved_and_cancelled_over_http(committed_engine
             .where(AppointmentResource.appointment_id == stored.id, AppointmentResource.active)
         )
     assert (stored.status, stored.scheduled_start, held) == ("cancelled", later, 0)
+
+
+def test_the_curl_walk_through_of_docs_api_md_runs_as_written(committed_engine, worker, api_server, salon):
+    """docs/api.md's "A whole booking with curl", run by bash against a real API and worker, with only the
+    address and the key filled in."""
+    text = (REPO / "docs" / "api.md").read_text()
+    script = text.split("## A whole booking with curl", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    script = re.sub(r"^API=.*$", f"API={api_server.base_url}", script, count=1, flags=re.MULTILINE)
+    script = re.sub(r"^KEY=.*$", f"KEY={salon.api_key}", script, count=1, flags=re.MULTILINE)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert '"code":"slot_taken"' in done.stdout  # the second booking of the same slot, with ?wait=10
+    assert done.stdout.rstrip().endswith("}") and '"kind":"cancel","status":"succeeded"' in done.stdout
+    with Session(committed_engine) as session:
+        [appointment] = session.scalars(select(Appointment).where(Appointment.tenant_id == salon.tenant.id))
+        first_slot = min(
+            session.scalars(
+                select(IntakeJob.payload["start"].astext).where(
+                    IntakeJob.tenant_id == salon.tenant.id, IntakeJob.kind == "booking"
+                )
+            )
+        )
+    assert appointment.status == "cancelled" and appointment.cancellation_reason == "Client is ill"
+    # Moved an hour later, as step 6 says.
+    assert appointment.scheduled_start == datetime.fromisoformat(first_slot) + timedelta(hours=1)
 
 
 def test_a_replayed_idempotency_key_returns_the_first_job(committed_engine, worker, api_server, salon):
