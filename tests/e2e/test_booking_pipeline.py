@@ -131,18 +131,23 @@ def test_two_hundred_requests_for_one_slot_give_one_appointment(committed_engine
         assert {r["resource_id"] for r in appointment["resources"]} >= {str(salon.chairs[0].id)}
 
 
-def test_overlapping_requests_for_stylists_sharing_a_chair_never_double_book(
-    committed_engine, worker, api_server, salon
-):
+def overlapping_haircuts(salon, phone_prefix: str) -> list[dict]:
+    """90 requests for 45-minute haircuts starting every 15 minutes from 10:00 to 12:45, every other one for
+    a stylist of the client's choice."""
     day = booking_day(salon)
     bodies = []
     for i in range(90):
-        # 45-minute haircuts starting every 15 minutes: most of them overlap on the one chair.
         start = salon.at(day, f"{10 + (i % 12) // 4:02d}:{(i % 4) * 15:02d}")
         stylist = salon.stylists[i % 3].id if i % 2 else None
-        bodies.append(body(salon, start, f"+3461300{i:04d}", [stylist] if stylist else ()))
+        bodies.append(body(salon, start, f"{phone_prefix}{i:04d}", [stylist] if stylist else ()))
+    return bodies
 
-    responses = post_all(api_server, salon, bodies)
+
+def test_overlapping_requests_for_stylists_sharing_a_chair_never_double_book(
+    committed_engine, worker, api_server, salon
+):
+    # Most of them overlap on the one chair.
+    responses = post_all(api_server, salon, overlapping_haircuts(salon, "+3461300"))
 
     assert {r.status_code for r in responses} == {202}
     jobs = wait_for_jobs(committed_engine, [r.json()["job_id"] for r in responses])
@@ -161,6 +166,22 @@ def test_overlapping_requests_for_stylists_sharing_a_chair_never_double_book(
             )
         )
         assert chair_allocations == len(succeeded)
+
+
+def test_overlapping_requests_for_three_stylists_never_double_book_one(committed_engine, worker, api_server):
+    """No chair this time: each stylist is the bottleneck, chosen by the client or picked by the worker."""
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, stylists=3, chairs=0, with_api_key=True)
+        session.commit()
+    responses = post_all(api_server, salon, overlapping_haircuts(salon, "+3461310"))
+
+    assert {r.status_code for r in responses} == {202}
+    jobs = wait_for_jobs(committed_engine, [r.json()["job_id"] for r in responses])
+    assert {job.error["code"] for job in jobs if job.status == "failed"} <= {"slot_taken"}
+    succeeded = [job for job in jobs if job.status == "succeeded"]
+    # Three stylists, 45-minute haircuts from 10:00 to 12:45: at most four each.
+    assert 3 <= len(succeeded) <= 12
+    assert overlapping_allocations(committed_engine, salon.tenant.id) == 0
 
 
 def test_an_appointment_is_booked_moved_and_cancelled_over_http(committed_engine, worker, api_server, salon):
