@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import intake
+from core import booking, intake
 from core.db import UnitOfWork
 from core.errors import Conflict
 from core.models import Appointment, IntakeJob
@@ -167,4 +167,30 @@ def test_a_job_is_sent_only_once_another_connection_can_read_it(committed_engine
     assert created and readable_when_sent == [True]
     with Session(committed_engine) as session:  # nobody runs it: keep later sweeps off it
         session.execute(update(IntakeJob).where(IntakeJob.id == job.job_id).values(status="failed", error={}))
+        session.commit()
+
+
+def test_a_job_that_fails_before_its_outcome_is_written_leaves_no_booking(committed_engine, monkeypatch):
+    """The booking and the job's outcome commit together: a crash between them (here, writing the result)
+    leaves neither, and the job is `running` for the worker's retry or the sweeper."""
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session)
+        session.commit()
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(uow, "booking", payload(salon), None, NOW, lambda *_: None)
+
+    def crash(self):
+        raise RuntimeError("the worker died while writing the outcome")
+
+    monkeypatch.setattr(booking.BookedAppointment, "as_dict", crash)
+    with pytest.raises(RuntimeError):
+        run(job.job_id)
+
+    with Session(committed_engine) as session:
+        stored = session.get(IntakeJob, job.job_id)
+        booked = session.scalar(
+            select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
+        )
+        assert (stored.status, stored.appointment_id, booked) == ("running", None, 0)
+        stored.status, stored.error = "failed", {}  # nobody retries it here: keep later sweeps off it
         session.commit()
