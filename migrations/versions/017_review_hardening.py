@@ -19,6 +19,7 @@ Revision ID: 017
 Revises: 016
 """
 
+import importlib
 import re
 
 from alembic import op
@@ -104,10 +105,9 @@ $$
 """
 
 
-def _audit_function(skip_vanished_tenant: bool) -> str:
-    # 010's function, with one early return in this revision.
-    vanished = (
-        """
+# 010's function (frozen there, as this one is here), with one early return in this revision.
+_revision_010 = importlib.import_module("migrations.versions.010_create_views_and_functions")
+_VANISHED_TENANT = """
     -- A hard delete of a tenant cascades here: its trail goes with it (the key to tenants would refuse
     -- a row naming it). Only deletes look: the check costs nothing on the booking path.
     IF TG_OP = 'DELETE' AND NOT EXISTS (
@@ -115,42 +115,14 @@ def _audit_function(skip_vanished_tenant: bool) -> str:
     ) THEN
         RETURN NULL;
     END IF;"""
-        if skip_vanished_tenant
-        else ""
+
+
+def _audit_function(skip_vanished_tenant: bool) -> str:
+    function = _revision_010.AUDIT_TRIGGER_FUNCTION.replace(
+        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
     )
-    return f"""
-CREATE OR REPLACE FUNCTION audit_trigger_function() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
-DECLARE
-    old_row jsonb := CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END;
-    new_row jsonb := CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END;
-    setting_user uuid := NULLIF(current_setting('app.user_id', true), '')::uuid;
-    acting_user uuid;
-    acting_email varchar(255);
-BEGIN{vanished}
-    IF setting_user IS NOT NULL THEN
-        SELECT u.id, u.email INTO acting_user, acting_email FROM users u WHERE u.id = setting_user;
-    END IF;
-    INSERT INTO audit_logs (
-        tenant_id, action, table_name, record_id, user_id, user_email, old_values, new_values, timestamp, context
-    ) VALUES (
-        (COALESCE(new_row, old_row) ->> 'tenant_id')::uuid,
-        CASE TG_OP WHEN 'INSERT' THEN 'CREATE' ELSE TG_OP END,
-        TG_TABLE_NAME,
-        (COALESCE(new_row, old_row) ->> 'id')::uuid,
-        acting_user,
-        acting_email,
-        old_row,
-        new_row,
-        clock_timestamp(),
-        CASE WHEN setting_user IS NOT NULL AND acting_user IS NULL
-             THEN jsonb_build_object('unknown_user_id', setting_user)
-             ELSE '{{}}'::jsonb END
-    );
-    RETURN NULL;
-END;
-$$
-"""
+    assert function.count("\nBEGIN\n") == 1
+    return function.replace("\nBEGIN\n", f"\nBEGIN{_VANISHED_TENANT}\n") if skip_vanished_tenant else function
 
 
 def _app_role() -> str:
