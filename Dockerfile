@@ -18,7 +18,8 @@ COPY ops ./ops
 COPY migrations ./migrations
 
 # Editable, so the migrations are found next to the code (ops/database.py looks for ../migrations).
-RUN pip install -e . \
+# With the versions the tests last passed with (ops/constraints.txt).
+RUN pip install -c ops/constraints.txt -e . \
     && useradd --create-home --uid 10001 voiceappoint \
     && mkdir -p /app/.data \
     && chown voiceappoint /app/.data
