@@ -137,8 +137,16 @@ WHERE EXISTS (SELECT 1 FROM need)
        OR c.blocked && s.client_during
        OR c.quantity > c.capacity
        OR CASE WHEN c.capacity - c.quantity <= 0 THEN c.taken && s.occupied_during
-               ELSE c.quantity + (SELECT coalesce(sum(b.units), 0) FROM busy b
-                                  WHERE b.resource_id = c.resource_id AND b.during && s.occupied_during) > c.capacity
+               -- Shared: the units in use at the busiest instant of the occupied time, which is its start
+               -- or the start of an allocation inside it.
+               ELSE c.quantity + (
+                   SELECT coalesce(max((SELECT sum(b.units) FROM busy b
+                                        WHERE b.resource_id = c.resource_id AND b.during @> i.instant)), 0)
+                   FROM (SELECT lower(s.occupied_during) AS instant
+                         UNION ALL
+                         SELECT lower(b.during) FROM busy b
+                         WHERE b.resource_id = c.resource_id AND lower(b.during) <@ s.occupied_during) AS i
+               ) > c.capacity
           END
   )
 ORDER BY s.start_at

@@ -455,6 +455,17 @@ class _Forbidden:
         return self.his[i] if i >= 0 and start < self.his[i] else None
 
 
+def _units_in_use(allocations: Iterable[tuple[datetime, datetime, int]]) -> tuple[list[datetime], list[int]]:
+    """The units held by the half-open allocations as steps: `units[k]` are in use from `instants[k]` until
+    `instants[k + 1]` (the last step, 0, for ever; none before the first)."""
+    change: dict[datetime, int] = defaultdict(int)
+    for start, end, units in allocations:
+        change[start] += units
+        change[end] -= units
+    instants = sorted(change)
+    return instants, list(accumulate(change[instant] for instant in instants))
+
+
 class _Resource:
     """One needed resource's calendar, arranged so that each slot question costs a few bisects."""
 
@@ -489,16 +500,12 @@ class _Resource:
             self.alloc_spans = [(a - occupied, b) for a, b, _ in allocations]
             self.counting = False
         else:
-            # Shared: count the units overlapping [s, e) as all units minus those ending by s minus those
-            # starting at or after e (an allocation cannot be both, it has e > s).
+            # Shared: the units in use as a step function of time, so that a slot asks for the most in use
+            # at any instant it occupies. Two allocations that follow each other never hold units together,
+            # so a slot overlapping both is not refused for their sum.
             self.alloc_spans = []
             self.counting = True
-            by_end = sorted((e, u) for _, e, u in allocations)
-            self._ends = [e for e, _ in by_end]
-            self._units_ended = [0, *accumulate(u for _, u in by_end)]
-            self._starts = [s for s, _, _ in allocations]
-            self._units_started = [0, *accumulate(u for _, _, u in allocations)]
-            self._total = self._units_started[-1]
+            self._steps, self._in_use = _units_in_use(allocations)
         self.forbidden = _Forbidden(self.block_spans + self.alloc_spans)
         # For "least booked that day": allocation starts and the running total of booked time.
         self._booked_starts = [s for s, _, _ in allocations]
@@ -530,9 +537,11 @@ class _Resource:
         """Capacity for shared resources; exclusive ones are answered by `forbidden`."""
         if not self.counting:
             return True
-        ended = self._units_ended[bisect_right(self._ends, start)]
-        later = self._total - self._units_started[bisect_left(self._starts, occupied_end)]
-        return self._total - ended - later <= self.headroom
+        # The steps in force from `start` up to `occupied_end`: the last one at or before `start`, then
+        # every one before `occupied_end`.
+        first = max(bisect_right(self._steps, start) - 1, 0)
+        last = bisect_left(self._steps, occupied_end)
+        return all(units <= self.headroom for units in self._in_use[first:last])
 
     def free(self, start: datetime, occupied_end: datetime) -> bool:
         return not self.impossible and start not in self.forbidden and self.has_room(start, occupied_end)

@@ -386,6 +386,43 @@ def test_a_shared_room_takes_as_many_bookings_as_its_capacity(committed_engine):
     assert places_taken(committed_engine, room) == 3
 
 
+def most_places_in_use(committed_engine, room) -> int:
+    """The most places of the room taken at any one instant (what is in use changes only where an
+    allocation starts)."""
+    with committed_engine.connect() as connection:
+        return connection.execute(
+            text(
+                "SELECT coalesce(max(in_use), 0) FROM ("
+                " SELECT (SELECT sum(other.units) FROM appointment_resources other"
+                "         WHERE other.resource_id = a.resource_id AND other.active"
+                "           AND other.allocated_during @> lower(a.allocated_during)) AS in_use"
+                " FROM appointment_resources a WHERE a.resource_id = :room AND a.active) AS instants"
+            ),
+            {"room": room.id},
+        ).scalar_one()
+
+
+def test_a_place_between_two_groups_is_booked_beside_the_larger_not_their_sum(committed_engine):
+    """Two 45-minute groups of two at 10:00 and 11:00 never hold places together, so a third person fits
+    10:30-11:15 in a room for three (at most two others at any instant)."""
+    salon, room = yoga_room(committed_engine)
+    requests = [haircut_at(salon, clock, n) for n, clock in enumerate(["10:00", "10:00", "11:00", "11:00"])]
+    assert [outcome for request in requests for outcome in book_all(salon, [request])] == ["booked"] * 4
+    assert book_all(salon, [haircut_at(salon, "10:30", 9)]) == ["booked"]
+    assert book_all(salon, [haircut_at(salon, "10:30", 10)]) == ["slot_taken"]
+    assert places_taken(committed_engine, room) == 5
+    assert most_places_in_use(committed_engine, room) == 3
+
+
+def test_staggered_bookings_racing_for_a_shared_room_never_exceed_it_at_any_instant(committed_engine):
+    salon, room = yoga_room(committed_engine)
+    clocks = ["10:00", "10:30", "11:00"] * 4
+    outcomes = book_all(salon, [haircut_at(salon, clock, n) for n, clock in enumerate(clocks)])
+    assert set(outcomes) == {"booked", "slot_taken"}
+    assert places_taken(committed_engine, room) == outcomes.count("booked") >= 3
+    assert most_places_in_use(committed_engine, room) == 3
+
+
 def test_a_shared_rooms_bookings_wait_for_each_other_only_on_the_same_day(committed_engine):
     """Counting a room's free places is serialised per room and day: a booking of the same room a week
     later goes in while one of today is in progress; one of the same day waits for it."""

@@ -182,10 +182,12 @@ def works(resource: ResourceCalendar, slot: Timing) -> bool:
 def has_room(
     resource: ResourceCalendar, quantity: int, start: datetime, end: datetime, occupied_end: datetime
 ) -> bool:
-    """No block overlaps [start, end); the allocations overlapping [start, occupied_end) leave `quantity`."""
+    """No block overlaps [start, end); at every instant of [start, occupied_end) the allocations leave
+    `quantity` (what is in use changes only where an allocation starts, so those instants are enough)."""
     if any(a < end and start < b for a, b in resource.blocks):
         return False
-    used = sum(units for a, b, units in resource.allocations if a < occupied_end and start < b)
+    instants = [start] + [a for a, _, _ in resource.allocations if start < a < occupied_end]
+    used = max(sum(units for a, b, units in resource.allocations if a <= t < b) for t in instants)
     return used + quantity <= capacity(resource)
 
 
