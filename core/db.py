@@ -58,6 +58,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         "connect_args", {"connect_timeout": settings.db_connect_timeout_seconds, "options": options}
     )
     engine = create_engine(url or settings.database_url, **kwargs)
+    event.listen(engine, "connect", _in_utc)
     event.listen(engine, "checkin", _release_session_locks)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)
@@ -76,6 +77,18 @@ def act_as(engine: Engine, role: str) -> None:
     def _set_role(dbapi_connection: Any, connection_record: Any) -> None:
         # Outside any transaction, so that the pool's rollback on checkin cannot undo it.
         _execute_outside_transaction(dbapi_connection, statement)
+
+
+def _in_utc(dbapi_connection: Any, connection_record: Any) -> None:
+    """Every session in UTC, whatever the server's, the database's or the client's (PGTZ) default.
+
+    psycopg hands timestamptz values back in the session's zone, and Python's arithmetic and comparisons
+    of aware datetimes in a zone with DST are wall-clock ones: an hour before 03:30 on a spring-forward
+    night is not 02:30 in UTC, and a time in a repeated autumn hour never equals one of another zone.
+    Everything the core reads is in UTC, as DESIGN §4 says it works. (Run after connecting rather than as a
+    startup option, which PGTZ would override.) Outside any transaction, so the pool's rollback keeps it.
+    """
+    _execute_outside_transaction(dbapi_connection, "SET TIME ZONE 'UTC'")
 
 
 def _release_session_locks(dbapi_connection: Any, connection_record: Any) -> None:
