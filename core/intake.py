@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select, text, update
@@ -134,6 +134,22 @@ class JobView:
         return (self.error or {}).get("http_status", 500)
 
 
+def canonical_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as it is stored and hashed: its start in UTC, so that one instant written with two offsets
+    (a client that retries in UTC what it first sent in local time) is one request. A start that cannot be
+    read stays as it came, for the validation to refuse."""
+    start = payload.get("start")
+    if not isinstance(start, str):
+        return payload
+    try:
+        instant = datetime.fromisoformat(start)
+        if instant.tzinfo is None:
+            return payload
+        return {**payload, "start": instant.astimezone(UTC).isoformat()}
+    except (ValueError, OverflowError):
+        return payload
+
+
 def request_hash(kind: str, payload: dict[str, Any]) -> str:
     canonical = json.dumps({"kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -154,6 +170,7 @@ def submit(
     since (a replay of a booking made yesterday for today is still that booking); with another request
     it is a conflict. New requests are validated, and an invalid one raises before anything is written.
     """
+    payload = canonical_payload(payload)
     digest = request_hash(kind, payload)
     if idempotency_key is not None:
         replayed = _replay(uow, idempotency_key, digest)

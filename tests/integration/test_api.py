@@ -188,6 +188,24 @@ def test_a_booking_is_accepted_as_a_queued_job(db, client, salon):
     assert stored.payload["client"]["phone"] == "612 345 678" and stored.idempotency_key == "k-1"
 
 
+def test_a_retry_giving_the_same_start_with_another_offset_is_the_same_request(db, client, salon):
+    local = salon.at(DAY, "10:00")
+    first = client.post("/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "k-tz"})
+    in_utc = local.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    again = client.post(
+        "/v1/bookings", json=booking_body(salon, start=in_utc), headers={"Idempotency-Key": "k-tz"}
+    )
+    assert (again.status_code, again.json()) == (202, first.json())
+    # Another instant under the same key is another request.
+    later = salon.at(DAY, "10:15").isoformat()
+    other = client.post(
+        "/v1/bookings", json=booking_body(salon, start=later), headers={"Idempotency-Key": "k-tz"}
+    )
+    assert_problem(other, 409, "idempotency_key_reused")
+    stored = db.scalar(select(IntakeJob).where(IntakeJob.id == first.json()["job_id"]))
+    assert stored.payload["start"] == local.astimezone(UTC).isoformat()  # kept in one form: UTC
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [

@@ -55,7 +55,9 @@ def test_a_job_is_enqueued_only_after_it_is_committed(db, salon):
     job, created = submit(salon, payload(salon), sent=sent)
     assert created and job.status == "queued"
     assert sent == [(job.job_id, "bookings")]
-    assert db.get(IntakeJob, job.job_id).request_hash == intake.request_hash("booking", payload(salon))
+    stored = db.get(IntakeJob, job.job_id)
+    assert stored.request_hash == intake.request_hash("booking", stored.payload)
+    assert stored.payload == intake.canonical_payload(payload(salon))
 
 
 def test_a_repeated_key_returns_the_first_job_and_another_body_is_a_conflict(db, salon):
@@ -194,3 +196,19 @@ def test_a_job_that_fails_before_its_outcome_is_written_leaves_no_booking(commit
         assert (stored.status, stored.appointment_id, booked) == ("running", None, 0)
         stored.status, stored.error = "failed", {}  # nobody retries it here: keep later sweeps off it
         session.commit()
+
+
+@pytest.mark.parametrize(
+    ("start", "stored"),
+    [
+        ("2027-03-30T10:00:00+02:00", "2027-03-30T08:00:00+00:00"),
+        ("2027-03-30T08:00:00Z", "2027-03-30T08:00:00+00:00"),
+        # Left as they came, for the validation to refuse with its own code.
+        ("2027-03-30T10:00:00", "2027-03-30T10:00:00"),
+        ("tomorrow", "tomorrow"),
+        ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+01:00"),
+        (None, None),
+    ],
+)
+def test_a_start_is_stored_in_utc_when_it_can_be_read(start, stored):
+    assert intake.canonical_payload({"start": start, "notes": "x"}) == {"start": stored, "notes": "x"}
