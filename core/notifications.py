@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -32,22 +33,36 @@ DEFAULT_LOCALE = "es"
 
 
 def client_locale(tenant: Tenant, client: Client) -> Locale:
-    """The client's language, else the business's, else Spanish, as babel knows it.
-
-    The columns are free text: a tag written the BCP 47 way (`es-ES`, `pt-BR`) is read as such, and one
-    babel does not know is passed over rather than failing the booking that queues the notification.
-    """
+    """The client's language, else the business's, else Spanish, as babel knows it."""
     for tag in (client.preferred_language, tenant.locale):
-        if tag and tag.strip():
-            try:
-                return Locale.parse(tag.strip(), sep="-" if "-" in tag else "_")
-            except (ValueError, UnknownLocaleError):
-                continue
+        locale = _parsed(tag)
+        if locale is not None:
+            return locale
     return Locale.parse(DEFAULT_LOCALE)
 
 
-def appointment_context(tenant: Tenant, client: Client, service: Service, appointment: Appointment) -> dict:
-    locale = client_locale(tenant, client)
+def _parsed(tag: str | None) -> Locale | None:
+    """The columns are free text: a tag written the BCP 47 way (`es-ES`, `pt-BR`) is read as such, and one
+    babel does not know is None rather than failing the booking that queues the notification."""
+    if not tag or not tag.strip():
+        return None
+    try:
+        return Locale.parse(tag.strip(), sep="-" if "-" in tag else "_")
+    except (ValueError, UnknownLocaleError):
+        return None
+
+
+def writing_locale(template: NotificationTemplate, client: Locale) -> Locale:
+    """The locale a template's dates and times are written in: the client's when the template is in the
+    client's language (a Mexican client's dates in an `es` template), else the template's own. A Catalan
+    client sent the English template reads "March 3, 2027", not "3 de març de 2027" in an English sentence."""
+    own = _parsed(template.locale)
+    return client if own is None or own.language == client.language else own
+
+
+def appointment_context(
+    tenant: Tenant, client: Client, service: Service, appointment: Appointment, locale: Locale
+) -> dict:
     local_start = appointment.scheduled_start.astimezone(ZoneInfo(tenant.timezone))
     return {
         "client_name": client.first_name,
@@ -108,12 +123,13 @@ def _templates(
 
 
 def _rendered(
-    templates: list[NotificationTemplate], context: dict
+    templates: list[NotificationTemplate], context_in: Callable[[Locale], dict], locale: Locale
 ) -> tuple[NotificationTemplate, str | None, str] | None:
     """The first template that renders, with its subject and body; None if none does. A business's
     template that does not render (a misspelt variable, a syntax error) is logged and passed over: the
     booking that queues the message must not fail for it."""
     for template in templates:
+        context = context_in(writing_locale(template, locale))
         try:
             subject = render(template.subject_template, context) if template.subject_template else None
             return template, subject, render(template.body_template, context)
@@ -131,6 +147,11 @@ def _compiled(source: str) -> Template:
 def render(source: str, context: dict) -> str:
     return _compiled(source).render(context)
 
+
+# babel writes some spaces as no-break ones (English times: "2:00\u202fPM"). GSM 03.38, the SMS alphabet,
+# has none of them, and one character outside it sends the whole SMS as UCS-2: 70 characters a segment
+# instead of 160, so a confirmation that fits one SMS would cost two.
+_GSM_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2009": " "})
 
 _COLUMNS = (
     "id", "tenant_id", "template_id", "appointment_id", "notification_type", "recipient_type", "recipient_id",
@@ -161,15 +182,25 @@ def queue_for_appointment(
     channels = _channels_for(client)
     if not channels:
         return
-    templates = _templates(uow, tenant, notification_type, channels, client_locale(tenant, client))
-    context = appointment_context(tenant, client, service, appointment)
+    locale = client_locale(tenant, client)
+    templates = _templates(uow, tenant, notification_type, channels, locale)
+    contexts: dict[Locale, dict] = {}
+
+    def context_in(writing: Locale) -> dict:
+        if writing not in contexts:
+            contexts[writing] = appointment_context(tenant, client, service, appointment, writing)
+        return contexts[writing]
+
     chosen = {}
     for channel, ranked in templates.items():
-        rendered = _rendered(ranked, context)
+        rendered = _rendered(ranked, context_in, locale)
         if rendered is None:
             log.error(
                 "no %s template renders for %s of appointment %s", channel, notification_type, appointment.id
             )
+        elif channel == "sms":
+            template, subject, body = rendered
+            chosen[channel] = (template, subject, body.translate(_GSM_SPACES))
         else:
             chosen[channel] = rendered
     rows = [

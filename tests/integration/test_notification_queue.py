@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from core import notifications
+from core import notifications, seed
 from core.db import UnitOfWork
 from core.models import Notification
 from tests import factories
@@ -87,6 +87,46 @@ def test_a_locale_written_the_bcp47_way_picks_its_language_and_formats_in_it(db)
     assert sms.body == "3 de março de 2027 10:00"
 
 
+def test_dates_are_written_in_the_language_of_the_template_that_is_sent(db):
+    # A Catalan client: no template in Catalan, so the English one is sent, with an English date in it.
+    salon, client, appointment = _event(db, locale="ca")
+    when = "{{ appointment_date }} at {{ appointment_time }}"
+    factories.make_notification_template(db, None, channel="email", locale="en", body_template=when)
+    # A Mexican client with a Spanish template: the date in Mexico's way (its full locale), in Spanish.
+    factories.make_notification_template(
+        db, None, channel="sms", locale="es", body_template="{{ appointment_time }}"
+    )
+    mexican = factories.make_client(
+        db, salon.tenant, preferred_language="es-MX", communication_preferences={"sms": True, "email": False}
+    )
+    theirs = factories.make_appointment(db, salon.tenant, salon.haircut, mexican, START)
+
+    _queue(salon, client, appointment)
+    _queue(salon, mexican, theirs)
+
+    (email,) = [n for n in _queued(db, appointment) if n.channel == "email"]
+    assert email.body == "March 3, 2027 at 10:00\u202fAM"
+    (sms,) = _queued(db, theirs)
+    assert sms.body == "10:00 a.m."  # es_MX writes a 12-hour clock; es would write 10:00
+
+
+def test_an_sms_has_no_space_outside_the_sms_alphabet(db):
+    # babel writes English times with a narrow no-break space ("2:00\u202fPM"): one such character sends
+    # the whole SMS as UCS-2, 70 characters a segment instead of 160.
+    salon, client, appointment = _event(db, locale="en")
+    factories.make_notification_template(
+        db, None, channel="sms", locale="en", body_template="At {{ appointment_time }}\u00a0ok"
+    )
+    factories.make_notification_template(
+        db, None, channel="email", locale="en", body_template="At {{ appointment_time }}"
+    )
+
+    _queue(salon, client, appointment)
+
+    queued = {n.channel: n.body for n in _queued(db, appointment)}
+    assert queued == {"sms": "At 10:00 AM ok", "email": "At 10:00\u202fAM"}
+
+
 def test_a_locale_nobody_knows_falls_back_to_the_businesss_and_the_booking_goes_on(db):
     salon, client, appointment = _event(db, locale="xx-YY")
     salon.tenant.locale = "es-ES"
@@ -144,3 +184,28 @@ def test_the_clients_preferences_choose_the_channels(db, email, preferences, cha
         )
     _queue(salon, client, appointment)
     assert sorted(n.channel for n in _queued(db, appointment)) == channels
+
+
+# GSM 03.38: the SMS alphabet with its extension table.
+GSM_ALPHABET = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
+)
+
+
+@pytest.mark.parametrize("locale", ["es", "en"])
+def test_the_installed_sms_confirmation_fits_one_plain_sms(db, locale):
+    """core/seed.py promises it: with ordinary names, one 160-character GSM message."""
+    with UnitOfWork(system=True) as uow:
+        seed.seed_system_templates(uow)
+        uow.commit()
+    salon, client, appointment = _event(db, locale=locale)
+    client.email = None
+    salon.tenant.name = "Salon Ana"
+    db.flush()
+
+    _queue(salon, client, appointment)
+
+    (sms,) = _queued(db, appointment)
+    assert set(sms.body) <= GSM_ALPHABET, sms.body
+    assert len(sms.body) <= 160
