@@ -245,9 +245,13 @@ def count_booking(
 # The client's row locked first: under READ COMMITTED the recount below, a statement of its own, then sees
 # every booking of this person committed before the lock was granted (a single UPDATE that waited for the
 # row would count with the snapshot taken before it waited). A booking committed later applies its own
-# GREATEST on top (`_COUNT_BOOKING`).
+# GREATEST on top (`_COUNT_BOOKING`). FOR NO KEY UPDATE, the lock the UPDATEs of the count take: enough to
+# wait for them, and no wait for the KEY SHARE that another booking's new appointment holds on the row (its
+# foreign key) while that booking waits for this move's resources: FOR UPDATE made that a deadlock.
 _LOCK_CLIENT = (
-    select(Client.__table__.c.id).where(Client.__table__.c.id == bindparam("client_id")).with_for_update()
+    select(Client.__table__.c.id)
+    .where(Client.__table__.c.id == bindparam("client_id"))
+    .with_for_update(key_share=True)
 )
 _LATEST_START = (
     select(func.max(Appointment.__table__.c.scheduled_start))

@@ -568,3 +568,67 @@ def test_a_returning_client_adding_an_email_does_not_deadlock_their_other_bookin
     with Session(committed_engine) as session:
         client = session.scalars(select(Client).where(Client.tenant_id == salon.tenant.id)).one()
     assert (client.email, client.total_appointments) == ("ana@example.com", 2)
+
+
+def a_move_and_a_booking_of_its_client(committed_engine, monkeypatch, salon, mine, move_to, request):
+    """The move of `mine` held just before it recounts its client (its new rows in, not committed) while
+    `request`, a booking of the same client (a parent booking for the family), starts and waits for the
+    move; then both go on. The outcome of each."""
+    allocated, go_on = threading.Event(), threading.Event()
+    real_recount = clients.recount_latest
+
+    def held_recount(uow, client_id):
+        if threading.current_thread().name == "move":
+            allocated.set()
+            go_on.wait(10)
+        return real_recount(uow, client_id)
+
+    monkeypatch.setattr(clients, "recount_latest", held_recount)
+    outcomes: dict[str, str] = {}
+
+    def run(change) -> None:
+        name = threading.current_thread().name
+        try:
+            with UnitOfWork(salon.tenant.id) as uow:
+                change(uow)
+                uow.commit()
+            outcomes[name] = "ok"
+        except DomainError as error:
+            outcomes[name] = error.code
+        except Exception as error:  # noqa: BLE001 - the outcome is what the test compares
+            outcomes[name] = repr(error)[:120]
+
+    move = threading.Thread(
+        target=run, name="move", args=(lambda uow: booking.reschedule(uow, mine, move_to, NOW),)
+    )
+    again = threading.Thread(target=run, name="book", args=(lambda uow: booking.book(uow, request, NOW),))
+    move.start()
+    assert allocated.wait(10)
+    again.start()
+    deadline = time.monotonic() + 10
+    while again.is_alive() and not _lock_waits(committed_engine):
+        assert time.monotonic() < deadline, "the booking neither finished nor waited"
+        time.sleep(0.02)
+    go_on.set()
+    move.join(30)
+    again.join(30)
+    return outcomes
+
+
+def test_a_move_in_a_shared_room_and_another_booking_of_the_same_client_do_not_deadlock(
+    committed_engine, monkeypatch
+):
+    """The booking's appointment row holds a KEY SHARE on the client's row (its foreign key) while it waits
+    for the room's day, which the move holds; the move's recount then locked the client's row FOR UPDATE:
+    a deadlock, though the room has places for both."""
+    salon, _ = yoga_room(committed_engine)
+    mine = book_at_once(salon, haircut_at(salon, "10:00", 9999))
+    outcomes = a_move_and_a_booking_of_its_client(
+        committed_engine,
+        monkeypatch,
+        salon,
+        mine.appointment_id,
+        salon.at(DAY, "15:00"),
+        haircut_at(salon, "11:00", 9999),
+    )
+    assert outcomes == {"move": "ok", "book": "ok"}
