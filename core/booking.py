@@ -458,7 +458,7 @@ def _with_alternatives(
     )
     tenant = uow.get(Tenant, uow.tenant_id)
     alternatives = _in_months_with_room(
-        uow, tenant, sorted(others[:ALTERNATIVES], key=lambda slot: slot.start), appointment.id
+        uow, tenant, sorted(others[:ALTERNATIVES], key=lambda slot: slot.start), appointment.id, moving_from
     )
     timezone = ZoneInfo(tenant.timezone)
     return SlotUnavailable(
@@ -580,6 +580,15 @@ def _enforce_monthly_limit(
         )
 
 
+def _same_month(tenant: Tenant, one: datetime, other: datetime) -> bool:
+    """Whether two instants fall in one local month of the business: a move within its month adds nothing
+    to the month, so the plan's limit does not apply to it (a business over a smaller plan's limit may
+    still move that month's appointments)."""
+    zone = ZoneInfo(tenant.timezone)
+    first, second = one.astimezone(zone), other.astimezone(zone)
+    return (first.year, first.month) == (second.year, second.month)
+
+
 def _same_place(slot: Slot, other: Slot | None) -> bool:
     return other is not None and (slot.start, set(slot.resource_ids)) == (
         other.start,
@@ -588,15 +597,19 @@ def _same_place(slot: Slot, other: Slot | None) -> bool:
 
 
 def _in_months_with_room(
-    uow: UnitOfWork, tenant: Tenant, slots: list[Slot], appointment_id: uuid.UUID
+    uow: UnitOfWork, tenant: Tenant, slots: list[Slot], appointment_id: uuid.UUID, moving_from: Slot | None
 ) -> list[Slot]:
-    """The slots in a local month the plan still has room in (the appointment itself aside): an
-    alternative offered must be bookable, and the nearest ones can fall in the next month."""
+    """The slots in a local month the plan still has room in (the appointment itself aside), or in the
+    month a move starts from: an alternative offered must be bookable, and the nearest ones can fall in the
+    next month."""
     limit = _plan_limit(uow, tenant)
     if limit is None:
         return slots
     with_room = []
     for slot in slots:
+        if moving_from is not None and _same_month(tenant, slot.start, moving_from.start):
+            with_room.append(slot)
+            continue
         try:
             _enforce_monthly_limit(uow, tenant, limit, slot.start, besides=appointment_id)
         except LimitReached:
@@ -641,7 +654,12 @@ def _locked_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> Appointme
     )
 
 
-def _check_change_window(service: Service, appointment: Appointment, now: datetime, action: str) -> None:
+def _check_change_window(
+    service: Service, appointment: Appointment, now: datetime, requested_at: datetime | None, action: str
+) -> None:
+    """The service's policy on changes by the client, judged when the client asked (`requested_at`, the
+    intake job's time: a request accepted in time is honoured however long it queued), else now."""
+    asked = now if requested_at is None else min(requested_at, now)
     done = {"cancel": "cancelled", "reschedule": "rescheduled"}[action]
     if not service.allows_cancellation:
         raise Conflict(
@@ -649,7 +667,7 @@ def _check_change_window(service: Service, appointment: Appointment, now: dateti
             code=f"{action}_not_allowed",
         )
     window = timedelta(hours=service.cancellation_policy_hours or 0)
-    if appointment.scheduled_start - now < window:
+    if appointment.scheduled_start - asked < window:
         raise Conflict(
             f"Appointments can be {done} up to {service.cancellation_policy_hours} hours before they start.",
             code=f"{action}_window_passed",
@@ -670,9 +688,12 @@ def reschedule(
     new_start: datetime,
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...] = (),
+    *,
+    requested_at: datetime | None = None,
 ) -> BookedAppointment:
     """Move an appointment: the old allocation is released and the new one taken in one transaction,
-    so a failed move leaves the appointment exactly where it was."""
+    so a failed move leaves the appointment exactly where it was. The change window is judged at
+    `requested_at` (see `_check_change_window`), the new time at `now`."""
     tenant = bookable_tenant(uow)
     appointment = _locked_appointment(uow, appointment_id)
     if appointment.status not in ("scheduled", "confirmed"):
@@ -680,13 +701,16 @@ def reschedule(
             f"A {appointment.status} appointment cannot be rescheduled.", code="illegal_status_change"
         )
     service = bookable_service(uow, appointment.service_id)
-    _check_change_window(service, appointment, now, "reschedule")
+    _check_change_window(service, appointment, now, requested_at, "reschedule")
     candidates = _checked_slot(uow, tenant, service, new_start, now, resource_ids)
     new_start = _in_utc(new_start)
-    limit = _plan_limit(uow, tenant)
-    _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
+    if new_start == previous_start and set(resource_ids) <= set(previous_resources):
+        # Already there: nothing to move, and a business's confirmation of this time still stands.
+        return _booked(appointment, previous_resources, tenant)
+    limit = None if _same_month(tenant, previous_start, new_start) else _plan_limit(uow, tenant)
+    _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
     previous = Slot(previous_start, appointment.scheduled_end, previous_resources)
     _release(uow, appointment)
     kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, previous_resources)
@@ -728,16 +752,6 @@ def _same_resources_if_free(
     except (SlotUnavailable, InvalidRequest):
         return ()
     return previous
-
-
-def change_status(
-    uow: UnitOfWork,
-    appointment_id: uuid.UUID,
-    new_status: str,
-    now: datetime,
-    reason: str | None = None,
-) -> BookedAppointment:
-    return _change_status(uow, _locked_appointment(uow, appointment_id), new_status, now, reason)
 
 
 def _set_status(uow: UnitOfWork, appointment: Appointment, status: str, now: datetime) -> None:
@@ -791,9 +805,15 @@ def _change_status(
 
 
 def cancel(
-    uow: UnitOfWork, appointment_id: uuid.UUID, reason: str | None, now: datetime
+    uow: UnitOfWork,
+    appointment_id: uuid.UUID,
+    reason: str | None,
+    now: datetime,
+    *,
+    requested_at: datetime | None = None,
 ) -> BookedAppointment:
-    """A client's cancellation: honours the service's policy and tells the client."""
+    """A client's cancellation: honours the service's policy (as it stood when the client asked,
+    `requested_at`) and tells the client."""
     appointment = _locked_appointment(uow, appointment_id)
     # Read even when the business has retired the service since: its booked clients may still cancel.
     service = uow.session.get(Service, appointment.service_id)
@@ -801,7 +821,7 @@ def cancel(
         raise IllegalTransition(
             f"A {appointment.status} appointment cannot be cancelled.", code="illegal_status_change"
         )
-    _check_change_window(service, appointment, now, "cancel")
+    _check_change_window(service, appointment, now, requested_at, "cancel")
     # Read before the change, which reads it too: the session holds rows only while they are referenced.
     tenant = uow.get(Tenant, appointment.tenant_id)
     result = _change_status(uow, appointment, "cancelled", now, reason=reason)
@@ -842,16 +862,20 @@ def _queue_confirmation(
     )
 
 
+# Each status change has a function of its own, with what goes with it (`cancel` and `confirm` tell the
+# client); no entry point takes a status by name, so none can skip that.
+
+
 def start(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
-    return change_status(uow, appointment_id, "in_progress", now)
+    return _change_status(uow, _locked_appointment(uow, appointment_id), "in_progress", now)
 
 
 def complete(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
-    return change_status(uow, appointment_id, "completed", now)
+    return _change_status(uow, _locked_appointment(uow, appointment_id), "completed", now)
 
 
 def mark_no_show(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
-    return change_status(uow, appointment_id, "no_show", now)
+    return _change_status(uow, _locked_appointment(uow, appointment_id), "no_show", now)
 
 
 # --- reading ------------------------------------------------------------------------------------------

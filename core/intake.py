@@ -47,15 +47,22 @@ INTERNAL_ERROR = {
 
 @dataclass(frozen=True)
 class JobKind:
+    """How a kind of job is checked before it is recorded (`validate`, with the time of the request), and
+    done (`handle`, with the time it runs and the time it was asked for: the change window of a cancellation
+    or a move is judged when the client asked, not when a worker got to it)."""
+
     validate: Callable[[UnitOfWork, dict[str, Any], datetime], None]
-    handle: Callable[[UnitOfWork, dict[str, Any], datetime], booking.BookedAppointment]
+    handle: Callable[[UnitOfWork, dict[str, Any], datetime, datetime], booking.BookedAppointment]
 
 
 def _validate_booking(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> None:
     booking.validate_request(uow, booking.BookingRequest.from_payload(payload), now)
 
 
-def _handle_booking(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+def _handle_booking(
+    uow: UnitOfWork, payload: dict[str, Any], now: datetime, requested_at: datetime
+) -> booking.BookedAppointment:
+    # A slot is judged when it is booked: it must still be free and far enough ahead then.
     return booking.book(uow, booking.BookingRequest.from_payload(payload), now)
 
 
@@ -77,13 +84,18 @@ def _validate_reschedule(uow: UnitOfWork, payload: dict[str, Any], now: datetime
     booking.validate_reschedule(uow, appointment_id, start, now, resource_ids)
 
 
-def _handle_reschedule(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+def _handle_reschedule(
+    uow: UnitOfWork, payload: dict[str, Any], now: datetime, requested_at: datetime
+) -> booking.BookedAppointment:
     appointment_id, start, resource_ids = _move(payload)
-    return booking.reschedule(uow, appointment_id, start, now, resource_ids)
+    return booking.reschedule(uow, appointment_id, start, now, resource_ids, requested_at=requested_at)
 
 
-def _handle_cancel(uow: UnitOfWork, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
-    return booking.cancel(uow, uuid.UUID(payload["appointment_id"]), payload.get("reason"), now)
+def _handle_cancel(
+    uow: UnitOfWork, payload: dict[str, Any], now: datetime, requested_at: datetime
+) -> booking.BookedAppointment:
+    appointment_id = uuid.UUID(payload["appointment_id"])
+    return booking.cancel(uow, appointment_id, payload.get("reason"), now, requested_at=requested_at)
 
 
 KINDS: dict[str, JobKind] = {
@@ -306,7 +318,7 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     if tenant_id is None or job.status in FINISHED:
         return JobView.from_row(job).as_dict()
     try:
-        booked = KINDS[job.kind].handle(uow, job.payload, now)
+        booked = KINDS[job.kind].handle(uow, job.payload, now, job.created_at)
     except DomainError as error:
         # Nothing of the refused request may stay: roll it all back, then record the outcome on its own.
         uow.rollback()

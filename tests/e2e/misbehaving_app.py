@@ -27,7 +27,9 @@ TIME_LIMIT = 5
 _real = intake.KINDS["booking"]
 
 
-def _misbehave_or_book(uow: Any, payload: dict[str, Any], now: datetime) -> booking.BookedAppointment:
+def _misbehave_or_book(
+    uow: Any, payload: dict[str, Any], now: datetime, requested_at: datetime
+) -> booking.BookedAppointment:
     name = payload["client"]["first_name"]
     if name == CRASHING_NAME:
         os._exit(1)
@@ -36,7 +38,7 @@ def _misbehave_or_book(uow: Any, payload: dict[str, Any], now: datetime) -> book
         while time.monotonic() < deadline:
             with contextlib.suppress(SoftTimeLimitExceeded):
                 time.sleep(0.1)
-    return _real.handle(uow, payload, now)
+    return _real.handle(uow, payload, now, requested_at)
 
 
 # Patched in the worker's main process, before it forks its pool: every pool process inherits it.

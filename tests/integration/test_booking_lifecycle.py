@@ -317,9 +317,11 @@ class BookingLifecycle(RuleBasedStateMachine):
         return "slot_taken", ()
 
     def _month_is_full(self, start: datetime, moving=None) -> bool:
+        month = start.astimezone(self.salon.zone).strftime("%Y-%m")
         if self.plan_limit is None:
             return False
-        month = start.astimezone(self.salon.zone).strftime("%Y-%m")
+        if moving is not None and moving.start.astimezone(self.salon.zone).strftime("%Y-%m") == month:
+            return False  # a move within its month adds nothing to it
         used = sum(
             1
             for other in self.model.values()
@@ -505,6 +507,14 @@ class BookingLifecycle(RuleBasedStateMachine):
             expected, resources = "reschedule_window_passed", ()
         elif start <= self.now:
             expected, resources = "start_in_past", ()
+        elif start == moving.start and (stylist is None or stylist in moving.resources):
+            # Already there: nothing changes.
+            moved, error = self._call(
+                lambda uow: booking.reschedule(uow, moving.id, start, self.now, (stylist,) if stylist else ())
+            )
+            self._check_outcome(f"reschedule to {start.isoformat()}", error, "ok", moving, stylist)
+            assert (moved.status, moved.start, moved.resource_ids) == (moving.status, start, moving.resources)
+            return
         elif self._month_is_full(start, moving):
             expected, resources = "plan_limit_reached", ()
         elif stylist is not None:
