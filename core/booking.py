@@ -381,6 +381,13 @@ def _allocate(
             ) from None
         # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
         resources = sorted(slot.resource_ids)
+        if any(resource_id not in candidates for resource_id in resources):
+            # The business linked another resource to the service since this booking read its resources:
+            # its units, and for a shared one its lock, are unknown here.
+            raise Conflict(
+                f"The resources of {service.name} were changed meanwhile; please try again.",
+                code="service_changed",
+            )
         allocations = {
             "ids": [uuid.uuid4() for _ in resources],
             "resource_ids": resources,
@@ -713,7 +720,10 @@ def reschedule(
     _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
     previous = Slot(previous_start, appointment.scheduled_end, previous_resources)
     _release(uow, appointment)
-    kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, previous_resources)
+    # Only those that still serve the service: a chair the business has since replaced must not cost the
+    # client their stylist.
+    still_serving = tuple(resource_id for resource_id in previous_resources if resource_id in candidates)
+    kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, still_serving)
     # All of the move in one UPDATE (and one audit row); a refused allocation rolls it all back.
     history = list((appointment.metadata_ or {}).get("reschedules", []))
     history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})

@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from core import availability, booking, intake, seed
+from core import availability, booking, clients, intake, seed
 from core.availability import Slot
 from core.booking import BookingRequest
 from core.clients import ClientDetails
@@ -22,9 +22,9 @@ from core.errors import (
     SlotUnavailable,
     TenantNotAllowed,
 )
-from core.models import Appointment, AppointmentResource, AuditLog, Client, Notification
+from core.models import Appointment, AppointmentResource, AuditLog, Client, Notification, ServiceResource
 from tests import factories
-from tests.scenarios import build_salon
+from tests.scenarios import EVERY_DAY, build_salon
 
 NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
 DAY = date(2027, 3, 3)
@@ -534,6 +534,54 @@ def test_a_moved_appointment_keeps_its_stylist_when_the_stylist_is_free(db):
     assert reschedule_to("14:00").resource_ids == (second.id,)
     # At 12:00 the second stylist is busy: the move still succeeds, with the other one.
     assert reschedule_to("12:00").resource_ids == (salon.stylists[0].id,)
+
+
+@pytest.mark.parametrize("new_chair", [True, False], ids=["chair replaced", "chair no longer needed"])
+def test_a_moved_appointment_keeps_its_stylist_after_the_business_changes_the_chair(db, new_chair):
+    salon = build_salon(db, stylists=2, chairs=1)
+    second = salon.stylists[1]
+    booked = book(salon, request(salon, "10:00", resource_ids=[second.id]))
+    db.execute(
+        delete(ServiceResource).where(
+            ServiceResource.service_id == salon.haircut.id, ServiceResource.resource_id == salon.chairs[0].id
+        )
+    )
+    wanted = {second.id}
+    if new_chair:
+        chair = factories.make_resource(db, salon.tenant, "room", 1, name="Chair 2")
+        for day in EVERY_DAY:
+            factories.make_schedule(db, chair, day, "09:00", "18:00")
+        factories.link_service_resource(db, salon.haircut, chair, is_required=True)
+        wanted.add(chair.id)
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow:
+        moved = booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "14:00"), NOW)
+        uow.commit()
+    assert set(moved.resource_ids) == wanted
+
+
+def test_a_resource_linked_while_a_booking_runs_is_a_clear_refusal(db, monkeypatch):
+    """The business links a basin to the service after the booking read the service's resources: the
+    booking cannot know the basin's units or hold its lock, and says so (it was a KeyError: a 500)."""
+    salon = build_salon(db, stylists=1, chairs=0)
+    basin = factories.make_resource(db, salon.tenant, "equipment", 1, name="Basin")
+    for day in EVERY_DAY:
+        factories.make_schedule(db, basin, day, "09:00", "18:00")
+    finding_the_client = clients.for_booking
+
+    def the_business_links_the_basin_meanwhile(*args, **kwargs):
+        found = finding_the_client(*args, **kwargs)
+        factories.link_service_resource(db, salon.haircut, basin, is_required=True)
+        return found
+
+    monkeypatch.setattr(clients, "for_booking", the_business_links_the_basin_meanwhile)
+    with UnitOfWork(salon.tenant.id) as uow, pytest.raises(Conflict) as changed:
+        booking.book(uow, request(salon, "10:00"), NOW)
+    assert changed.value.code == "service_changed"
+    # Tried again (here the rollback took the link with it: the test's unit of work shares its connection).
+    monkeypatch.undo()
+    factories.link_service_resource(db, salon.haircut, basin, is_required=True)
+    assert set(book(salon, request(salon, "10:00")).resource_ids) == {salon.stylists[0].id, basin.id}
 
 
 def test_a_move_sends_the_business_a_confirmed_appointment_back_for_confirmation(db):
