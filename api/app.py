@@ -177,7 +177,11 @@ def _with_api_key_auth(spec: dict) -> dict:
 def create_app() -> FastAPI:
     settings = get_settings()
     app_logging.configure(settings.log_level, json=settings.is_production)
-    app = FastAPI(title="VoiceAppoint intake API", version="1.0.0", description=DESCRIPTION)
+    # No redirect from /v1/bookings/ to /v1/bookings: a mistyped path is a 404 problem like any other, not a
+    # 307 to an address built from the Host header (http:// behind a TLS proxy) that resends the body.
+    app = FastAPI(
+        title="VoiceAppoint intake API", version="1.0.0", description=DESCRIPTION, redirect_slashes=False
+    )
     errors.install(app)
     for module in (health, catalog, jobs, appointments):
         app.include_router(module.router)

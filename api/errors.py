@@ -13,7 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import Problem
-from core.errors import DomainError
+from core.errors import DomainError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,14 @@ def problem_media_type(spec: dict[str, Any]) -> dict[str, Any]:
 
 def domain_problem(error: DomainError) -> JSONResponse:
     title = error.code.replace("_", " ").capitalize()
-    return problem(error.http_status, error.code, title, error.message, **error.details)
+    headers = None
+    if isinstance(error, Unauthorized):
+        # RFC 9110 §15.5.2 and RFC 6750 §3: a 401 names the scheme it expects (and why a key failed).
+        challenge = 'Bearer realm="voiceappoint"'
+        if error.code == "invalid_api_key":
+            challenge += ', error="invalid_token"'
+        headers = {"WWW-Authenticate": challenge}
+    return problem(error.http_status, error.code, title, error.message, headers, **error.details)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:

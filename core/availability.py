@@ -621,10 +621,7 @@ class _Planner:
             )
         chosen = sorted(wanted & candidates.keys())
         if len(chosen) > 1:
-            raise InvalidRequest(
-                "Only one of the interchangeable resources serves an appointment; choose one.",
-                code="resource_not_eligible",
-            )
+            raise several_interchangeable()
         # A client's choice among the candidates is the only candidate considered.
         self.candidates = [candidates[chosen[0]]] if chosen else list(candidates.values())
         self.bookable = bool(resources) and not any(r.impossible for r in self.required)
@@ -967,6 +964,16 @@ _SERVICE_COLUMNS = (
     Tenant.timezone,
     Tenant.settings,
 )
+
+
+def several_interchangeable() -> InvalidRequest:
+    """The refusal of a choice of two or more interchangeable resources (two stylists for one haircut), the
+    same before a job exists and in the planner."""
+    return InvalidRequest(
+        "Only one of the interchangeable resources serves an appointment; choose one.",
+        code="resource_not_eligible",
+        field="resource_ids",
+    )
 
 
 def inactive_service(name: str) -> InvalidRequest:

@@ -230,22 +230,31 @@ def _checked_slot(
             code="resource_not_eligible",
             field="resource_ids",
         )
+    if len({r for r in resource_ids if candidates[r].interchangeable}) > 1:
+        raise availability.several_interchangeable()
     return candidates
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A resource that can serve a service: the capacity units one appointment takes of it, and
-    whether it holds one appointment at a time (capacity 1, guarded by the exclusion constraint)."""
+    """A resource that can serve a service: the capacity units one appointment takes of it, whether it
+    holds one appointment at a time (capacity 1, guarded by the exclusion constraint), and whether it is
+    one of several that can serve (a stylist) rather than needed by every appointment (the chair)."""
 
     units: int
     exclusive: bool
+    interchangeable: bool
 
 
 # The booking's hot statements are built once, with parameters: building one per call costs more
 # Python time than PostgreSQL takes to run it.
 _CANDIDATES = (
-    select(ServiceResource.resource_id, ServiceResource.quantity_required, Resource.capacity)
+    select(
+        ServiceResource.resource_id,
+        ServiceResource.quantity_required,
+        Resource.capacity,
+        ServiceResource.is_required,
+    )
     .join(Resource, Resource.id == ServiceResource.resource_id)
     .where(
         ServiceResource.service_id == bindparam("service_id"),
@@ -260,8 +269,10 @@ def _candidates(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, Candidate]
     """Every resource that could serve the service."""
     links = uow.session.execute(_CANDIDATES, {"service_id": service.id, "tenant_id": service.tenant_id})
     return {
-        resource_id: Candidate(units=quantity or 1, exclusive=(capacity or 1) == 1)
-        for resource_id, quantity, capacity in links
+        resource_id: Candidate(
+            units=quantity or 1, exclusive=(capacity or 1) == 1, interchangeable=is_required is False
+        )
+        for resource_id, quantity, capacity, is_required in links
     }
 
 

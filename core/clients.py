@@ -74,10 +74,16 @@ def normalise_email(raw: str) -> str:
     return checked.ascii_email.lower()
 
 
+def _visible(character: str) -> bool:
+    # Not a space, a control or a format character (zero-width space, word joiner, byte-order mark): a name
+    # made only of those would be a blank in every confirmation.
+    return unicodedata.category(character)[0] not in "ZC"
+
+
 def normalise(details: ClientDetails, tenant: Tenant) -> ClientDetails:
     """The details as they are stored; raises InvalidRequest for a bad phone or email."""
     first_name = details.first_name.strip()
-    if not first_name:
+    if not any(_visible(character) for character in first_name):
         raise InvalidRequest(
             "The client's first name is required.", code="invalid_name", field="client.first_name"
         )

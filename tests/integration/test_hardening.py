@@ -552,3 +552,52 @@ def test_a_failed_statement_does_not_carry_a_clients_details_into_logs(db, salon
     message = str(failed.value)
     assert "division by zero" in message
     assert "+34600999888" not in message and "secret.client" not in message
+
+
+def test_two_interchangeable_stylists_are_refused_before_a_job_exists(db, api, salon):
+    """The worker could never serve them (one stylist serves an appointment): the request was a job that
+    always failed, and the corrected request under the same key was a 409."""
+    day, booked = _booked_in_a_few_days(salon)
+    both = [str(stylist.id) for stylist in salon.stylists]
+    start = salon.at(day, "12:00").isoformat()
+    key = {"Idempotency-Key": "order-1"}
+    response = api.post("/v1/bookings", json={**api_body(salon, start), "resource_ids": both}, headers=key)
+    assert (response.status_code, response.json()["code"]) == (422, "resource_not_eligible"), response.text
+    moved = api.post(
+        f"/v1/appointments/{booked.appointment_id}/reschedule", json={"start": start, "resource_ids": both}
+    )
+    assert (moved.status_code, moved.json()["code"]) == (422, "resource_not_eligible"), moved.text
+    assert rows(db, IntakeJob, salon) == 0
+    fixed = api.post("/v1/bookings", json={**api_body(salon, start), "resource_ids": both[:1]}, headers=key)
+    assert fixed.status_code == 202, fixed.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/services/"), ("POST", "/v1/bookings/")])
+def test_a_trailing_slash_is_a_404_problem_not_a_redirect(api, salon, method, path):
+    start = salon.at(DAY, "10:00").isoformat()
+    response = api.request(method, path, json=api_body(salon, start) if method == "POST" else None)
+    assert (response.status_code, response.headers["content-type"]) == (404, "application/problem+json")
+    assert response.json()["code"] == "not_found" and "location" not in response.headers
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\u2060 \u200b", "\ufeff"])
+def test_a_first_name_of_invisible_characters_is_an_invalid_name(db, api, salon, name):
+    start = salon.at(DAY, "10:00").isoformat()
+    response = api.post(
+        "/v1/bookings", json={**api_body(salon, start), "client": {"first_name": name, "phone": "612345678"}}
+    )
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_name"), response.text
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        ("", 'Bearer realm="voiceappoint"'),
+        ("Bearer va_live_abc_def", 'Bearer realm="voiceappoint", error="invalid_token"'),
+    ],
+)
+def test_a_401_names_the_scheme_it_expects(api, authorization, challenge):
+    response = api.get("/v1/services", headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
