@@ -133,6 +133,23 @@ class ConsoleFormatter(logging.Formatter):
         return f"{first}  {fields}{newline}{rest}"
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes, not as it was when logging was configured: a test
+    runner swaps sys.stderr and closes the one it swapped out, and a record logged later (by a library's
+    exit handler) met a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure(level: str | int | None = None, json: bool | None = None, stream: TextIO | None = None) -> None:
     """Send every log record to one handler on the root logger.
 
@@ -148,7 +165,7 @@ def configure(level: str | int | None = None, json: bool | None = None, stream: 
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
 
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else CurrentStderrHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if json else ConsoleFormatter())
 
