@@ -214,8 +214,12 @@ class UnitOfWork:
         try:
             yield
         finally:
-            connection.exec_driver_sql(_UNLOCK_SESSION)
-            connection.info.pop(HOLDS_SESSION_LOCKS, None)
+            # A connection that died in the block (a restarted server, a terminated backend) took its locks
+            # with it; touching it again would raise PendingRollbackError in place of the error that says
+            # why it died, which the worker retries and PendingRollbackError it does not.
+            if not connection.invalidated:
+                connection.exec_driver_sql(_UNLOCK_SESSION)
+                connection.info.pop(HOLDS_SESSION_LOCKS, None)
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         self._after_commit.append(callback)

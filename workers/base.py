@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.exceptions
 import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -48,11 +49,23 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Redis (the broker and the result backend) not answering, as redis-py and kombu report it.
+BROKER_UNREACHABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    OSError,
+)
+
+
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, DomainError):
         return False
     if isinstance(error, TRANSIENT_ERRORS):
         return True
+    if isinstance(error, sa_exc.PendingRollbackError) and error.__context__ is not None:
+        # Clean-up that touched a connection after it failed: the first error says what happened.
+        return is_transient(error.__context__)
     # Any DBAPI error raised because the connection died (SQLAlchemy marks the connection invalidated).
     return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
 
@@ -68,6 +81,20 @@ class JobRequest(Request):
         super().on_timeout(soft, timeout)
         if not soft:
             self.task.on_hard_time_limit(self.args, self.kwargs, self.delivery_info.get("routing_key"))
+
+    def _announce_cancelled(self, emit_retry: bool = True) -> None:
+        # Called when the broker connection is lost under a running task (which is stopped, unacknowledged:
+        # see worker_cancel_long_running_tasks_on_connection_loss). Celery then records the task's RETRY
+        # state in the result backend, which is the same Redis that just went away: its ConnectionError
+        # escaped to the consumer as "unrecoverable" and the worker exited for good, instead of
+        # reconnecting. The state is only for Flower; the job row and the sweeper carry the job on.
+        try:
+            super()._announce_cancelled(emit_retry=emit_retry)
+        except BROKER_UNREACHABLE as error:
+            logger.warning(
+                "task %s[%s] stopped; its state could not be recorded: %r", self.name, self.id, error
+            )
+            self._already_cancelled = True
 
 
 class JobTask(Task):

@@ -509,6 +509,25 @@ def test_a_connection_goes_back_to_the_pool_without_the_insert_locks_it_still_he
     assert held == 0
 
 
+def test_a_connection_that_dies_under_the_insert_locks_raises_why_it_died(committed_engine, committed):
+    """Its locks went with it: releasing them on the dead connection raised PendingRollbackError in place
+    of the OperationalError that the worker retries (a database restart failed bookings for good)."""
+    salon = committed()
+    owner = create_engine(committed_engine.url)  # may end another session's backend
+    try:
+        with (
+            UnitOfWork(salon.tenant.id) as uow,
+            pytest.raises(OperationalError),
+            uow.locked_meanwhile(EXCLUSIVE_INSERT_LOCKS, ["a-resource:2027-03-03"]),
+        ):
+            pid = uow.session.scalar(text("SELECT pg_backend_pid()"))
+            with owner.connect() as connection:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            uow.session.execute(text("SELECT 1"))
+    finally:
+        owner.dispose()
+
+
 def test_a_returning_client_adding_an_email_does_not_deadlock_their_other_booking(
     committed_engine, committed, monkeypatch
 ):

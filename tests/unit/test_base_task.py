@@ -121,6 +121,24 @@ def test_what_counts_as_transient():
     assert not is_transient(ERRORS["slot_taken"]())
 
 
+def _raised_while_handling(first: BaseException, then: BaseException) -> BaseException:
+    try:
+        try:
+            raise first
+        except BaseException:
+            raise then  # noqa: B904 - as a clean-up's error carries the first one as its context
+    except BaseException as error:
+        return error
+
+
+def test_a_clean_up_on_a_dead_connection_is_as_transient_as_what_killed_it():
+    pending = sa_exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
+    assert is_transient(_raised_while_handling(database_gone(), pending))
+    pending = sa_exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
+    assert not is_transient(_raised_while_handling(ERRORS["integrity"](), pending))
+    assert not is_transient(sa_exc.PendingRollbackError("on its own"))
+
+
 def test_delivery_guarantees_and_limits_fit_the_broker_visibility_timeout():
     assert JobTask.acks_late is True
     assert JobTask.reject_on_worker_lost is True
