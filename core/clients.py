@@ -74,10 +74,17 @@ def normalise_email(raw: str) -> str:
     return checked.ascii_email.lower()
 
 
+# What renders as nothing: spaces, controls, format characters (zero-width space, word joiner, byte-order
+# mark), combining marks on their own (variation selectors, the grapheme joiner), and the letters and symbol
+# that are blank by design (the Hangul fillers, the Braille blank). A name made only of these would be a blank
+# in every confirmation. Unassigned code points count as visible: a script newer than this Python's Unicode
+# tables is still a script.
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def _visible(character: str) -> bool:
-    # Not a space, a control or a format character (zero-width space, word joiner, byte-order mark): a name
-    # made only of those would be a blank in every confirmation.
-    return unicodedata.category(character)[0] not in "ZC"
+    return unicodedata.category(character) not in _INVISIBLE_CATEGORIES and character not in _BLANK_CHARACTERS
 
 
 def normalise(details: ClientDetails, tenant: Tenant) -> ClientDetails:

@@ -182,10 +182,12 @@ def submit(
     since (a replay of a booking made yesterday for today is still that booking); with another request
     it is a conflict. New requests are validated, and an invalid one raises before anything is written.
     """
-    payload = canonical_payload(payload)
+    as_sent, payload = payload, canonical_payload(payload)
     digest = request_hash(kind, payload)
     if idempotency_key is not None:
-        replayed = _replay(uow, idempotency_key, digest)
+        # Jobs recorded before starts were stored in UTC (2026-11-27) hold the hash of the body as it was
+        # sent: the same body sent again is still the same request.
+        replayed = _replay(uow, idempotency_key, {digest, request_hash(kind, as_sent)})
         if replayed is not None:
             return replayed, False
     KINDS[kind].validate(uow, payload, now)
@@ -213,7 +215,7 @@ def submit(
     return get_job(uow, job_id), True
 
 
-def _replay(uow: UnitOfWork, idempotency_key: str, digest: str) -> JobView | None:
+def _replay(uow: UnitOfWork, idempotency_key: str, digests: set[str]) -> JobView | None:
     existing = uow.session.scalar(
         select(IntakeJob).where(
             IntakeJob.tenant_id == uow.tenant_id, IntakeJob.idempotency_key == idempotency_key
@@ -221,7 +223,7 @@ def _replay(uow: UnitOfWork, idempotency_key: str, digest: str) -> JobView | Non
     )
     if existing is None:
         return None
-    if existing.request_hash != digest:
+    if existing.request_hash not in digests:
         raise Conflict(
             "This Idempotency-Key was already used for a different request.", code="idempotency_key_reused"
         )

@@ -198,6 +198,24 @@ def test_a_job_that_fails_before_its_outcome_is_written_leaves_no_booking(commit
         session.commit()
 
 
+def test_a_job_recorded_before_starts_were_stored_in_utc_is_replayed_by_the_same_body(db, salon):
+    """Its hash is of the body as it was sent (the start with its offset): a retry across the upgrade
+    must get the job, not 409 idempotency_key_reused."""
+    sent = payload(salon)
+    recorded, _ = submit(salon, payload(salon, clock="11:00"), key="order-before-upgrade")
+    db.execute(
+        update(IntakeJob)
+        .where(IntakeJob.id == recorded.job_id)
+        .values(
+            payload=sent, request_hash=intake.request_hash("booking", sent)
+        )  # as the old release stored it
+    )
+    again, created = submit(salon, payload(salon), key="order-before-upgrade")
+    assert (again.job_id, created) == (recorded.job_id, False)
+    with pytest.raises(Conflict):
+        submit(salon, payload(salon, clock="12:00"), key="order-before-upgrade")
+
+
 @pytest.mark.parametrize(
     ("start", "stored"),
     [

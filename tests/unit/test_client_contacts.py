@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.clients import normalise_email, normalise_phone
+from core.clients import ClientDetails, normalise, normalise_email, normalise_phone
 from core.errors import InvalidRequest
+from core.models import Tenant
 
 
 @pytest.mark.parametrize(
@@ -83,3 +84,37 @@ def test_letters_and_extensions_are_refused_not_rewritten(raw, says):
 )
 def test_what_people_type_for_a_number_is_read(raw, region, stored):
     assert normalise_phone(raw, region) == stored
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        " ",
+        "\u200b",  # zero-width space
+        "\u2060 \ufeff",  # word joiner, byte-order mark
+        "\u3164",  # Hangul filler: a letter that renders as nothing
+        "\u115f\u1160",
+        "\uffa0",
+        "\u2800",  # Braille blank
+        "\u034f",  # combining grapheme joiner
+        "\ufe0f",  # a variation selector on its own
+    ],
+)
+def test_a_first_name_that_shows_nothing_is_refused(name):
+    with pytest.raises(InvalidRequest) as refused:
+        normalise(ClientDetails(first_name=name, phone="612345678"), Tenant(country="ES"))
+    assert refused.value.code == "invalid_name"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Ana",
+        "Jose\u0301",  # a combining accent on a letter
+        "\U0001e4d0\U0001e4d1",  # Nag Mundari: newer than Python 3.11's Unicode tables, still a name
+        "李",
+    ],
+)
+def test_a_first_name_that_shows_something_is_kept(name):
+    stored = normalise(ClientDetails(first_name=name, phone="612345678"), Tenant(country="ES"))
+    assert stored.first_name == name
