@@ -180,7 +180,10 @@ def create_app() -> FastAPI:
     # No redirect from /v1/bookings/ to /v1/bookings: a mistyped path is a 404 problem like any other, not a
     # 307 to an address built from the Host header (http:// behind a TLS proxy) that resends the body.
     app = FastAPI(
-        title="VoiceAppoint intake API", version="1.0.0", description=DESCRIPTION, redirect_slashes=False
+        title="VoiceAppoint intake API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        redirect_slashes=False,
     )
     errors.install(app)
     for module in (health, catalog, jobs, appointments):

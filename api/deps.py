@@ -1,11 +1,14 @@
-"""Request-scoped dependencies: the caller's tenant (from the API key) and the clock."""
+"""Request-scoped dependencies: the caller's tenant (from the API key), the clock, and the query's names."""
 
 from __future__ import annotations
 
 import uuid
 
-from fastapi import Header
+from fastapi import Header, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from core import auth
 from core import logging as app_logging
@@ -35,3 +38,28 @@ def _tenant_for(authorization: str | None) -> uuid.UUID:
         tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())
         uow.commit()
     return tenant_id
+
+
+def known_query_parameters(request: Request) -> None:
+    """A query parameter the operation does not take is refused (422 unknown_field), as an unknown body field
+    is: a typo (`?wiat=10`, `?resource=…`) must not be ignored silently. A dependency of the /v1 routers; not
+    of the probes, to which a monitor may add a cache-buster."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    taken = _query_names(route.dependant)
+    unknown = [name for name in request.query_params if name not in taken]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", name), "msg": "Extra inputs are not permitted"}
+                for name in unknown
+            ]
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {parameter.alias for parameter in dependant.query_params}
+    for sub_dependant in dependant.dependencies:
+        names |= _query_names(sub_dependant)
+    return names

@@ -2,12 +2,12 @@ import uuid
 
 from fastapi import APIRouter, Depends
 
-from api.deps import authenticated_tenant
+from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
 from core import booking
 from core.db import UnitOfWork
 
-router = APIRouter(prefix="/v1", tags=["appointments"])
+router = APIRouter(prefix="/v1", tags=["appointments"], dependencies=[Depends(known_query_parameters)])
 
 
 @router.get(

@@ -4,14 +4,14 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import authenticated_tenant
+from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
 from api.schemas import AvailabilityOut, ServicesOut
 from core import availability, catalog
 from core.clock import utcnow
 from core.db import UnitOfWork
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(known_query_parameters)])
 
 
 @router.get(

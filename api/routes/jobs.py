@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.deps import authenticated_tenant
+from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors, problem
 from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
@@ -19,7 +19,7 @@ from core.clock import utcnow
 from core.config import get_settings
 from core.db import UnitOfWork
 
-router = APIRouter(prefix="/v1", tags=["bookings"])
+router = APIRouter(prefix="/v1", tags=["bookings"], dependencies=[Depends(known_query_parameters)])
 
 WAIT_DESCRIPTION = "Seconds to hold the request until the job ends (at most 20): 201/200 when it succeeded."
 IDEMPOTENCY_DESCRIPTION = (

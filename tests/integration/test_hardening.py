@@ -601,3 +601,19 @@ def test_a_401_names_the_scheme_it_expects(api, authorization, challenge):
     response = api.get("/v1/services", headers={"Authorization": authorization})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == challenge
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/services?wiat=10"), ("POST", "/v1/bookings?wiat=10"), ("GET", "/v1/jobs/{job}?x=1")],
+)
+def test_a_query_parameter_the_operation_does_not_take_is_an_unknown_field(db, api, salon, method, path):
+    start = salon.at(DAY, "10:00").isoformat()
+    path = path.format(job=uuid.uuid4())
+    response = api.request(method, path, json=api_body(salon, start) if method == "POST" else None)
+    assert (response.status_code, response.json()["code"]) == (422, "unknown_field"), response.text
+    assert response.json()["errors"][0]["field"] in ("wiat", "x")
+    assert rows(db, IntakeJob, salon) == 0
+    # The parameters an operation takes still work, and the probes take anything (a monitor's cache-buster).
+    assert api.post("/v1/bookings?wait=0", json=api_body(salon, start)).status_code == 202
+    assert api.get("/health?_=1700000000").status_code == 200
