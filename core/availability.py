@@ -332,11 +332,12 @@ def _skip_ahead(rule: str, parts: dict[str, str], first_local: datetime, low: da
 
     dateutil walks every occurrence from the start; a weekly lunch set up years ago would be walked week by
     week on every call (an hourly rule, hour by hour). Moving the start by whole periods keeps the same
-    occurrences from `low` on.
+    occurrences from `low` on. EXDATE and RDATE lines name instants, which a later start does not move; a
+    DTSTART line would override the start given, so such a rule is walked from its own.
     """
     period = _FIXED_PERIODS.get(parts.get("FREQ", ""))
     if (
-        "\n" in rule.strip()
+        "DTSTART" in rule.upper()
         or first_local >= low
         or period is None
         or "COUNT" in parts
