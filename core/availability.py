@@ -918,19 +918,23 @@ def nearest_alternatives(
     """The `count` free slots closest in time to `start`, before or after it, in time order.
 
     Never in the past or too soon; no further ahead than max_advance_booking_days (or the longest range
-    find_slots serves, for a service without that limit). The search widens day by day outward, so the
-    usual case loads a couple of days only.
+    find_slots serves, for a service without that limit), nor more than ALTERNATIVES_WITHIN from `start`.
+    The search widens outward from `start`'s day, so the usual case loads a couple of days only.
     """
     context = _context(uow, service)
     rules, tz = context.rules, context.tz
     horizon = rules.max_advance_booking_days
     if horizon is None:
         horizon = get_settings().max_availability_days
-    first = (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date()
-    last = (now + timedelta(days=horizon)).astimezone(tz).date()
+    asked = start.astimezone(tz).date()
+    first = max(
+        (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date(),
+        asked - ALTERNATIVES_WITHIN,
+    )
+    last = min((now + timedelta(days=horizon)).astimezone(tz).date(), asked + ALTERNATIVES_WITHIN)
     if count <= 0 or first > last:
         return []
-    anchor = min(max(start.astimezone(tz).date(), first), last)
+    anchor = min(max(asked, first), last)
     radius = 1
     while True:
         low, high = max(first, anchor - radius * ONE_DAY), min(last, anchor + radius * ONE_DAY)
@@ -948,6 +952,11 @@ def nearest_alternatives(
                 return found
         radius *= 4
 
+
+# How far from the time asked for a refusal looks for alternatives. A refused booking looks inside its
+# transaction (and a shared room's locks): over a fully booked year with forty stylists the search took
+# seconds. A caller offered nothing within a month asks for another month.
+ALTERNATIVES_WITHIN = timedelta(days=31)
 
 # What the planner needs of a service and its tenant; read as plain columns, not as ORM objects.
 _SERVICE_COLUMNS = (

@@ -242,6 +242,19 @@ def test_nearest_alternatives_search_outward(db, salon):
         )
         far = nearest_alternatives(uow, salon.haircut, at(MONDAY, "12:00"), at(MONDAY, "16:30"), 1)
         assert [slot.start for slot in far] == [at(MONDAY + timedelta(days=9), "09:00")]
+        # But not beyond a month of the time asked for (the salon takes bookings a year ahead).
+        salon.haircut.max_advance_booking_days = 365
+        f.make_block(
+            db, salon.chair, at(MONDAY + timedelta(days=9), "00:00"), at(MONDAY + timedelta(days=32), "00:00")
+        )
+        db.flush()
+        assert nearest_alternatives(uow, salon.haircut, at(MONDAY, "12:00"), at(MONDAY, "16:30"), 1) == []
+        assert [
+            slot.start
+            for slot in nearest_alternatives(
+                uow, salon.haircut, at(MONDAY + timedelta(days=2), "12:00"), at(MONDAY, "16:30"), 1
+            )
+        ] == [at(MONDAY + timedelta(days=32), "09:00")]
 
 
 def test_the_tenant_slot_step_and_time_zone_are_used(db):
