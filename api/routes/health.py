@@ -17,7 +17,9 @@ router = APIRouter(tags=["health"])
 READY_TIMEOUT_SECONDS = 3.0
 
 
+# HEAD too: some load balancers and uptime monitors probe with it (RFC 9110: wherever GET is, HEAD should be).
 @router.get("/health", summary="The process is up")
+@router.head("/health", include_in_schema=False)
 async def health() -> dict:
     # Answered on the event loop itself, never queued behind requests waiting for a thread: a liveness
     # probe must not fail because the process is busy.
@@ -59,6 +61,7 @@ _database = Check(_database_answers)
 _broker = Check(_broker_answers)
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get(
     "/ready",
     summary="The database and the broker answer",

@@ -115,6 +115,13 @@ def test_ready_checks_the_database_and_the_broker(client):
     assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
+def test_the_probes_answer_head_as_they_answer_get(client):
+    # Some load balancers and uptime monitors probe with HEAD.
+    for path in ("/health", "/ready"):
+        response = client.head(path)
+        assert (response.status_code, response.content) == (200, b"")
+
+
 def test_services_lists_the_tenants_active_services(client, salon):
     services = client.get("/v1/services").json()["services"]
     assert [s["name"] for s in services] == ["Haircut"]
