@@ -528,6 +528,27 @@ def test_a_connection_that_dies_under_the_insert_locks_raises_why_it_died(commit
         owner.dispose()
 
 
+def the_second_waits_for_the_held_first(
+    committed_engine,
+    first: threading.Thread,
+    held: threading.Event,
+    second: threading.Thread,
+    go_on: threading.Event,
+) -> None:
+    """Start `first`; once it is `held` (it waits for `go_on`), start `second` and wait until it waits for
+    a lock (or has ended); then let `first` go on, and wait for both."""
+    first.start()
+    assert held.wait(10)
+    second.start()
+    deadline = time.monotonic() + 10
+    while second.is_alive() and not _lock_waits(committed_engine):
+        assert time.monotonic() < deadline, f"{second.name} neither finished nor waited"
+        time.sleep(0.02)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+
+
 def test_a_returning_client_adding_an_email_does_not_deadlock_their_other_booking(
     committed_engine, committed, monkeypatch
 ):
@@ -572,17 +593,8 @@ def test_a_returning_client_adding_an_email_does_not_deadlock_their_other_bookin
     )
     call = stylist_request(salon, "15:00", 1, "+34614007777")
     first = threading.Thread(target=book_as, args=("online", online), name="online")
-    first.start()
-    assert found.wait(10)
     second = threading.Thread(target=book_as, args=("call", call), name="call")
-    second.start()
-    deadline = time.monotonic() + 10
-    while second.is_alive() and not _lock_waits(committed_engine):
-        assert time.monotonic() < deadline, "the call neither finished nor waited"
-        time.sleep(0.02)
-    go_on.set()
-    first.join(30)
-    second.join(30)
+    the_second_waits_for_the_held_first(committed_engine, first, found, second, go_on)
     assert outcomes == {"online": "booked", "call": "booked"}
     with Session(committed_engine) as session:
         client = session.scalars(select(Client).where(Client.tenant_id == salon.tenant.id)).one()
@@ -621,16 +633,7 @@ def a_move_and_a_booking_of_its_client(committed_engine, monkeypatch, salon, min
         target=run, name="move", args=(lambda uow: booking.reschedule(uow, mine, move_to, NOW),)
     )
     again = threading.Thread(target=run, name="book", args=(lambda uow: booking.book(uow, request, NOW),))
-    move.start()
-    assert allocated.wait(10)
-    again.start()
-    deadline = time.monotonic() + 10
-    while again.is_alive() and not _lock_waits(committed_engine):
-        assert time.monotonic() < deadline, "the booking neither finished nor waited"
-        time.sleep(0.02)
-    go_on.set()
-    move.join(30)
-    again.join(30)
+    the_second_waits_for_the_held_first(committed_engine, move, allocated, again, go_on)
     return outcomes
 
 
