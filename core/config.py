@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/voiceappoint"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The API's contract: `?wait=` takes at most this many seconds (below a client's usual 30 s timeout).
+WAIT_LIMIT_SECONDS = 20.0
 
 
 class Settings(BaseSettings):
@@ -45,7 +47,8 @@ class Settings(BaseSettings):
     # Booking
     default_slot_step_minutes: int = 15
     max_availability_days: int = 62
-    booking_wait_max_seconds: float = 20.0
+    # Holds `?wait=` requests for less than the contract's limit (behind a proxy that gives up sooner).
+    booking_wait_max_seconds: float = Field(WAIT_LIMIT_SECONDS, gt=0, le=WAIT_LIMIT_SECONDS)
     # Requests held by ?wait= share one poll of their jobs per API process, this often; past this many
     # held at once, a request is answered without waiting (202 while its job runs).
     booking_wait_poll_seconds: float = 0.05

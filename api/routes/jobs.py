@@ -16,12 +16,15 @@ from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
 from core import intake
 from core.clock import utcnow
-from core.config import get_settings
+from core.config import WAIT_LIMIT_SECONDS, get_settings
 from core.db import UnitOfWork
 
 router = APIRouter(prefix="/v1", tags=["bookings"], dependencies=[Depends(known_query_parameters)])
 
-WAIT_DESCRIPTION = "Seconds to hold the request until the job ends (at most 20): 201/200 when it succeeded."
+WAIT_DESCRIPTION = (
+    f"Seconds to hold the request until the job ends (at most {WAIT_LIMIT_SECONDS:g}): 201/200 when it"
+    " succeeded."
+)
 IDEMPOTENCY_DESCRIPTION = (
     "Repeating a request with the same key returns the first job instead of booking twice."
 )
@@ -37,6 +40,21 @@ def _submit_responses(waited_status: int) -> dict[int | str, dict[str, Any]]:
             "description": "With `?wait=`: the job succeeded; `result` has the appointment",
         },
     }
+
+
+class JobRequestOptions:
+    """The `?wait=` and `Idempotency-Key` every request that becomes a job takes."""
+
+    def __init__(
+        self,
+        wait: float = Query(0, ge=0, le=WAIT_LIMIT_SECONDS, description=WAIT_DESCRIPTION),
+        idempotency_key: str | None = Header(
+            None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
+        ),
+    ):
+        # An operator may hold requests for less than the contract's limit (a proxy that times out sooner).
+        self.wait = min(wait, get_settings().booking_wait_max_seconds)
+        self.idempotency_key = idempotency_key
 
 
 def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:
@@ -56,7 +74,7 @@ async def _answer(
     if wait > 0 and not job.finished:
         # From the request's arrival: the time it queued for a thread counts against its wait too.
         arrived = getattr(request.state, "arrived", time.monotonic())
-        deadline = arrived + min(wait, get_settings().booking_wait_max_seconds)
+        deadline = arrived + wait
         await request.app.state.job_waiter.until_ended(job.job_id, deadline - time.monotonic())
         # One more look however the wait ended: a job that ended as the time ran out is answered as ended.
         job = await run_in_threadpool(_read, tenant_id, job.job_id)
@@ -89,12 +107,11 @@ async def _accept(
     tenant_id: uuid.UUID,
     kind: str,
     payload: dict[str, Any],
-    key: str | None,
-    wait: float,
+    options: JobRequestOptions,
     success_status: int,
 ) -> JSONResponse:
-    job = await run_in_threadpool(_submit, tenant_id, kind, payload, key)
-    return await _answer(request, tenant_id, job, wait, success_status)
+    job = await run_in_threadpool(_submit, tenant_id, kind, payload, options.idempotency_key)
+    return await _answer(request, tenant_id, job, options.wait, success_status)
 
 
 @router.post(
@@ -107,10 +124,7 @@ async def _accept(
 async def create_booking(
     request: Request,
     body: BookingIn,
-    wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
-    idempotency_key: str | None = Header(
-        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
-    ),
+    options: JobRequestOptions = Depends(),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     return await _accept(
@@ -118,8 +132,7 @@ async def create_booking(
         tenant_id,
         "booking",
         body.model_dump(mode="json", exclude_none=True),
-        idempotency_key,
-        wait,
+        options,
         201,
     )
 
@@ -135,14 +148,11 @@ async def reschedule_appointment(
     request: Request,
     appointment_id: uuid.UUID,
     body: RescheduleIn,
-    wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
-    idempotency_key: str | None = Header(
-        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
-    ),
+    options: JobRequestOptions = Depends(),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {"appointment_id": str(appointment_id), **body.model_dump(mode="json", exclude_none=True)}
-    return await _accept(request, tenant_id, "reschedule", payload, idempotency_key, wait, 200)
+    return await _accept(request, tenant_id, "reschedule", payload, options, 200)
 
 
 @router.post(
@@ -156,17 +166,14 @@ async def cancel_appointment(
     request: Request,
     appointment_id: uuid.UUID,
     body: CancelIn | None = None,
-    wait: float = Query(0, ge=0, le=20, description=WAIT_DESCRIPTION),
-    idempotency_key: str | None = Header(
-        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
-    ),
+    options: JobRequestOptions = Depends(),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {
         "appointment_id": str(appointment_id),
         **(body.model_dump(mode="json", exclude_none=True) if body else {}),
     }
-    return await _accept(request, tenant_id, "cancel", payload, idempotency_key, wait, 200)
+    return await _accept(request, tenant_id, "cancel", payload, options, 200)
 
 
 @router.get(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from api import waiting
 from api.app import create_app
 from api.waiting import JobWaiter
 from core import intake
+from core.config import Settings, get_settings
 from core.db import UnitOfWork
 from core.models import Appointment, IntakeJob
 from tests.scenarios import build_salon
@@ -137,3 +139,29 @@ def test_a_held_booking_is_answered_with_its_appointment_once_a_worker_has_booke
     assert appointment.tenant_id == salon.tenant.id
     assert appointment.scheduled_start == salon.at(DAY, "11:00")
     assert result["start"] == salon.at(DAY, "11:00").isoformat()
+
+
+def test_an_operators_shorter_limit_answers_202_when_it_runs_out(salon, monkeypatch):
+    # Nothing runs the job: the request is held for the operator's limit, not the 10 s asked for.
+    monkeypatch.setenv("VOICEAPPOINT_BOOKING_WAIT_MAX_SECONDS", "0.5")
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+            started = time.monotonic()
+            response = client.post("/v1/bookings?wait=10", json=booking(salon, "12:00", "+34614709998"))
+            held_for = time.monotonic() - started
+            too_long = client.post("/v1/bookings?wait=21", json=booking(salon, "12:15", "+34614709997"))
+    finally:
+        get_settings.cache_clear()
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    assert held_for < 5
+    # The contract's limit stays what the OpenAPI document says, whatever the setting.
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"][0]["field"] == "wait"
+
+
+def test_a_limit_above_the_contracts_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("VOICEAPPOINT_BOOKING_WAIT_MAX_SECONDS", "30")
+    with pytest.raises(ValidationError, match="booking_wait_max_seconds"):
+        Settings()
