@@ -76,7 +76,16 @@ from sqlalchemy import (
 
 from core.config import get_settings
 from core.db import UnitOfWork
-from core.errors import InvalidRequest, NotFound, SlotUnavailable
+from core.errors import (
+    InvalidRequest,
+    NotFound,
+    SlotUnavailable,
+    inactive_service,
+    off_grid,
+    resource_not_eligible,
+    several_interchangeable,
+    start_without_offset,
+)
 from core.models import (
     AppointmentResource,
     Resource,
@@ -211,7 +220,7 @@ def evaluate_slot(
 ) -> Slot:
     """The slot starting exactly at `start`, or the precise reason it cannot be booked.
 
-    Raises InvalidRequest ("off_grid", "repeated_time", "resource_not_eligible", "invalid_start") for a
+    Raises InvalidRequest ("off_grid", "repeated_time", "resource_not_eligible", "start_without_offset") for a
     request that can never be right, and SlotUnavailable ("too_soon", "too_far", "outside_hours", "slot_taken") otherwise.
     """
     return _Planner(calendar, now, resource_ids).check(start)
@@ -617,9 +626,7 @@ class _Planner:
         eligible = {r.id for r in resources}
         unknown = sorted(wanted - eligible)
         if unknown:
-            raise InvalidRequest(
-                f"Resource {unknown[0]} does not serve this service.", code="resource_not_eligible"
-            )
+            raise resource_not_eligible(unknown[0])
         chosen = sorted(wanted & candidates.keys())
         if len(chosen) > 1:
             raise several_interchangeable()
@@ -766,16 +773,14 @@ class _Planner:
 
     def check(self, start: datetime) -> Slot:
         if start.tzinfo is None:
-            raise InvalidRequest("The start needs a UTC offset.", code="invalid_start")
+            raise start_without_offset()
         start = start.astimezone(UTC)
         local = start.astimezone(self.tz)
         clock = self._day(local.date())
         wall = local.replace(tzinfo=None) - clock.midnight
         converted = self._wall_to_utc(clock, wall)
         if wall % self.step or converted is None:
-            raise InvalidRequest(
-                f"{local:%H:%M} is not on the {self.step.seconds // 60}-minute slot grid.", code="off_grid"
-            )
+            raise off_grid(f"{local:%H:%M}", self.step.seconds // 60)
         if converted[0] != start:
             # A fall-back hour is offered once, the first time round: one booking per wall-clock time.
             raise InvalidRequest(
@@ -880,12 +885,12 @@ def check_slot(
 ) -> Slot:
     """The slot starting exactly at `start`, served by the client's choice when given, read from current rows.
 
-    Raises InvalidRequest ("off_grid", "resource_not_eligible", "invalid_start") or SlotUnavailable
+    Raises InvalidRequest ("off_grid", "resource_not_eligible", "start_without_offset") or SlotUnavailable
     ("too_soon", "too_far", "outside_hours", "slot_taken"); see `evaluate_slot`.
     """
     context = _context(uow, service)
     if start.tzinfo is None:
-        raise InvalidRequest("The start needs a UTC offset.", code="invalid_start")
+        raise start_without_offset()
     day = start.astimezone(context.tz).date()
     return evaluate_slot(_load(uow, context, day, day), start, now, resource_ids or ())
 
@@ -974,21 +979,6 @@ _SERVICE_COLUMNS = (
     Tenant.timezone,
     Tenant.settings,
 )
-
-
-def several_interchangeable() -> InvalidRequest:
-    """The refusal of a choice of two or more interchangeable resources (two stylists for one haircut), the
-    same before a job exists and in the planner."""
-    return InvalidRequest(
-        "Only one of the interchangeable resources serves an appointment; choose one.",
-        code="resource_not_eligible",
-        field="resource_ids",
-    )
-
-
-def inactive_service(name: str) -> InvalidRequest:
-    """The refusal of a service switched off, the same for its availability and its booking."""
-    return InvalidRequest(f"The service {name} is not bookable at the moment.", code="service_inactive")
 
 
 def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:

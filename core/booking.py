@@ -32,6 +32,11 @@ from core.errors import (
     LimitReached,
     SlotUnavailable,
     TenantNotAllowed,
+    inactive_service,
+    off_grid,
+    resource_not_eligible,
+    several_interchangeable,
+    start_without_offset,
 )
 from core.models import (
     NOT_COUNTED_STATUSES,
@@ -148,7 +153,12 @@ class AppointmentView:
 
 
 def bookable_tenant(uow: UnitOfWork) -> Tenant:
-    return _bookable_tenant(uow.get(Tenant, uow.tenant_id, code="tenant_not_found", what="Business"))
+    return _bookable_tenant(_tenant(uow, uow.tenant_id))
+
+
+def _tenant(uow: UnitOfWork, tenant_id: uuid.UUID) -> Tenant:
+    """The business, or NotFound("tenant_not_found") once it is deleted (a job may outlive it)."""
+    return uow.get(Tenant, tenant_id, code="tenant_not_found", what="Business")
 
 
 def _bookable_tenant(tenant: Tenant) -> Tenant:
@@ -166,7 +176,7 @@ def bookable_service(uow: UnitOfWork, service_id: uuid.UUID) -> Service:
 
 def _bookable_service(service: Service) -> Service:
     if not service.is_active:
-        raise availability.inactive_service(service.name)
+        raise inactive_service(service.name)
     return service
 
 
@@ -225,13 +235,9 @@ def _checked_slot(
     candidates = _candidates(uow, service)
     unknown = [r for r in resource_ids if r not in candidates]
     if unknown:
-        raise InvalidRequest(
-            f"Resource {unknown[0]} does not provide {service.name}.",
-            code="resource_not_eligible",
-            field="resource_ids",
-        )
+        raise resource_not_eligible(unknown[0], service.name)
     if len({r for r in resource_ids if candidates[r].interchangeable}) > 1:
-        raise availability.several_interchangeable()
+        raise several_interchangeable()
     return candidates
 
 
@@ -285,9 +291,7 @@ def _in_utc(start: datetime) -> datetime:
 
 def _check_on_grid(tenant: Tenant, start: datetime) -> None:
     if start.tzinfo is None:
-        raise InvalidRequest(
-            "The start needs a UTC offset, e.g. 2027-03-30T10:00:00+02:00.", code="start_without_offset"
-        )
+        raise start_without_offset()
     step = availability.slot_step_minutes(tenant.settings)
     try:
         local = start.astimezone(ZoneInfo(tenant.timezone))
@@ -297,11 +301,7 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
         raise InvalidRequest("The start is not a usable date.", code="invalid_start", field="start")
     minutes = local.hour * 60 + local.minute
     if local.second or local.microsecond or minutes % step:
-        raise InvalidRequest(
-            f"Bookings start on a {step}-minute grid; {local.strftime('%H:%M')} is not on it.",
-            code="off_grid",
-            field="start",
-        )
+        raise off_grid(f"{local:%H:%M}", step)
 
 
 # --- booking ------------------------------------------------------------------------------------------
@@ -474,7 +474,7 @@ def _with_alternatives(
         (slot for slot in nearest if not _same_place(slot, moving_from)),
         key=lambda slot: abs(slot.start - start),
     )
-    tenant = uow.get(Tenant, uow.tenant_id)
+    tenant = _tenant(uow, uow.tenant_id)
     alternatives = _in_months_with_room(
         uow, tenant, sorted(others[:ALTERNATIVES], key=lambda slot: slot.start), appointment.id, moving_from
     )
@@ -821,7 +821,7 @@ def _change_status(
     uow.session.flush()
     if new_status == "cancelled":
         clients.recount_latest(uow, appointment.client_id)
-    tenant = uow.get(Tenant, appointment.tenant_id)
+    tenant = _tenant(uow, appointment.tenant_id)
     return _booked(appointment, tuple(r.id for _, r in _held_resources(uow, appointment)), tenant)
 
 
@@ -844,7 +844,7 @@ def cancel(
         )
     _check_change_window(service, appointment, now, requested_at, "cancel")
     # Read before the change, which reads it too: the session holds rows only while they are referenced.
-    tenant = uow.get(Tenant, appointment.tenant_id)
+    tenant = _tenant(uow, appointment.tenant_id)
     result = _change_status(uow, appointment, "cancelled", now, reason=reason)
     client = uow.session.get(Client, appointment.client_id)
     notifications.withdraw_pending(uow, appointment.id)
@@ -857,7 +857,7 @@ def confirm(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> Booked
     the request was received, is now told it is confirmed (the first message, if still unsent, is not)."""
     appointment = _locked_appointment(uow, appointment_id)
     result = _change_status(uow, appointment, "confirmed", now)
-    tenant = uow.get(Tenant, appointment.tenant_id)
+    tenant = _tenant(uow, appointment.tenant_id)
     service = uow.session.get(Service, appointment.service_id)
     notifications.withdraw_pending(uow, appointment.id, "appointment_confirmed")
     _queue_confirmation(uow, tenant, service, appointment, occasion="@confirmed")
@@ -904,7 +904,7 @@ def mark_no_show(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> B
 
 def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentView:
     appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
-    tenant = uow.get(Tenant, appointment.tenant_id)
+    tenant = _tenant(uow, appointment.tenant_id)
     service = uow.session.get(Service, appointment.service_id)
     client = uow.session.get(Client, appointment.client_id)
     shown = _held_resources(uow, appointment)

@@ -234,30 +234,26 @@ class UnitOfWork:
         self.session.rollback()
         self._after_commit = []
 
-    def get(self, model: type[T], ident: Any, *, code: str = "not_found", what: str | None = None) -> T:
+    def get(self, model: type[T], ident: Any, *, code: str, what: str) -> T:
         """The row with this id in the current tenant, or NotFound (never another tenant's row)."""
         key = self.id_of(model, ident, code=code, what=what)
         return self.visible(model, ident, self.session.get(model, key), code=code, what=what)
 
-    def id_of(
-        self, model: type, ident: Any, *, code: str = "not_found", what: str | None = None
-    ) -> uuid.UUID:
+    def id_of(self, model: type, ident: Any, *, code: str, what: str) -> uuid.UUID:
         """`ident` as a UUID, or NotFound as `get` raises it: a malformed id names no row."""
         try:
             return uuid.UUID(str(ident))
         except ValueError:
-            raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code) from None
+            raise NotFound(f"{what} {ident} does not exist", code=code) from None
 
-    def visible(
-        self, model: type[T], ident: Any, row: T | None, *, code: str = "not_found", what: str | None = None
-    ) -> T:
+    def visible(self, model: type[T], ident: Any, row: T | None, *, code: str, what: str) -> T:
         """`row`, read by the caller as the `model` with id `ident`, or NotFound when there is no such row
         in the current tenant (missing, another tenant's, deleted), as `get` decides."""
         row_tenant = getattr(row, "tenant_id", None)
         if row is None or (
             self.tenant_id is not None and row_tenant is not None and row_tenant != self.tenant_id
         ):
-            raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code)
+            raise NotFound(f"{what} {ident} does not exist", code=code)
         if getattr(row, "deleted_at", None) is not None:
-            raise NotFound(f"{what or model.__name__} {ident} does not exist", code=code)
+            raise NotFound(f"{what} {ident} does not exist", code=code)
         return row

@@ -1,58 +1,99 @@
-"""Domain errors. Each has a stable `code` that API clients and job results can switch on."""
+"""Domain errors. Each has a stable `code` that API clients and job results can switch on.
 
+The classes group the codes by kind of refusal; every raise names its code. A refusal that more than one
+module raises is built by one function below, so it reads the same wherever it comes from.
+"""
+
+import uuid
 from typing import Any
 
 
 class DomainError(Exception):
-    code = "domain_error"
     http_status = 422
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any):
+    def __init__(self, message: str, *, code: str, **details: Any):
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
+        self.code = code
         self.details = details
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, **self.details}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (Celery checks that a task's exception survives pickling): the default rebuilds an
+        # exception from its message alone, and the code is a required keyword.
+        return _rebuilt, (type(self), self.message, self.code, self.details)
+
+
+def _rebuilt(cls: type[DomainError], message: str, code: str, details: dict[str, Any]) -> DomainError:
+    return cls(message, code=code, **details)
+
 
 class NotFound(DomainError):
-    code = "not_found"
     http_status = 404
 
 
 class InvalidRequest(DomainError):
-    code = "invalid_request"
     http_status = 422
 
 
 class Conflict(DomainError):
-    code = "conflict"
     http_status = 409
 
 
 class SlotUnavailable(Conflict):
     """The requested time cannot be booked; `alternatives` holds the nearest free slots."""
 
-    code = "slot_taken"
-
 
 class TenantNotAllowed(DomainError):
-    code = "tenant_inactive"
     http_status = 403
 
 
 class LimitReached(DomainError):
-    code = "plan_limit_reached"
     http_status = 409
 
 
 class IllegalTransition(Conflict):
-    code = "illegal_status_change"
+    pass
 
 
 class Unauthorized(DomainError):
-    code = "unauthorized"
     http_status = 401
+
+
+def start_without_offset() -> InvalidRequest:
+    return InvalidRequest(
+        "The start needs a UTC offset, e.g. 2027-03-30T10:00:00+02:00.",
+        code="start_without_offset",
+        field="start",
+    )
+
+
+def off_grid(local_clock: str, step_minutes: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"Bookings start on a {step_minutes}-minute grid; {local_clock} is not on it.",
+        code="off_grid",
+        field="start",
+    )
+
+
+def resource_not_eligible(resource_id: uuid.UUID, service_name: str | None = None) -> InvalidRequest:
+    return InvalidRequest(
+        f"Resource {resource_id} does not provide {service_name or 'this service'}.",
+        code="resource_not_eligible",
+        field="resource_ids",
+    )
+
+
+def several_interchangeable() -> InvalidRequest:
+    """A choice of two or more interchangeable resources (two stylists for one haircut)."""
+    return InvalidRequest(
+        "Only one of the interchangeable resources serves an appointment; choose one.",
+        code="resource_not_eligible",
+        field="resource_ids",
+    )
+
+
+def inactive_service(name: str) -> InvalidRequest:
+    return InvalidRequest(f"The service {name} is not bookable at the moment.", code="service_inactive")

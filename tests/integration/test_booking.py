@@ -256,6 +256,23 @@ def test_the_clients_of_a_suspended_business_can_still_cancel(db, salon):
     assert not allocations(db, booked.appointment_id, active=True)
 
 
+@pytest.mark.parametrize("change", ["cancel", "reschedule", "get"])
+def test_a_change_after_the_business_was_deleted_says_so(db, salon, change):
+    # A job accepted before the deletion runs after it: its answer names the business, not a mistyped URL.
+    booked = book(salon, request(salon, "10:00"))
+    salon.tenant.deleted_at = NOW
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow, pytest.raises(NotFound) as refused:
+        if change == "cancel":
+            booking.cancel(uow, booked.appointment_id, "Cannot come", NOW)
+        elif change == "reschedule":
+            booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "12:00"), NOW)
+        else:
+            booking.get_appointment(uow, booked.appointment_id)
+    assert refused.value.code == "tenant_not_found"
+    assert refused.value.message == f"Business {salon.tenant.id} does not exist"
+
+
 def test_a_plan_with_a_limit_of_minus_one_is_unlimited(db, salon):
     plan = factories.make_plan(db, max_appointments_per_month=-1)
     factories.make_subscription(db, salon.tenant, plan, status="active")

@@ -896,7 +896,7 @@ def test_check_slot_reasons():
     assert reason(cal, at(MADRID, 2027, 3, 1, 9), resource_ids=[ROOM]) == "resource_not_eligible"
     with pytest.raises(InvalidRequest) as raised:
         evaluate_slot(cal, datetime(2027, 3, 1, 9), LONG_AGO)
-    assert raised.value.code == "invalid_start"
+    assert raised.value.code == "start_without_offset"
 
 
 def test_choosing_two_interchangeable_resources_is_not_allowed():

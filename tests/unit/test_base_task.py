@@ -38,8 +38,8 @@ ERRORS: dict[str, Callable[[], Exception]] = {
     "redis": lambda: redis.exceptions.ConnectionError("Connection refused"),
     "transient": lambda: TransientError("provider answered 503"),
     "soft_time_limit": lambda: SoftTimeLimitExceeded(),
-    "slot_taken": lambda: SlotUnavailable("10:00 is taken", alternatives=[]),
-    "not_found": lambda: NotFound("no such service"),
+    "slot_taken": lambda: SlotUnavailable("10:00 is taken", code="slot_taken", alternatives=[]),
+    "not_found": lambda: NotFound("no such service", code="service_not_found"),
     "bug": lambda: ValueError("a bug"),
 }
 
