@@ -1,4 +1,4 @@
-"""Request-scoped dependencies: the caller's tenant (from the API key), the clock, and the query's names."""
+"""Request-scoped dependencies: the caller's tenant (from the API key) and the query's names."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from core import auth
 from core import logging as app_logging
 from core.clock import utcnow
 from core.db import UnitOfWork
+from core.errors import Unauthorized
 
 
 async def authenticated_tenant(
@@ -30,9 +31,12 @@ def _tenant_for(authorization: str | None) -> uuid.UUID:
     presented = None
     if authorization:
         scheme, _, value = authorization.partition(" ")
-        presented = value.strip() if scheme.lower() == "bearer" else None
-        if presented is None:
-            presented = "invalid"
+        if scheme.lower() != "bearer":  # Basic, a bare key: nothing we could take as a key
+            raise Unauthorized(
+                "The API key is not valid: send it as 'Authorization: Bearer va_live_...'.",
+                code="invalid_api_key",
+            )
+        presented = value.strip()
     # System mode: the key is what tells whose request this is; every later unit of work is the tenant's.
     with UnitOfWork(system=True) as uow:
         tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())

@@ -4,10 +4,10 @@ Two layers:
 
 * The pure layer (`compute_slots`, `evaluate_slot`, `nearest_slots`, `expand_block`) works on plain frozen
   dataclasses (`ServiceCalendar` and its parts) and knows nothing of the database. Every time rule lives here.
-* The database layer (`find_slots`, `check_slot`, `candidate_resource_ids`, `nearest_alternatives`) loads that
-  plain data for one service and one UTC window with a handful of set-based queries and hands it to the pure
-  layer. It reads current rows every time (no cache): the booking engineer calls `check_slot` inside the
-  booking transaction, after locking the resources.
+* The database layer (`find_slots`, `check_slot`, `nearest_alternatives`) loads that plain data for one
+  service and one UTC window with a handful of set-based queries and hands it to the pure layer. It reads
+  current rows every time (no cache): the booking calls `check_slot` inside its transaction (see
+  `booking._allocate` for how concurrent bookings are serialised).
 
 Time rules (DESIGN §4). The slot grid is local wall-clock time in the tenant's zone, anchored at local
 midnight, one slot start every `slot_step_minutes`. A slot [start, start + duration) must lie inside the
@@ -805,7 +805,7 @@ class _Planner:
 
 # --- the database layer ----------------------------------------------------------------------------------
 # A handful of set-based queries per call, one per kind of data and all resources at once; the pure layer
-# above does the rest. Nothing is cached: check_slot runs inside the booking transaction after the locks.
+# above does the rest. Nothing is cached: check_slot runs inside the booking transaction.
 
 
 @dataclass(frozen=True)
@@ -893,23 +893,6 @@ def check_slot(
         raise start_without_offset()
     day = start.astimezone(context.tz).date()
     return evaluate_slot(_load(uow, context, day, day), start, now, resource_ids or ())
-
-
-def candidate_resource_ids(uow: UnitOfWork, service: Service | uuid.UUID) -> list[uuid.UUID]:
-    """Every active resource that could be allocated for the service, sorted by id (the lock order)."""
-    context = _context(uow, service)
-    return sorted(
-        uow.session.scalars(
-            select(ServiceResource.resource_id)
-            .join(Resource, Resource.id == ServiceResource.resource_id)
-            .where(
-                ServiceResource.service_id == context.service_id,
-                Resource.tenant_id == context.tenant_id,
-                Resource.is_active,
-                Resource.deleted_at.is_(None),
-            )
-        )
-    )
 
 
 def nearest_alternatives(

@@ -68,6 +68,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "completed": set(),
     "cancelled": set(),
     "no_show": set(),
+    # The seed's status for a moved appointment. A move here changes the appointment in place and never
+    # sets it; a row in it (from an import) is final.
     "rescheduled": set(),
 }
 # Statuses whose allocation still holds the resources.

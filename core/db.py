@@ -2,6 +2,11 @@
 
 A UnitOfWork is one database transaction. It rolls back unless `commit()` is called, and runs the
 callbacks registered with `after_commit()` (enqueueing, mostly) only once the commit has succeeded.
+
+Who commits: the adapter that opened the unit of work (a route, a task), after its one core call. The
+exception is the intake job's life cycle (`intake.submit`, `intake.run`, `intake.fail_unexpectedly`),
+which commits itself: a job is enqueued only after its row is committed, and its `running` marker must be
+visible before the booking runs.
 """
 
 from __future__ import annotations

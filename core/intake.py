@@ -30,12 +30,14 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[uuid.UUID, str], None]
 FINISHED = ("succeeded", "failed")
-# Started this often without finishing, a job is failed instead of re-sent (see claim_stale).
-MAX_ATTEMPTS = 5
-# Started more often than this, a job is failed as it starts. A delivery whose job kills its worker
+# Two caps on one count, `intake_jobs.attempts` (the job's starts). The sweeper fails a `running` job
+# started this often without finishing instead of re-sending it (see claim_stale): such a job takes its
+# worker down with it.
+SWEEPER_FAILS_AFTER_STARTS = 5
+# `run` fails a job started more often than this as it starts. A delivery whose job kills its worker
 # process is handed back by the broker at once (reject_on_worker_lost) and would loop forever; the cap
 # leaves room for the worker's transient retries (JobTask.max_retries, each a new start) and re-sends.
-MAX_STARTS = 15
+RUN_FAILS_AFTER_STARTS = 15
 # The longest wait between two sends of a queued job (see claim_stale): a send lost while the broker
 # refused messages must not leave the job waiting as long again after the broker is back.
 MAX_RESEND_INTERVAL = timedelta(minutes=15)
@@ -209,7 +211,7 @@ def submit(
         .returning(IntakeJob.id)
     )
     if job_id is None:  # the same key arrived twice at once, and the other request's row won
-        return _replay(uow, idempotency_key, digest), False
+        return _replay(uow, idempotency_key, {digest}), False
     uow.after_commit(lambda: _enqueue_safely(enqueue, job_id, queue))
     uow.commit()
     return get_job(uow, job_id), True
@@ -304,7 +306,7 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
     key = uuid.UUID(str(job_id))
     uow.session.execute(text("SET LOCAL synchronous_commit = off"))
     marked = uow.session.execute(_MARK_RUNNING, {"job_id": key, "now": now}).one_or_none()
-    if marked is not None and marked.attempts > MAX_STARTS:
+    if marked is not None and marked.attempts > RUN_FAILS_AFTER_STARTS:
         log.error("job %s started %s times without finishing: failed", key, marked.attempts)
         fail_unexpectedly(uow, key, now)
         return get_job(uow, key).as_dict()
@@ -358,7 +360,7 @@ def claim_stale(
 ) -> list[tuple[uuid.UUID, str]]:
     """Jobs the queue seems to have lost, marked as re-enqueued now so that a second sweeper skips them.
 
-    A job started MAX_ATTEMPTS times without finishing takes its worker down with it (the hard time
+    A job started SWEEPER_FAILS_AFTER_STARTS times without finishing takes its worker down with it (the hard time
     limit, a crash): it is failed instead of being sent again, forever.
     """
     # Running since it was last started or last re-sent, whichever is later: a job that waited in a
@@ -368,7 +370,7 @@ def claim_stale(
         update(IntakeJob)
         .where(
             IntakeJob.status == "running",
-            IntakeJob.attempts >= MAX_ATTEMPTS,
+            IntakeJob.attempts >= SWEEPER_FAILS_AFTER_STARTS,
             running_since < now - running_for,
         )
         .values(status="failed", finished_at=now, error=INTERNAL_ERROR)

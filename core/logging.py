@@ -40,13 +40,6 @@ def bind(**fields: Any) -> None:
     _context.set(current)
 
 
-def unbind(*names: str) -> None:
-    current = dict(_context.get())
-    for name in names:
-        current.pop(name, None)
-    _context.set(current)
-
-
 def clear() -> None:
     _context.set({})
 

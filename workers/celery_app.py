@@ -42,8 +42,9 @@ TASK_MODULES = ["tasks.bookings", "tasks.scheduled", "tasks.diagnostics"]
 
 # A message a worker has taken but not acknowledged (acks_late) goes back to its queue after this long,
 # and so does a message held for its ETA/countdown. It must stay above the longest task time limit
-# (workers.base.JobTask: 40 s) and the longest retry delay (300 s backoff, 1800 s Retry-After), or
-# Redis would hand a still-running or still-waiting task to a second worker.
+# (workers.base.JobTask.time_limit) and the longest retry delay (JobTask.retry_backoff_max and
+# retry_after_max; tests/unit/test_base_task.py checks), or Redis would hand a still-running or
+# still-waiting task to a second worker.
 VISIBILITY_TIMEOUT_SECONDS = 2 * 60 * 60
 
 RESULT_EXPIRES_SECONDS = 24 * 60 * 60

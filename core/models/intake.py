@@ -12,9 +12,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models.base import Base, created_at, same_tenant, updated_at, uuid_pk
 
-JOB_KINDS = ("booking", "reschedule", "cancel", "vapi_booking")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-
 
 class IntakeJob(Base):
     __tablename__ = "intake_jobs"

@@ -226,15 +226,6 @@ class Client(Audited, SoftDeleted, Base):
     tenant: Mapped[Tenant] = relationship(back_populates="clients")
 
 
-APPOINTMENT_STATUSES = (
-    "scheduled",
-    "confirmed",
-    "in_progress",
-    "completed",
-    "cancelled",
-    "no_show",
-    "rescheduled",
-)
 # Appointments that no longer count: not against the plan's monthly allowance, not as a client's latest.
 NOT_COUNTED_STATUSES = ("cancelled", "rescheduled")
 

@@ -427,7 +427,7 @@ def test_bookings_that_kill_or_hang_their_worker_are_failed_and_the_worker_goes_
     # The broker hands the message back after each crash (reject_on_worker_lost): without a cap, forever.
     (crashed,) = wait_for_jobs(committed_engine, [submit("Crash", "10:00")])
     assert crashed.status == "failed" and crashed.error["code"] == "internal_error"
-    assert crashed.attempts == intake.MAX_STARTS + 1
+    assert crashed.attempts == intake.RUN_FAILS_AFTER_STARTS + 1
     # The hard time limit kills the process and Celery acknowledges the message: without the worker's
     # main process failing the job, it would stay `running` until the sweeper (not running here) gave up.
     (hung,) = wait_for_jobs(committed_engine, [submit("Hang", "10:30")])

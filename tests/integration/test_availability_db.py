@@ -11,7 +11,6 @@ import pytest
 
 from core.availability import (
     Slot,
-    candidate_resource_ids,
     check_slot,
     find_slots,
     nearest_alternatives,
@@ -151,8 +150,6 @@ def test_an_inactive_required_resource_means_no_slots_and_inactive_candidates_ar
     salon.ana.is_active = False
     db.flush()
     assert {slot.resource_ids for slot in salon.slots()} == {tuple(sorted((salon.bea.id, salon.chair.id)))}
-    with salon.uow() as uow:
-        assert candidate_resource_ids(uow, salon.haircut) == sorted([salon.chair.id, salon.bea.id])
     salon.chair.deleted_at = NOW
     db.flush()
     assert salon.slots() == []
@@ -165,7 +162,6 @@ def test_a_service_without_resources_offers_nothing(db, salon):
     bare = f.make_service(db, salon.tenant, duration_minutes=30)
     with salon.uow() as uow:
         assert find_slots(uow, bare.id, MONDAY, MONDAY, NOW).slots == []
-        assert candidate_resource_ids(uow, bare) == []
 
 
 def test_shared_capacity_counts_units_from_the_table(db, salon):

@@ -302,20 +302,24 @@ def test_a_job_started_too_often_is_failed_as_it_starts_and_books_nothing(db, sa
     # A job that kills its worker process comes straight back (reject_on_worker_lost), again and again.
     job = submit_job(salon)
     stored = db.get(IntakeJob, job.job_id)
-    stored.status, stored.attempts = "running", intake.MAX_STARTS
+    stored.status, stored.attempts = "running", intake.RUN_FAILS_AFTER_STARTS
     db.flush()
     with UnitOfWork(system=True) as uow:
         outcome = intake.run(uow, job.job_id, now=NOW)
     db.refresh(stored)
     assert outcome["status"] == "failed" and outcome["error"]["code"] == "internal_error"
-    assert (stored.status, stored.attempts, stored.finished_at) == ("failed", intake.MAX_STARTS + 1, NOW)
+    assert (stored.status, stored.attempts, stored.finished_at) == (
+        "failed",
+        intake.RUN_FAILS_AFTER_STARTS + 1,
+        NOW,
+    )
     assert rows(db, Appointment, salon) == 0
 
 
 def test_a_job_one_start_below_the_cap_still_books(db, salon):
     job = submit_job(salon)
     stored = db.get(IntakeJob, job.job_id)
-    stored.status, stored.attempts = "running", intake.MAX_STARTS - 1
+    stored.status, stored.attempts = "running", intake.RUN_FAILS_AFTER_STARTS - 1
     db.flush()
     with UnitOfWork(system=True) as uow:
         assert intake.run(uow, job.job_id, now=NOW)["status"] == "succeeded"

@@ -183,5 +183,5 @@ def test_in_production_a_failure_is_one_json_line_with_the_task_id():
 
 
 def test_a_job_may_start_more_often_than_the_worker_retries_it():
-    # Each transient retry is a new start of the job; intake.run fails a job started MAX_STARTS times.
-    assert JobTask.max_retries + 1 < intake.MAX_STARTS
+    # Each transient retry is a new start of the job; intake.run fails a job started RUN_FAILS_AFTER_STARTS times.
+    assert JobTask.max_retries + 1 < intake.RUN_FAILS_AFTER_STARTS
