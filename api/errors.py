@@ -87,8 +87,17 @@ def problem_media_type(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def error_problem(
+    status: int, error: dict[str, Any], headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """A domain error, raised now or recorded on a failed job (`{code, message, **details}`), as problem+json."""
+    code = error.get("code", "internal_error")
+    details = {name: value for name, value in error.items() if name not in ("code", "message", "http_status")}
+    title = code.replace("_", " ").capitalize()
+    return problem(status, code, title, error.get("message", ""), headers, **details, **extra)
+
+
 def domain_problem(error: DomainError) -> JSONResponse:
-    title = error.code.replace("_", " ").capitalize()
     headers = None
     if isinstance(error, Unauthorized):
         # RFC 9110 §15.5.2 and RFC 6750 §3: a 401 names the scheme it expects (and why a key failed).
@@ -96,7 +105,7 @@ def domain_problem(error: DomainError) -> JSONResponse:
         if error.code == "invalid_api_key":
             challenge += ', error="invalid_token"'
         headers = {"WWW-Authenticate": challenge}
-    return problem(error.http_status, error.code, title, error.message, headers, **error.details)
+    return error_problem(error.http_status, error.as_dict(), headers)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:

@@ -1,6 +1,8 @@
 """Domain errors. Each has a stable `code` that API clients and job results can switch on.
 
-The classes group the codes by kind of refusal; every raise names its code. A refusal that more than one
+The classes group the codes by kind of refusal; every raise names its code. `http_status` is the one
+piece of HTTP here, on purpose: a failed job records it with its error (the worker writes the row, the
+API answers `?wait=` from it), so the status a refusal gets is decided where the refusal is, once. A refusal that more than one
 module raises is built by one function below, so it reads the same wherever it comes from.
 """
 

@@ -134,7 +134,6 @@ class JobView:
             "status": self.status,
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "links": {"self": f"/v1/jobs/{self.job_id}"},
         }
         if self.result is not None:
             body["result"] = self.result

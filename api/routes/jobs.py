@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import authenticated_tenant, known_query_parameters
-from api.errors import documented_errors, problem
+from api.errors import documented_errors, error_problem
 from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
 from core import intake
@@ -57,6 +57,14 @@ class JobRequestOptions:
         self.idempotency_key = idempotency_key
 
 
+def _job_url(job_id: uuid.UUID) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def _job_body(job: intake.JobView) -> dict[str, Any]:
+    return {**job.as_dict(), "links": {"self": _job_url(job.job_id)}}
+
+
 def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:
     with UnitOfWork(tenant_id) as uow:
         job, _ = intake.submit(uow, kind, payload, key, utcnow(), enqueue_intake_job)
@@ -79,26 +87,12 @@ async def _answer(
         # One more look however the wait ended: a job that ended as the time ran out is answered as ended.
         job = await run_in_threadpool(_read, tenant_id, job.job_id)
     # As GET /v1/jobs/{id} answers it (its response_model), so the two read the same.
-    body = JobOut.model_validate(job.as_dict()).model_dump(mode="json")
-    headers = {"Location": f"/v1/jobs/{job.job_id}"}
+    body = JobOut.model_validate(_job_body(job)).model_dump(mode="json")
+    headers = {"Location": _job_url(job.job_id)}
     if job.status == "succeeded" and wait > 0:
         return JSONResponse(body, status_code=success_status, headers=headers)
     if job.status == "failed" and wait > 0:
-        error = job.error or {}
-        code = error.get("code", "internal_error")
-        fields = {
-            name: value for name, value in error.items() if name not in ("code", "message", "http_status")
-        }
-        response = problem(
-            job.http_status,
-            code,
-            code.replace("_", " ").capitalize(),
-            error.get("message", ""),
-            job_id=str(job.job_id),
-            **fields,
-        )
-        response.headers.update(headers)
-        return response
+        return error_problem(job.http_status, job.error or {}, headers, job_id=str(job.job_id))
     return JSONResponse(body, status_code=202, headers=headers)
 
 
@@ -183,4 +177,4 @@ async def cancel_appointment(
     summary="A job's status and outcome",
 )
 def get_job(job_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
-    return _read(tenant_id, job_id).as_dict()
+    return _job_body(_read(tenant_id, job_id))

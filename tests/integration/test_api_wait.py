@@ -165,3 +165,22 @@ def test_a_limit_above_the_contracts_is_refused_at_start(monkeypatch):
     monkeypatch.setenv("VOICEAPPOINT_BOOKING_WAIT_MAX_SECONDS", "30")
     with pytest.raises(ValidationError, match="booking_wait_max_seconds"):
         Settings()
+
+
+def test_a_held_booking_that_fails_is_answered_with_the_jobs_problem(committed_engine, salon):
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        for phone in ("+34614709996", "+34614709995"):  # the second finds 13:00 taken by the first
+            worker = threading.Thread(target=run_the_next_job, args=(salon,))
+            worker.start()
+            response = client.post("/v1/bookings?wait=10", json=booking(salon, "13:00", phone))
+            worker.join()
+    assert response.status_code == 409, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["status"], problem["code"], problem["title"]) == (409, "slot_taken", "Slot taken")
+    assert problem["detail"] and problem["job_id"]
+    assert response.headers["Location"] == f"/v1/jobs/{problem['job_id']}"
+    assert [alternative["start"] for alternative in problem["alternatives"]] == [
+        salon.at(DAY, clock).isoformat() for clock in ("12:00", "12:15", "13:45")
+    ]
+    assert "http_status" not in problem
