@@ -119,6 +119,14 @@ class Slot:
     end: datetime  # aware, UTC: start + duration (the buffer is not part of the client's slot)
     resource_ids: tuple[uuid.UUID, ...]  # the resources that would serve it, sorted by id
 
+    def as_dict(self, zone: ZoneInfo) -> dict[str, Any]:
+        """As the API shows a slot (an availability answer, a refusal's alternatives): in the business's zone."""
+        return {
+            "start": self.start.astimezone(zone).isoformat(),
+            "end": self.end.astimezone(zone).isoformat(),
+            "resource_ids": [str(resource_id) for resource_id in self.resource_ids],
+        }
+
 
 @dataclass(frozen=True)
 class Availability:

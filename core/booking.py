@@ -484,14 +484,7 @@ def _with_alternatives(
     return SlotUnavailable(
         unavailable.message,
         code=unavailable.code,
-        alternatives=[
-            {
-                "start": slot.start.astimezone(timezone).isoformat(),
-                "end": slot.end.astimezone(timezone).isoformat(),
-                "resource_ids": [str(r) for r in slot.resource_ids],
-            }
-            for slot in alternatives
-        ],
+        alternatives=[slot.as_dict(timezone) for slot in alternatives],
     )
 
 

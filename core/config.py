@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     db_client_check_interval_ms: int = 1_000
 
     env: str = "development"
+    # Not read yet: the accounts' tokens will be signed with it. Production already refuses the default.
     secret_key: str = "dev-secret-change-me"
     public_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"

@@ -1,4 +1,5 @@
-"""Notifications are written as `pending` rows inside the business transaction and sent later.
+"""Notifications are written as `pending` rows inside the business transaction and sent later (by the
+notifications worker, not built yet: DESIGN §3).
 
 Nothing here talks to a provider: a booking never waits on SendGrid or Twilio, and a failed send
 never undoes a booking.

@@ -7,6 +7,7 @@ from core.clock import utcnow
 from core.db import UnitOfWork
 from workers.base import JobTask
 from workers.celery_app import app
+from workers.signals import job_id_of
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 class IntakeJobTask(JobTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         # Retries are exhausted or the error is not transient: the job must not stay `running` forever.
-        _fail_job(kwargs.get("job_id") or args[0])
+        _fail_job(job_id_of(self, args, kwargs))
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
     def on_hard_time_limit(self, args, kwargs, queue):
@@ -22,7 +23,7 @@ class IntakeJobTask(JobTask):
         # left `running`, it would be failed only after the sweeper re-sent it five times, minutes apart.
         # Failed by another task, not here: the main process calls this before the stuck process is
         # killed, so the job's row is still locked, and the main process must never wait.
-        job_id = kwargs.get("job_id") or args[0]
+        job_id = job_id_of(self, args, kwargs)
         try:
             # ignore_result, as for every job: the worker's main process must never hold a result
             # subscription (its cleanup by the cyclic collector can deadlock the next subscribe).

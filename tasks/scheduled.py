@@ -9,7 +9,7 @@ from core.clock import utcnow
 from core.config import get_settings
 from core.db import UnitOfWork
 from workers.base import JobTask
-from workers.celery_app import app
+from workers.celery_app import app, send_intake_job
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ def _send_all(jobs: list[tuple[uuid.UUID, str]]) -> None:
     # One failed send must not hold back the others; a job not sent now is claimed by a later sweep.
     for job_id, queue in jobs:
         try:
-            # ignore_result: the job row is the outcome; a result subscription would only be left to the
-            # cyclic collector to end, which can deadlock the next subscribe on the same connection.
-            app.send_task("bookings.process", args=[str(job_id)], queue=queue, ignore_result=True)
+            send_intake_job(job_id, queue)
         except Exception:
             log.warning("could not re-send job %s; a later sweep will", job_id, exc_info=True)

@@ -130,3 +130,13 @@ def bound_waits_for_sending(celery: Celery) -> None:
 
 
 app = create_app()
+
+
+def send_intake_job(job_id: Any, queue: str, **options: Any) -> None:
+    """Send an intake job to `bookings.process`: from the API after its commit, and from the sweeper.
+
+    ignore_result: the job row is the outcome. A result subscription would only hold a sender whose Redis is
+    down (~20 s of the result backend's reconnect loop) or be left to the cyclic collector to end, which can
+    deadlock the next subscribe on the same connection.
+    """
+    app.send_task("bookings.process", args=[str(job_id)], queue=queue, ignore_result=True, **options)

@@ -47,12 +47,5 @@ def get_availability(
     return {
         "timezone": found.timezone,
         "service_id": found.service_id,
-        "slots": [
-            {
-                "start": slot.start.astimezone(zone).isoformat(),
-                "end": slot.end.astimezone(zone).isoformat(),
-                "resource_ids": slot.resource_ids,
-            }
-            for slot in found.slots
-        ],
+        "slots": [slot.as_dict(zone) for slot in found.slots],
     }
