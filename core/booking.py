@@ -184,14 +184,14 @@ def _bookable_service(service: Service) -> Service:
 
 def validate_request(uow: UnitOfWork, request: BookingRequest, now: datetime) -> None:
     """What can be said about a request without looking at the calendar: it is rejected before a job exists."""
-    _checked(uow, request, now)
+    _validated_request(uow, request, now)
 
 
-def _checked(
+def _validated_request(
     uow: UnitOfWork, request: BookingRequest, now: datetime
-) -> tuple[Tenant, Service, int | None, dict[uuid.UUID, Candidate]]:
+) -> tuple[Tenant, Service, int | None, dict[uuid.UUID, LinkedResource]]:
     """The tenant, the service, the plan's monthly allowance (see `_plan_limit`) and the units each
-    candidate resource would give, once the request is valid."""
+    linked resource would give, once the request is valid."""
     # One round trip for what bookable_tenant, bookable_service and _plan_limit would read in three.
     row = uow.session.execute(
         _REQUEST_CONTEXT, {"tenant_id": uow.tenant_id, "service_id": request.service_id}
@@ -204,8 +204,8 @@ def _checked(
         uow.visible(Service, request.service_id, service, code="service_not_found", what="Service")
     )
     clients.normalise(request.client, tenant)
-    candidates = _checked_slot(uow, tenant, service, request.start, now, request.resource_ids)
-    return tenant, service, _allowance(limit), candidates
+    linked = _eligible_resources(uow, tenant, service, request.start, now, request.resource_ids)
+    return tenant, service, _allowance(limit), linked
 
 
 def validate_reschedule(
@@ -219,33 +219,33 @@ def validate_reschedule(
     tenant = bookable_tenant(uow)
     appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
     service = bookable_service(uow, appointment.service_id)
-    _checked_slot(uow, tenant, service, new_start, now, resource_ids)
+    _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
 
 
-def _checked_slot(
+def _eligible_resources(
     uow: UnitOfWork,
     tenant: Tenant,
     service: Service,
     start: datetime,
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
-) -> dict[uuid.UUID, Candidate]:
-    """The units each candidate resource would give, once the start and the chosen resources are valid."""
-    _check_on_grid(tenant, start)
+) -> dict[uuid.UUID, LinkedResource]:
+    """The units each linked resource would give, once the start and the chosen resources are valid."""
+    _check_start(tenant, start)
     if start <= now:
         raise InvalidRequest("The requested start is in the past.", code="start_in_past", field="start")
-    candidates = _candidates(uow, service)
-    unknown = [r for r in resource_ids if r not in candidates]
+    linked = _linked_resources(uow, service)
+    unknown = [r for r in resource_ids if r not in linked]
     if unknown:
         raise resource_not_eligible(unknown[0], service.name)
-    if len({r for r in resource_ids if candidates[r].interchangeable}) > 1:
+    if len({r for r in resource_ids if linked[r].interchangeable}) > 1:
         raise several_interchangeable()
-    return candidates
+    return linked
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A resource that can serve a service: the capacity units one appointment takes of it, whether it
+class LinkedResource:
+    """A resource linked to a service (`service_resources`): the capacity units one appointment takes of it, whether it
     holds one appointment at a time (capacity 1, guarded by the exclusion constraint), and whether it is
     one of several that can serve (a stylist) rather than needed by every appointment (the chair)."""
 
@@ -256,7 +256,7 @@ class Candidate:
 
 # The booking's hot statements are built once, with parameters: building one per call costs more
 # Python time than PostgreSQL takes to run it.
-_CANDIDATES = (
+_LINKED_RESOURCES = (
     select(
         ServiceResource.resource_id,
         ServiceResource.quantity_required,
@@ -273,11 +273,11 @@ _CANDIDATES = (
 )
 
 
-def _candidates(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, Candidate]:
+def _linked_resources(uow: UnitOfWork, service: Service) -> dict[uuid.UUID, LinkedResource]:
     """Every resource that could serve the service."""
-    links = uow.session.execute(_CANDIDATES, {"service_id": service.id, "tenant_id": service.tenant_id})
+    links = uow.session.execute(_LINKED_RESOURCES, {"service_id": service.id, "tenant_id": service.tenant_id})
     return {
-        resource_id: Candidate(
+        resource_id: LinkedResource(
             units=quantity or 1, exclusive=(capacity or 1) == 1, interchangeable=is_required is False
         )
         for resource_id, quantity, capacity, is_required in links
@@ -291,7 +291,7 @@ def _in_utc(start: datetime) -> datetime:
     return start.astimezone(UTC)
 
 
-def _check_on_grid(tenant: Tenant, start: datetime) -> None:
+def _check_start(tenant: Tenant, start: datetime) -> None:
     if start.tzinfo is None:
         raise start_without_offset()
     step = availability.slot_step_minutes(tenant.settings)
@@ -310,7 +310,7 @@ def _check_on_grid(tenant: Tenant, start: datetime) -> None:
 
 
 def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppointment:
-    tenant, service, limit, candidates = _checked(uow, request, now)
+    tenant, service, limit, linked = _validated_request(uow, request, now)
     start = _in_utc(request.start)
     # A full month is refused before any work; the count that decides comes last (below).
     _enforce_monthly_limit(uow, tenant, limit, start)
@@ -332,7 +332,7 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     # Everything that does not need the resources happens before they are taken, so that a booking
     # competing for the same stylist waits only on the check and the insert. A taken slot rolls it all back.
     notifications.queue_for_appointment(uow, tenant, client, service, appointment, "appointment_confirmed")
-    slot = _allocate(uow, service, appointment, start, now, request.resource_ids, candidates)
+    slot = _allocate(uow, service, appointment, start, now, request.resource_ids, linked)
     # Last, as what they lock (the client's row, the tenant's count) is then held only for the commit: the
     # same person's or, on a limited plan, the same business's next booking waits for that, not for all of this.
     if not new_client:
@@ -360,7 +360,7 @@ def _allocate(
     start: datetime,
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
-    candidates: dict[uuid.UUID, Candidate],
+    linked: dict[uuid.UUID, LinkedResource],
     moving_from: Slot | None = None,
 ) -> Slot:
     """Allocate the resources for the slot at `start`, all or none. A move passes the appointment's
@@ -379,13 +379,13 @@ def _allocate(
     booking inserts only once the one before it has inserted and checked; it may then wait for that one's
     commit (while holding the lock, so the next ones queue), never in a cycle.
     """
-    shared = sorted(resource_id for resource_id, candidate in candidates.items() if not candidate.exclusive)
+    shared = sorted(resource_id for resource_id, resource in linked.items() if not resource.exclusive)
     if shared:
         duration = timedelta(minutes=service.duration_minutes + (service.buffer_time_minutes or 0))
         _lock_shared_resources(uow, shared, start, start + duration)
-    # Each lost race means another booking took (or is taking) one of the candidates, so the looks are
-    # bounded by the number of candidates; twice that, for races lost to a deadlock's victim choice.
-    for _ in range(2 * len(candidates) + 2):
+    # Each lost race means another booking took (or is taking) one of the linked resources, so the looks
+    # are bounded by their number; twice that, for races lost to a deadlock's victim choice.
+    for _ in range(2 * len(linked) + 2):
         try:
             slot = availability.check_slot(uow, service, start, now, resource_ids or None)
         except SlotUnavailable as unavailable:
@@ -394,7 +394,7 @@ def _allocate(
             ) from None
         # Rows go in in id order, like the locks: two bookings never wait on each other in a cycle.
         resources = sorted(slot.resource_ids)
-        if any(resource_id not in candidates for resource_id in resources):
+        if any(resource_id not in linked for resource_id in resources):
             # The business linked another resource to the service since this booking read its resources:
             # its units, and for a shared one its lock, are unknown here.
             raise Conflict(
@@ -404,14 +404,14 @@ def _allocate(
         allocations = {
             "ids": [uuid.uuid4() for _ in resources],
             "resource_ids": resources,
-            "units": [candidates[resource_id].units for resource_id in resources],
-            "exclusive": [candidates[resource_id].exclusive for resource_id in resources],
+            "units": [linked[resource_id].units for resource_id in resources],
+            "exclusive": [linked[resource_id].exclusive for resource_id in resources],
             "appointment_id": appointment.id,
             "start": slot.start,
             "end": slot.end,
             "occupied_until": slot.end + timedelta(minutes=service.buffer_time_minutes or 0),
         }
-        exclusive = [resource_id for resource_id in resources if candidates[resource_id].exclusive]
+        exclusive = [resource_id for resource_id in resources if linked[resource_id].exclusive]
         keys = resource_day_keys(exclusive, slot.start, allocations["occupied_until"])
         try:
             # The savepoint keeps the transaction usable after a violation.
@@ -715,7 +715,7 @@ def reschedule(
         )
     service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, requested_at, "reschedule")
-    candidates = _checked_slot(uow, tenant, service, new_start, now, resource_ids)
+    linked = _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
     new_start = _in_utc(new_start)
     previous_start = appointment.scheduled_start
     previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
@@ -728,7 +728,7 @@ def reschedule(
     _release(uow, appointment)
     # Only those that still serve the service: a chair the business has since replaced must not cost the
     # client their stylist.
-    still_serving = tuple(resource_id for resource_id in previous_resources if resource_id in candidates)
+    still_serving = tuple(resource_id for resource_id in previous_resources if resource_id in linked)
     kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, still_serving)
     # All of the move in one UPDATE (and one audit row); a refused allocation rolls it all back.
     history = list((appointment.metadata_ or {}).get("reschedules", []))
@@ -740,14 +740,12 @@ def reschedule(
         # The business confirmed the old time, not this one.
         _set_status(uow, appointment, "scheduled", now)
     try:
-        slot = _allocate(
-            uow, service, appointment, new_start, now, resource_ids or kept, candidates, previous
-        )
+        slot = _allocate(uow, service, appointment, new_start, now, resource_ids or kept, linked, previous)
     except SlotUnavailable:
         if not kept:
             raise
         # The stylist kept was taken meanwhile: any free one will do, as for a new booking.
-        slot = _allocate(uow, service, appointment, new_start, now, (), candidates, previous)
+        slot = _allocate(uow, service, appointment, new_start, now, (), linked, previous)
     uow.session.flush()
     # The confirmation of the old time must not go out after the one of the new time.
     notifications.withdraw_pending(uow, appointment.id)

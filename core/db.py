@@ -63,7 +63,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         "connect_args", {"connect_timeout": settings.db_connect_timeout_seconds, "options": options}
     )
     engine = create_engine(url or settings.database_url, **kwargs)
-    event.listen(engine, "connect", _in_utc)
+    event.listen(engine, "connect", _session_in_utc)
     event.listen(engine, "checkin", _release_session_locks)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)
@@ -84,7 +84,7 @@ def act_as(engine: Engine, role: str) -> None:
         _execute_outside_transaction(dbapi_connection, statement)
 
 
-def _in_utc(dbapi_connection: Any, connection_record: Any) -> None:
+def _session_in_utc(dbapi_connection: Any, connection_record: Any) -> None:
     """Every session in UTC, whatever the server's, the database's or the client's (PGTZ) default.
 
     psycopg hands timestamptz values back in the session's zone, and Python's arithmetic and comparisons
