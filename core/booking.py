@@ -245,9 +245,10 @@ def _eligible_resources(
 
 @dataclass(frozen=True)
 class LinkedResource:
-    """A resource linked to a service (`service_resources`): the capacity units one appointment takes of it, whether it
-    holds one appointment at a time (capacity 1, guarded by the exclusion constraint), and whether it is
-    one of several that can serve (a stylist) rather than needed by every appointment (the chair)."""
+    """A resource linked to a service (`service_resources`): the capacity units one appointment takes of
+    it, whether it holds one appointment at a time (capacity 1, guarded by the exclusion constraint), and
+    whether it is one of several that can serve (a stylist) rather than needed by every appointment (the
+    chair)."""
 
     units: int
     exclusive: bool
