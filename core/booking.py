@@ -314,7 +314,7 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     tenant, service, limit, linked = _validated_request(uow, request, now)
     start = _in_utc(request.start)
     # A full month is refused before any work; the count that decides comes last (below).
-    _enforce_monthly_limit(uow, tenant, limit, start)
+    _refuse_if_month_full(uow, tenant, limit, start)
     client, new_client, new_contact = clients.for_booking(uow, tenant, request.client, start)
     appointment = _insert_with_new_reference(
         uow,
@@ -338,7 +338,7 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     # same person's or, on a limited plan, the same business's next booking waits for that, not for all of this.
     if not new_client:
         clients.count_booking(uow, client, start, new_contact)
-    _enforce_monthly_limit(uow, tenant, limit, start, besides=appointment.id, lock=True)
+    _lock_and_count_month(uow, tenant, limit, start, appointment.id)
     return _booked(appointment, slot.resource_ids, tenant)
 
 
@@ -551,28 +551,34 @@ def _allowance(limit: int | None) -> int | None:
     return None if limit is None or limit < 0 else limit
 
 
-def _enforce_monthly_limit(
-    uow: UnitOfWork,
-    tenant: Tenant,
-    limit: int | None,
-    start: datetime,
-    besides: uuid.UUID | None = None,
-    *,
-    lock: bool = False,
+def _refuse_if_month_full(
+    uow: UnitOfWork, tenant: Tenant, limit: int | None, start: datetime, besides: uuid.UUID | None = None
 ) -> None:
-    """Refuse a booking in a local month that holds `limit` (see `_plan_limit`) appointments already,
-    `besides` the one being booked or moved.
+    """A look before any work: refuse a booking in a local month that already holds `limit` (see
+    `_plan_limit`) appointments, `besides` the one being booked or moved. Not the count that decides
+    (`_lock_and_count_month` is)."""
+    if limit is not None:
+        _count_month(uow, tenant, limit, start, besides)
 
-    Without `lock`, a look that refuses a full month before any work. With it, the count that decides:
-    two bookings must not both take the last unit, so the count is serialised per tenant (for limited
-    plans only) by a lock on its row, held to the commit; the caller sends it last, once the appointment
-    is in place, so that the lock is held for the commit and not for the booking. FOR NO KEY UPDATE
-    (key_share): it excludes other counts, not the foreign-key checks of rows that reference the tenant,
-    so the API records the business's new requests meanwhile without waiting."""
+
+def _lock_and_count_month(
+    uow: UnitOfWork, tenant: Tenant, limit: int | None, start: datetime, besides: uuid.UUID
+) -> None:
+    """The count that decides: two bookings must not both take the last unit, so the count is serialised
+    per tenant (for limited plans only) by a lock on its row, held to the commit. The caller sends it last,
+    once the appointment is in place, so that the lock is held for the commit and not for the booking. FOR
+    NO KEY UPDATE (key_share): it excludes other counts, not the foreign-key checks of rows that reference
+    the tenant, so the API records the business's new requests meanwhile without waiting."""
     if limit is None:
         return
-    if lock:
-        uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update(key_share=True))
+    uow.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update(key_share=True))
+    _count_month(uow, tenant, limit, start, besides)
+
+
+def _count_month(
+    uow: UnitOfWork, tenant: Tenant, limit: int, start: datetime, besides: uuid.UUID | None
+) -> None:
+    """LimitReached when `start`'s local month holds `limit` appointments already, `besides` this one."""
     zone = ZoneInfo(tenant.timezone)
     local = start.astimezone(zone)
     month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -625,7 +631,7 @@ def _in_months_with_room(
             with_room.append(slot)
             continue
         try:
-            _enforce_monthly_limit(uow, tenant, limit, slot.start, besides=appointment_id)
+            _refuse_if_month_full(uow, tenant, limit, slot.start, besides=appointment_id)
         except LimitReached:
             continue
         with_room.append(slot)
@@ -675,6 +681,8 @@ def _check_change_window(
     intake job's time: a request accepted in time is honoured however long it queued), else now."""
     asked = now if requested_at is None else min(requested_at, now)
     done = {"cancel": "cancelled", "reschedule": "rescheduled"}[action]
+    # One policy for both (the seed has no flag of its own for moves): an appointment the client may not
+    # cancel online, the client may not move online either, or a move to a far date would be a cancellation.
     if not service.allows_cancellation:
         raise Conflict(
             f"{service.name} appointments cannot be {done} online; please call the business.",
@@ -724,22 +732,14 @@ def reschedule(
         # Already there: nothing to move, and a business's confirmation of this time still stands.
         return _booked(appointment, previous_resources, tenant)
     limit = None if _same_month(tenant, previous_start, new_start) else _plan_limit(uow, tenant)
-    _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id)
+    _refuse_if_month_full(uow, tenant, limit, new_start, besides=appointment.id)
     previous = Slot(previous_start, appointment.scheduled_end, previous_resources)
     _release(uow, appointment)
     # Only those that still serve the service: a chair the business has since replaced must not cost the
     # client their stylist.
     still_serving = tuple(resource_id for resource_id in previous_resources if resource_id in linked)
     kept = () if resource_ids else _same_resources_if_free(uow, service, new_start, now, still_serving)
-    # All of the move in one UPDATE (and one audit row); a refused allocation rolls it all back.
-    history = list((appointment.metadata_ or {}).get("reschedules", []))
-    history.append({"from": previous_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()})
-    appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
-    appointment.scheduled_start = new_start
-    appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
-    if service.requires_confirmation and appointment.status == "confirmed":
-        # The business confirmed the old time, not this one.
-        _set_status(uow, appointment, "scheduled", now)
+    _record_move(uow, service, appointment, new_start, now)
     try:
         slot = _allocate(uow, service, appointment, new_start, now, resource_ids or kept, linked, previous)
     except SlotUnavailable:
@@ -753,8 +753,25 @@ def reschedule(
     _queue_confirmation(uow, tenant, service, appointment)
     # Last, as in `book`: the client's row and the tenant's count stay locked only for the commit.
     clients.recount_latest(uow, appointment.client_id)
-    _enforce_monthly_limit(uow, tenant, limit, new_start, besides=appointment.id, lock=True)
+    _lock_and_count_month(uow, tenant, limit, new_start, appointment.id)
     return _booked(appointment, slot.resource_ids, tenant)
+
+
+def _record_move(
+    uow: UnitOfWork, service: Service, appointment: Appointment, new_start: datetime, now: datetime
+) -> None:
+    """The appointment's new times, with the move in its history. All of it goes in one UPDATE (and one
+    audit row); a refused allocation rolls it all back."""
+    history = list((appointment.metadata_ or {}).get("reschedules", []))
+    history.append(
+        {"from": appointment.scheduled_start.isoformat(), "to": new_start.isoformat(), "at": now.isoformat()}
+    )
+    appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
+    appointment.scheduled_start = new_start
+    appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
+    if service.requires_confirmation and appointment.status == "confirmed":
+        # The business confirmed the old time, not this one.
+        _set_status(uow, appointment, "scheduled", now)
 
 
 def _same_resources_if_free(
@@ -878,7 +895,8 @@ def _queue_confirmation(
 
 
 # Each status change has a function of its own, with what goes with it (`cancel` and `confirm` tell the
-# client); no entry point takes a status by name, so none can skip that.
+# client); no entry point takes a status by name, so none can skip that. `confirm`, `start`, `complete` and
+# `mark_no_show` are the business's: no route calls them yet (the business's dashboard, with accounts).
 
 
 def start(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> BookedAppointment:
