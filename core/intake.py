@@ -30,11 +30,7 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[uuid.UUID, str], None]
 FINISHED = ("succeeded", "failed")
-# Two caps on one count, `intake_jobs.attempts` (the job's starts). The sweeper fails a `running` job
-# started this often without finishing instead of re-sending it (see claim_stale): such a job takes its
-# worker down with it.
-SWEEPER_FAILS_AFTER_STARTS = 5
-# `run` fails a job started more often than this as it starts. A delivery whose job kills its worker
+# `run` fails a job started more often than this as it starts (`intake_jobs.attempts` counts the starts). A delivery whose job kills its worker
 # process is handed back by the broker at once (reject_on_worker_lost) and would loop forever; the cap
 # leaves room for the worker's transient retries (JobTask.max_retries, each a new start) and re-sends.
 RUN_FAILS_AFTER_STARTS = 15
@@ -359,8 +355,11 @@ def claim_stale(
 ) -> list[tuple[uuid.UUID, str]]:
     """Jobs the queue seems to have lost, marked as re-enqueued now so that a second sweeper skips them.
 
-    A job started SWEEPER_FAILS_AFTER_STARTS times without finishing takes its worker down with it (the hard time
-    limit, a crash): it is failed instead of being sent again, forever.
+    A `running` job not started again for `running_for` may only be waiting for its retry behind a
+    backlog (a retry goes to the tail of its queue), so it is re-sent, never failed for that: a copy is
+    harmless (a job books once), and a job that keeps dying is failed by `run` as it starts once it has
+    started RUN_FAILS_AFTER_STARTS times. Only a job already past that cap, whose next start would fail it
+    anyway, is failed here.
     """
     # Running since it was last started or last re-sent, whichever is later: a job that waited in a
     # backlog and has just started is not stale.
@@ -369,7 +368,7 @@ def claim_stale(
         update(IntakeJob)
         .where(
             IntakeJob.status == "running",
-            IntakeJob.attempts >= SWEEPER_FAILS_AFTER_STARTS,
+            IntakeJob.attempts >= RUN_FAILS_AFTER_STARTS,
             running_since < now - running_for,
         )
         .values(status="failed", finished_at=now, error=INTERNAL_ERROR)

@@ -262,10 +262,28 @@ def test_a_job_waiting_for_its_longest_retry_is_left_to_it_by_the_sweeper(db, sa
     assert job.job_id not in claim(retry_starts)
     db.refresh(stored)
     assert stored.status == "running", stored.error
-    # A job that never started again did lose its message: failed (a fifth start), not left running.
-    claim(NOW + RUNNING_TOO_LONG + timedelta(seconds=1))
+    # Not started again for longer: its message may be lost, or its retry may still wait behind a backlog
+    # (a retry is queued at the tail). It is sent again (a copy books nothing twice), not failed while a
+    # retry that would book it may be on its way.
+    assert job.job_id in claim(NOW + RUNNING_TOO_LONG + timedelta(seconds=1))
     db.refresh(stored)
-    assert stored.status == "failed"
+    assert stored.status == "running"
+
+
+@pytest.mark.parametrize(
+    ("starts", "outcome"),
+    [(intake.RUN_FAILS_AFTER_STARTS - 1, "running"), (intake.RUN_FAILS_AFTER_STARTS, "failed")],
+)
+def test_the_sweeper_fails_a_stale_running_job_only_once_its_next_start_would(db, salon, starts, outcome):
+    job = submit_job(salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", starts
+    stored.started_at = stored.enqueued_at = NOW - RUNNING_TOO_LONG - timedelta(seconds=1)
+    db.flush()
+    claimed = claim(NOW)
+    db.refresh(stored)
+    assert stored.status == outcome
+    assert (job.job_id in claimed) == (outcome == "running")
 
 
 def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep(db, salon):
@@ -545,6 +563,43 @@ def test_the_tasks_the_workers_send_ignore_their_results(redis_prefix):
     finally:
         before_task_publish.disconnect(capture)
     assert published == [("bookings.process", True), ("bookings.give_up", True)]
+
+
+def test_a_retried_job_is_sent_again_without_a_result_as_it_was_first(redis_prefix, monkeypatch):
+    from celery.exceptions import Retry
+    from celery.signals import before_task_publish
+    from sqlalchemy.exc import OperationalError
+
+    from tasks import bookings
+
+    def transient(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(bookings.intake, "run", transient)
+    published = []
+
+    def capture(sender=None, headers=None, **kwargs):
+        published.append((sender, headers.get("ignore_result")))
+
+    job_id = str(uuid.uuid4())
+    before_task_publish.connect(capture)
+    # As a worker runs the job sent by the API (api/queue.py): without a result.
+    bookings.process.push_request(
+        id=str(uuid.uuid4()),
+        args=[job_id],
+        kwargs={},
+        retries=0,
+        called_directly=False,
+        ignore_result=True,
+        delivery_info={"routing_key": "bookings"},
+    )
+    try:
+        with pytest.raises(Retry):
+            bookings.process(job_id)
+    finally:
+        bookings.process.pop_request()
+        before_task_publish.disconnect(capture)
+    assert published == [("bookings.process", True)]
 
 
 def test_a_failed_statement_does_not_carry_a_clients_details_into_logs(db, salon):
