@@ -127,8 +127,12 @@ class JobTask(Task):
         except Exception as error:
             if not is_transient(error):
                 raise
-            # retry() raises Retry, or the original error once max_retries is spent.
-            raise self.retry(exc=error, countdown=self.retry_countdown(error))  # noqa: B904
+            # retry() raises Retry, or the original error once max_retries is spent. It sends the retry with
+            # the task's own ignore_result unless told: keep the sender's (the job tasks are sent without a
+            # result, and each retry would otherwise store two result keys for a day).
+            raise self.retry(  # noqa: B904
+                exc=error, countdown=self.retry_countdown(error), ignore_result=self.request.ignore_result
+            )
 
     def retry_countdown(self, error: BaseException) -> float:
         """Seconds before the next attempt: the error's Retry-After, else exponential backoff with jitter."""
