@@ -139,3 +139,18 @@ def test_the_children_get_sigterm_when_up_is_killed():
         parent.wait(timeout=10)
         if child is not None and _running(child):
             os.killpg(child, signal.SIGKILL)  # the child leads a session of its own
+
+
+def test_compose_gives_the_worker_time_to_finish_its_tasks_and_bounds_its_pool():
+    # Compose's default is SIGKILL after 10 s: tasks running then (up to the hard limit) would be cut off
+    # and their messages left unacknowledged for the visibility timeout.
+    import yaml
+
+    from workers.base import JobTask
+
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    grace = worker["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > JobTask.time_limit
+    # Celery's default pool is the CPU count the container sees: one database connection each.
+    assert "--concurrency" in worker["command"]
