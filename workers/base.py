@@ -11,6 +11,7 @@ and neither is anything else (a bug does not get better by running it again).
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import kombu.exceptions
@@ -135,16 +136,19 @@ class JobTask(Task):
             )
 
     def retry_countdown(self, error: BaseException) -> float:
-        """Seconds before the next attempt: the error's Retry-After, else exponential backoff with jitter."""
+        """Seconds before the next attempt: the error's Retry-After, else exponential backoff (1, 2, 4… s,
+        at most retry_backoff_max) of which the second half is random ("equal jitter")."""
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return min(max(float(retry_after), 0.0), float(self.retry_after_max))
-        return get_exponential_backoff_interval(
-            factor=1,
-            retries=self.request.retries or 0,
-            maximum=self.retry_backoff_max,
-            full_jitter=self.retry_jitter,
+        ceiling = get_exponential_backoff_interval(
+            factor=1, retries=self.request.retries or 0, maximum=self.retry_backoff_max, full_jitter=False
         )
+        if not self.retry_jitter:
+            return float(ceiling)
+        # Half of it fixed: with the whole wait random (Celery's full jitter), the eight retries could all be
+        # spent within seconds, before a restarting database is back, and the job would fail.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def on_hard_time_limit(self, args: Any, kwargs: Any, queue: str | None) -> None:
         """Called in the worker's main process when the hard time limit stops the task (the process is

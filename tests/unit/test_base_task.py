@@ -96,7 +96,20 @@ def test_each_retry_is_delayed_by_a_jittered_exponential_backoff():
     countdowns = [call.kwargs["countdown"] for call in retry.call_args_list]
     assert len(countdowns) == 4
     for retries, countdown in enumerate(countdowns):
-        assert 0 <= countdown <= 2**retries
+        assert 2**retries / 2 <= countdown <= 2**retries
+
+
+def test_the_retries_of_a_job_wait_long_enough_together_for_a_restarting_database():
+    # Eight retries with half of each wait fixed: at least 2 minutes from the first failure to the last try.
+    fails_then_succeeds.push_request(retries=0)
+    try:
+        shortest = 0.0
+        for retries in range(JobTask.max_retries):
+            fails_then_succeeds.request.retries = retries
+            shortest += min(fails_then_succeeds.retry_countdown(database_gone()) for _ in range(50))
+    finally:
+        fails_then_succeeds.pop_request()
+    assert shortest >= 120
 
 
 def test_backoff_is_capped_and_retry_after_is_honoured():
@@ -104,8 +117,8 @@ def test_backoff_is_capped_and_retry_after_is_honoured():
     try:
         samples = [fails_then_succeeds.retry_countdown(database_gone()) for _ in range(200)]
         assert max(samples) <= JobTask.retry_backoff_max == 240
-        assert min(samples) >= 0
-        assert len(set(samples)) > 1, "full jitter spreads retries out"
+        assert min(samples) >= JobTask.retry_backoff_max / 2
+        assert len(set(samples)) > 1, "jitter spreads retries out"
 
         assert fails_then_succeeds.retry_countdown(TransientError("429", retry_after=7)) == 7
         assert fails_then_succeeds.retry_countdown(TransientError("429", retry_after=10**6)) == 240
