@@ -17,6 +17,7 @@ Queues (one route per family, so operators can run a worker per queue):
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from celery import Celery
@@ -56,9 +57,26 @@ RESULT_EXPIRES_SECONDS = 24 * 60 * 60
 SENDER_SOCKET_TIMEOUT_SECONDS = 2.0
 
 
+# TCP keepalive on every broker connection: one whose peer vanished without a word (a Redis failover behind a
+# virtual IP, a NAT or load balancer that forgot an idle flow) fails after about 60 + 3 × 10 s, and kombu
+# reconnects. Without it a worker waits on the dead socket for good, idle and healthy-looking (the kernel's
+# own keepalive starts after 2 hours). Unlike a read timeout, it never trips on a live idle subscription.
+KEEPALIVE_OPTIONS = {
+    option: value
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, option)  # Linux names; a developer's macOS has no TCP_KEEPIDLE
+}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the project, derived from our Settings."""
-    broker_transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    broker_transport_options: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+        "socket_keepalive_options": {
+            getattr(socket, name): value for name, value in KEEPALIVE_OPTIONS.items()
+        },
+    }
     result_backend_transport_options: dict[str, Any] = {}
     if settings.redis_key_prefix:
         # Every broker key (queues, bindings, unacked sets, event and control channels) and every result
@@ -71,6 +89,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": settings.redis_url,
         "broker_transport_options": broker_transport_options,
         "result_backend_transport_options": result_backend_transport_options,
+        "redis_socket_keepalive": True,
         "broker_connection_retry_on_startup": True,
         # JSON only: a pickle payload from anyone who can write to Redis would be code execution.
         "task_serializer": "json",
