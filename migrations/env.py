@@ -35,6 +35,12 @@ def _run(connection) -> None:
     # Migrations act for every tenant: a data migration run by a non-superuser owner would otherwise
     # see no tenant rows under the forced row-level security policies.
     connection.execute(text("SELECT set_config('app.system', 'on', false)"))
+    # The three settings are the session's (not LOCAL): they outlive this commit. Without it the SETs above
+    # leave a transaction open, Alembic finds itself "in an external transaction" and runs every revision
+    # of the upgrade in that one transaction: locks taken by one revision (013's ACCESS EXCLUSIVE on every
+    # table) are held until the last revision ends, a failure undoes revisions that had succeeded, and a
+    # revision's SET LOCAL leaks into the next ones (docs/operations.md promises one transaction each).
+    connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -15,12 +15,14 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from core.config import DEFAULT_DATABASE_URL
 from core.models import Base
-from ops.database import alembic_config, create_database_if_missing, drop_database
+from ops.database import MIGRATIONS_DIR, alembic_config, create_database_if_missing, drop_database
 
 VIEWS = {"resource_availability", "appointment_stats", "tenant_dashboard"}
 SEED_TABLES = {
@@ -258,3 +260,36 @@ def test_triggers_and_views_exist(cycled):
     assert triggers == expected
     assert views == VIEWS
     assert timestamp_columns == []
+
+
+def test_each_revision_commits_on_its_own(tmp_path):
+    """A failing revision leaves the database at the last revision that succeeded, as docs/operations.md
+    says, and the locks of one revision are not held through the next ones."""
+    url = _scratch_url("schema_txn")
+    create_database_if_missing(url)
+    try:
+        config = alembic_config(url)
+        head = ScriptDirectory.from_config(config).get_current_head()
+        (tmp_path / "failing_after_head.py").write_text(
+            f'"""A revision that fails."""\n'
+            "from alembic import op\n\n"
+            'revision = "failing"\n'
+            f'down_revision = "{head}"\n'
+            "branch_labels = None\n"
+            "depends_on = None\n\n\n"
+            "def upgrade():\n"
+            '    op.execute("SELECT 1 / 0")\n\n\n'
+            "def downgrade():\n"
+            "    pass\n"
+        )
+        config.set_main_option("version_locations", f"{MIGRATIONS_DIR / 'versions'} {tmp_path}")
+        command.upgrade(config, "019")
+        with pytest.raises(DBAPIError, match="division by zero"):
+            command.upgrade(config, "failing")
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            at = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        engine.dispose()
+        assert at == head
+    finally:
+        drop_database(url)
