@@ -64,8 +64,9 @@ class Service(Audited, SoftDeleted, Base):
         ),
         CheckConstraint(
             "jsonb_typeof(available_hours) = 'object'"
-            " AND available_hours ->> 'start' ~ '^([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$'"
-            " AND available_hours ->> 'end' ~ '^(([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?|24:00(:00)?)$'",
+            " AND (available_hours = '{}'::jsonb"
+            " OR (COALESCE(available_hours ->> 'start', '') ~ '^([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$'"
+            " AND COALESCE(available_hours ->> 'end', '') ~ '^(([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?|24:00(:00)?)$'))",
             name="services_available_hours_valid",
         ),
         CheckConstraint(

@@ -239,11 +239,22 @@ def test_allocated_during_must_be_the_half_open_allocation(db, during):
 
 
 @pytest.mark.parametrize(
+    "hours", [{"start": "09:00"}, {"end": "18:00"}, {"begin": "09:00", "finish": "18:00"}, {"start": None}]
+)
+def test_service_hours_need_both_a_start_and_an_end(db, hours):
+    # The planner reads hours["start"] and hours["end"] of any non-empty object: a missing one was a 500.
+    with violates(db, "services_available_hours_valid", CHECK_VIOLATION):
+        make_service(db, make_tenant(db), available_hours=hours)
+
+
+@pytest.mark.parametrize(
     "build",
     [
         lambda db: make_user(db, email="first.last+tag@sub.example.org", phone="34600111222"),
         lambda db: make_client(db, make_tenant(db), phone="+14155550100", email=None),
         lambda db: make_tenant(db, slug="bella-hair-salon-2"),
+        lambda db: make_service(db, make_tenant(db), available_hours={}),  # all day
+        lambda db: make_service(db, make_tenant(db), available_hours={"start": "18:00", "end": "02:00"}),
         lambda db: make_block(
             db, make_resource(db, make_tenant(db)), T0, T0 + timedelta(hours=1), "FREQ=WEEKLY;BYDAY=MO"
         ),
