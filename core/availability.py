@@ -53,6 +53,7 @@ from zoneinfo import ZoneInfo
 
 from dateutil.rrule import rrulestr
 from sqlalchemy import (
+    ARRAY,
     Boolean,
     CompoundSelect,
     Date,
@@ -854,14 +855,20 @@ def find_slots(
 
     `resource_id` keeps only the slots that resource would serve (the client's chosen stylist).
     """
-    return plan_window(read_window(uow, service_id, date_from, date_to, now), now, resource_id)
+    window = read_window(uow, service_id, date_from, date_to, now, resource_id)
+    return plan_window(window, now, resource_id)
 
 
 def read_window(
-    uow: UnitOfWork, service_id: uuid.UUID, date_from: date, date_to: date, now: datetime
+    uow: UnitOfWork,
+    service_id: uuid.UUID,
+    date_from: date,
+    date_to: date,
+    now: datetime,
+    resource_id: uuid.UUID | None = None,
 ) -> CalendarWindow:
     """The reading half of `find_slots`: a caller that plans after giving its connection back (the API)
-    calls the two halves itself."""
+    calls the two halves itself, with the same `resource_id`."""
     if date_to < date_from:
         raise InvalidRequest("The range ends before it starts.", code="invalid_range")
     limit = get_settings().max_availability_days
@@ -874,7 +881,9 @@ def read_window(
     last = date_to
     if rules.max_advance_booking_days is not None:
         last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
-    return CalendarWindow(_load(uow, context, first, last), first, last)
+    return CalendarWindow(
+        _load(uow, context, first, last, (resource_id,) if resource_id else ()), first, last
+    )
 
 
 def plan_window(window: CalendarWindow, now: datetime, resource_id: uuid.UUID | None = None) -> Availability:
@@ -900,7 +909,7 @@ def check_slot(
     if start.tzinfo is None:
         raise start_without_offset()
     day = start.astimezone(context.tz).date()
-    return evaluate_slot(_load(uow, context, day, day), start, now, resource_ids or ())
+    return evaluate_slot(_load(uow, context, day, day, resource_ids or ()), start, now, resource_ids or ())
 
 
 def nearest_alternatives(
@@ -934,7 +943,7 @@ def nearest_alternatives(
     radius = 1
     while True:
         low, high = max(first, anchor - radius * ONE_DAY), min(last, anchor + radius * ONE_DAY)
-        calendar = _load(uow, context, low, high)
+        calendar = _load(uow, context, low, high, resource_ids or ())
         found = nearest_slots(calendar, start, now, count, low, high, resource_ids or ())
         if low == first and high == last:
             return found
@@ -1049,17 +1058,20 @@ def _part(kind: str, **values: Any) -> Select:
 
 
 def _calendar_statement() -> CompoundSelect:
-    """Built once; its parameters are service_id, tenant_id, window_start, window_end, first and last.
+    """Built once; its parameters are service_id, tenant_id, window_start, window_end, first, last and chosen.
 
     The schedules are read for first..last and the day after: a window closing at 24:00 on `last` continues
     into it. [window_start, window_end) must reach the end of the last slot's occupied time, past last's
-    midnight (see `_load`).
+    midnight (see `_load`). When `chosen` names one of the interchangeable resources (the client's stylist),
+    the calendars of the others are not read: the planner considers the chosen one only.
     """
     service_id = bindparam("service_id", type_=Uuid())
     tenant_id = bindparam("tenant_id", type_=Uuid())
     window_start = bindparam("window_start", type_=DateTime(timezone=True))
     window_end = bindparam("window_end", type_=DateTime(timezone=True))
     first, last = bindparam("first", type_=Date()), bindparam("last", type_=Date())
+    chosen = bindparam("chosen", type_=ARRAY(Uuid()))
+    is_chosen = ServiceResource.resource_id == func.any(chosen)
     linked = (
         select(
             ServiceResource.resource_id,
@@ -1070,12 +1082,18 @@ def _calendar_statement() -> CompoundSelect:
             (Resource.is_active & Resource.deleted_at.is_(None) & (Resource.tenant_id == tenant_id)).label(
                 "usable"
             ),
+            (
+                ServiceResource.is_required
+                | is_chosen
+                | ~func.coalesce(func.bool_or(~ServiceResource.is_required & is_chosen).over(), False)
+            ).label("planned"),
         )
         .join(Resource, Resource.id == ServiceResource.resource_id)
         .where(ServiceResource.service_id == service_id)
         .cte("linked")
         .prefix_with("MATERIALIZED")
     )
+    read = linked.c.usable & linked.c.planned
     needs = _part(
         "need",
         resource_id=linked.c.resource_id,
@@ -1099,7 +1117,7 @@ def _calendar_statement() -> CompoundSelect:
         )
         .join_from(linked, ResourceSchedule, ResourceSchedule.resource_id == linked.c.resource_id)
         .where(
-            linked.c.usable,
+            read,
             ResourceSchedule.is_active,
             or_(
                 ResourceSchedule.effective_from.is_(None),
@@ -1118,7 +1136,7 @@ def _calendar_statement() -> CompoundSelect:
         )
         .join_from(linked, ResourceBlock, ResourceBlock.resource_id == linked.c.resource_id)
         .where(
-            linked.c.usable,
+            read,
             ResourceBlock.deleted_at.is_(None),
             ResourceBlock.start_datetime < window_end,
             or_(ResourceBlock.end_datetime > window_start, ResourceBlock.recurrence_rule.is_not(None)),
@@ -1135,7 +1153,7 @@ def _calendar_statement() -> CompoundSelect:
         )
         .join_from(linked, AppointmentResource, AppointmentResource.resource_id == linked.c.resource_id)
         .where(
-            linked.c.usable,
+            read,
             # A plain boolean test, so that the partial index's predicate (WHERE active) is seen to hold.
             AppointmentResource.active,
             # Under row-level security only leakproof comparisons can drive an index scan, and the range
@@ -1152,8 +1170,11 @@ def _calendar_statement() -> CompoundSelect:
 _CALENDAR = _calendar_statement()
 
 
-def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> ServiceCalendar:
-    """The plain calendar of the service for slots starting on the local dates first..last."""
+def _load(
+    uow: UnitOfWork, context: _Context, first: date, last: date, chosen: Collection[uuid.UUID] = ()
+) -> ServiceCalendar:
+    """The plain calendar of the service for slots starting on the local dates first..last; with the client's
+    choice of an interchangeable resource, without the calendars of the others."""
     tz, rules = context.tz, context.rules
     window_start = local_midnight(first, tz)
     window_end = window_start
@@ -1173,6 +1194,7 @@ def _load(uow: UnitOfWork, context: _Context, first: date, last: date) -> Servic
         "window_end": window_end,
         "first": first,
         "last": last,
+        "chosen": list(chosen),
     }
     rows = uow.session.execute(_CALENDAR, parameters).all()
     # Unpacked by position (the order of _CALENDAR_COLUMNS): a few hundred rows, read as fast as they come.

@@ -11,6 +11,8 @@ import pytest
 
 from core.availability import (
     Slot,
+    _context,
+    _load,
     check_slot,
     find_slots,
     nearest_alternatives,
@@ -297,3 +299,31 @@ def test_range_errors(salon):
         with pytest.raises(InvalidRequest) as raised:
             find_slots(uow, salon.haircut.id, MONDAY, MONDAY + timedelta(days=62), NOW)
         assert raised.value.code == "range_too_long"
+
+
+def test_a_chosen_stylist_is_planned_without_reading_the_other_stylists_calendars(db, salon):
+    # Bea is busy at 10:00 (elsewhere: the chair stays free).
+    f.make_appointment(
+        db, salon.tenant, salon.haircut, salon.client, at(MONDAY, "10:00"), resources=[salon.bea]
+    )
+    with salon.uow() as uow:
+        context = _context(uow, salon.haircut.id)
+        chosen = _load(uow, context, MONDAY, MONDAY, (salon.bea.id,))
+        everyone = _load(uow, context, MONDAY, MONDAY)
+        chair_only = _load(uow, context, MONDAY, MONDAY, (salon.chair.id,))
+
+    def with_hours(calendar):
+        return {resource.resource_id for resource in calendar.resources if resource.windows}
+
+    assert with_hours(chosen) == {salon.bea.id, salon.chair.id}
+    # The chair is needed by every appointment, not one of the interchangeable: choosing it keeps them all.
+    assert with_hours(everyone) == with_hours(chair_only) == {salon.ana.id, salon.bea.id, salon.chair.id}
+    # What the choice gives: Bea's own slots, her 10:00 taken; the others see Ana serve 10:00.
+    assert "10:00" not in local(salon.slots(resource_id=salon.bea.id))
+    assert {slot.resource_ids for slot in salon.slots(resource_id=salon.bea.id)} == {
+        tuple(sorted((salon.bea.id, salon.chair.id)))
+    }
+    assert "10:00" in local(salon.slots(resource_id=salon.chair.id))
+    with salon.uow() as uow, pytest.raises(InvalidRequest) as refused:
+        find_slots(uow, salon.haircut.id, MONDAY, MONDAY, NOW, resource_id=uuid.uuid4())
+    assert refused.value.code == "resource_not_eligible"
