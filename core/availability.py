@@ -841,6 +841,7 @@ class CalendarWindow:
     calendar: ServiceCalendar
     first: date
     last: date
+    resource_id: uuid.UUID | None = None  # the client's choice, if any: the only one of the stylists read
 
 
 def find_slots(
@@ -855,8 +856,7 @@ def find_slots(
 
     `resource_id` keeps only the slots that resource would serve (the client's chosen stylist).
     """
-    window = read_window(uow, service_id, date_from, date_to, now, resource_id)
-    return plan_window(window, now, resource_id)
+    return plan_window(read_window(uow, service_id, date_from, date_to, now, resource_id), now)
 
 
 def read_window(
@@ -868,7 +868,7 @@ def read_window(
     resource_id: uuid.UUID | None = None,
 ) -> CalendarWindow:
     """The reading half of `find_slots`: a caller that plans after giving its connection back (the API)
-    calls the two halves itself, with the same `resource_id`."""
+    calls the two halves itself."""
     if date_to < date_from:
         raise InvalidRequest("The range ends before it starts.", code="invalid_range")
     limit = get_settings().max_availability_days
@@ -881,15 +881,15 @@ def read_window(
     last = date_to
     if rules.max_advance_booking_days is not None:
         last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
-    return CalendarWindow(
-        _load(uow, context, first, last, (resource_id,) if resource_id else ()), first, last
-    )
+    chosen = (resource_id,) if resource_id else ()
+    return CalendarWindow(_load(uow, context, first, last, chosen), first, last, resource_id)
 
 
-def plan_window(window: CalendarWindow, now: datetime, resource_id: uuid.UUID | None = None) -> Availability:
+def plan_window(window: CalendarWindow, now: datetime) -> Availability:
     """The planning half of `find_slots`: no database."""
     calendar = window.calendar
-    slots = compute_slots(calendar, now, window.first, window.last, (resource_id,) if resource_id else ())
+    chosen = (window.resource_id,) if window.resource_id else ()
+    slots = compute_slots(calendar, now, window.first, window.last, chosen)
     return Availability(timezone=calendar.timezone, service_id=calendar.service_id, slots=slots)
 
 

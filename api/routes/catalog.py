@@ -42,7 +42,7 @@ def get_availability(
     with UnitOfWork(tenant_id) as uow:
         window = availability.read_window(uow, service_id, date_from, date_to, now, resource_id)
     # Planned after the connection is back in the pool: other requests need it more than this one does.
-    found = availability.plan_window(window, now, resource_id)
+    found = availability.plan_window(window, now)
     zone = ZoneInfo(found.timezone)
     return {
         "timezone": found.timezone,
