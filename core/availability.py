@@ -75,6 +75,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from core import plans
 from core.config import get_settings
 from core.db import UnitOfWork
 from core.errors import (
@@ -823,6 +824,10 @@ class _Context:
     tenant_id: uuid.UUID
     tz: ZoneInfo
     rules: ServiceRules
+    tenant_name: str
+    subscription_status: str
+    # The plan's monthly allowance (plans.allowance); read only when the service is given by id.
+    monthly_limit: int | None = None
 
 
 def slot_step_minutes(tenant_settings: dict[str, Any] | None) -> int:
@@ -842,6 +847,8 @@ class CalendarWindow:
     first: date
     last: date
     resource_id: uuid.UUID | None = None  # the client's choice, if any: the only one of the stylists read
+    # Local months (by their first day) that hold all the appointments the plan allows: nothing is offered.
+    full_months: frozenset[date] = frozenset()
 
 
 def find_slots(
@@ -875,14 +882,21 @@ def read_window(
     if (date_to - date_from).days + 1 > limit:
         raise InvalidRequest(f"Ask for at most {limit} days at a time.", code="range_too_long")
     context = _context(uow, service_id)
+    # What is offered is what a booking would accept: nothing while the business cannot book, nothing in a
+    # month its plan has filled.
+    plans.check_bookable(context.tenant_name, context.subscription_status)
     rules, tz = context.rules, context.tz
     # Only the dates on which a slot could still be booked are loaded.
     first = max(date_from, (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date())
     last = date_to
     if rules.max_advance_booking_days is not None:
         last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
+    full_months: frozenset[date] = frozenset()
+    if context.monthly_limit is not None and first <= last:
+        booked = plans.booked_by_month(uow, context.tenant_id, tz, first, last)
+        full_months = frozenset(month for month, count in booked.items() if count >= context.monthly_limit)
     chosen = (resource_id,) if resource_id else ()
-    return CalendarWindow(_load(uow, context, first, last, chosen), first, last, resource_id)
+    return CalendarWindow(_load(uow, context, first, last, chosen), first, last, resource_id, full_months)
 
 
 def plan_window(window: CalendarWindow, now: datetime) -> Availability:
@@ -890,6 +904,11 @@ def plan_window(window: CalendarWindow, now: datetime) -> Availability:
     calendar = window.calendar
     chosen = (window.resource_id,) if window.resource_id else ()
     slots = compute_slots(calendar, now, window.first, window.last, chosen)
+    if window.full_months:
+        zone = ZoneInfo(calendar.timezone)
+        slots = [
+            slot for slot in slots if plans.month_start(slot.start, zone).date() not in window.full_months
+        ]
     return Availability(timezone=calendar.timezone, service_id=calendar.service_id, slots=slots)
 
 
@@ -978,6 +997,9 @@ _SERVICE_COLUMNS = (
     Service.max_advance_booking_days,
     Tenant.timezone,
     Tenant.settings,
+    Tenant.name.label("tenant_name"),
+    Tenant.subscription_status,
+    plans.plan_limit_of(Service.tenant_id).scalar_subquery().label("plan_limit"),
 )
 
 
@@ -993,6 +1015,7 @@ def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
         if tenant is None:
             raise NotFound(f"Service {service.id} does not exist", code="service_not_found")
         timezone, tenant_settings = tenant.timezone, tenant.settings
+        tenant_name, subscription_status, limit = tenant.name, tenant.subscription_status, None
     else:
         missing = NotFound(f"Service {service} does not exist", code="service_not_found")
         try:
@@ -1005,6 +1028,8 @@ def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
         if row is None:
             raise missing
         timezone, tenant_settings = row.timezone, row.settings
+        tenant_name, subscription_status = row.tenant_name, row.subscription_status
+        limit = plans.allowance(row.plan_limit)
     elsewhere = uow.tenant_id is not None and row.tenant_id != uow.tenant_id
     if elsewhere or row.deleted_at is not None:
         raise NotFound(f"Service {row.id} does not exist", code="service_not_found")
@@ -1022,7 +1047,8 @@ def _context(uow: UnitOfWork, service: Service | uuid.UUID) -> _Context:
         max_advance_booking_days=row.max_advance_booking_days,
         slot_step_minutes=step,
     )
-    return _Context(row.id, row.tenant_id, ZoneInfo(timezone or DEFAULT_TIMEZONE), rules)
+    zone = ZoneInfo(timezone or DEFAULT_TIMEZONE)
+    return _Context(row.id, row.tenant_id, zone, rules, tenant_name, subscription_status, limit)
 
 
 # The calendar of a service is read in one statement, one round trip: its resource rows, then the

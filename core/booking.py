@@ -18,10 +18,10 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, select, text, true, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from core import availability, clients, notifications
+from core import availability, clients, notifications, plans
 from core.availability import Slot
 from core.clients import ClientDetails
 from core.db import UnitOfWork
@@ -31,7 +31,6 @@ from core.errors import (
     InvalidRequest,
     LimitReached,
     SlotUnavailable,
-    TenantNotAllowed,
     inactive_service,
     off_grid,
     resource_not_eligible,
@@ -39,20 +38,15 @@ from core.errors import (
     start_without_offset,
 )
 from core.models import (
-    NOT_COUNTED_STATUSES,
     Appointment,
     AppointmentResource,
     Client,
     Resource,
     Service,
     ServiceResource,
-    Subscription,
-    SubscriptionPlan,
     Tenant,
 )
 
-BOOKABLE_TENANT_STATUSES = {"trial", "active", "past_due"}
-LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
 ALTERNATIVES = 3
 
 # Readable over the phone: no 0/O, 1/I/L, 5/S or 8/B to confuse.
@@ -164,11 +158,7 @@ def _tenant(uow: UnitOfWork, tenant_id: uuid.UUID) -> Tenant:
 
 
 def _bookable_tenant(tenant: Tenant) -> Tenant:
-    if tenant.subscription_status not in BOOKABLE_TENANT_STATUSES:
-        raise TenantNotAllowed(
-            f"{tenant.name} cannot take bookings while its subscription is {tenant.subscription_status}.",
-            code="tenant_inactive",
-        )
+    plans.check_bookable(tenant.name, tenant.subscription_status)
     return tenant
 
 
@@ -190,9 +180,9 @@ def validate_request(uow: UnitOfWork, request: BookingRequest, now: datetime) ->
 def _validated_request(
     uow: UnitOfWork, request: BookingRequest, now: datetime
 ) -> tuple[Tenant, Service, int | None, dict[uuid.UUID, LinkedResource]]:
-    """The tenant, the service, the plan's monthly allowance (see `_plan_limit`) and the units each
+    """The tenant, the service, the plan's monthly allowance (see `plans.allowance`) and the units each
     linked resource would give, once the request is valid."""
-    # One round trip for what bookable_tenant, bookable_service and _plan_limit would read in three.
+    # One round trip for what bookable_tenant, bookable_service and plans.monthly_allowance would read in three.
     row = uow.session.execute(
         _REQUEST_CONTEXT, {"tenant_id": uow.tenant_id, "service_id": request.service_id}
     ).one_or_none()
@@ -205,7 +195,7 @@ def _validated_request(
     )
     clients.normalise(request.client, tenant)
     linked = _eligible_resources(uow, tenant, service, request.start, now, request.resource_ids)
-    return tenant, service, _allowance(limit), linked
+    return tenant, service, plans.allowance(limit), linked
 
 
 def validate_reschedule(
@@ -522,40 +512,20 @@ def _insert_with_new_reference(uow: UnitOfWork, **columns: Any) -> Appointment:
     raise RuntimeError("could not draw a free booking reference")
 
 
-_PLAN_LIMIT = (
-    select(SubscriptionPlan.max_appointments_per_month)
-    .join(Subscription, Subscription.plan_id == SubscriptionPlan.id)
-    .where(
-        Subscription.tenant_id == bindparam("tenant_id"), Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES)
-    )
-    .order_by(Subscription.current_period_end.desc())
-    .limit(1)
-)
-
-
 # A booking's tenant and service with the plan's limit; the service is missing (NULL) when it is not
 # visible to the tenant, the tenant when it is not visible either.
 _REQUEST_CONTEXT = (
-    select(Tenant, Service, _PLAN_LIMIT.scalar_subquery())
+    select(Tenant, Service, plans.PLAN_LIMIT.scalar_subquery())
     .outerjoin(Service, Service.id == bindparam("service_id"))
     .where(Tenant.id == bindparam("tenant_id"))
 )
-
-
-def _plan_limit(uow: UnitOfWork, tenant: Tenant) -> int | None:
-    """The tenant's monthly appointment allowance; None when unlimited or when it has no live plan."""
-    return _allowance(uow.session.scalar(_PLAN_LIMIT, {"tenant_id": tenant.id}))
-
-
-def _allowance(limit: int | None) -> int | None:
-    return None if limit is None or limit < 0 else limit
 
 
 def _refuse_if_month_full(
     uow: UnitOfWork, tenant: Tenant, limit: int | None, start: datetime, besides: uuid.UUID | None = None
 ) -> None:
     """A look before any work: refuse a booking in a local month that already holds `limit` (see
-    `_plan_limit`) appointments, `besides` the one being booked or moved. Not the count that decides
+    `plans.allowance`) appointments, `besides` the one being booked or moved. Not the count that decides
     (`_lock_and_count_month` is)."""
     if limit is not None:
         _count_month(uow, tenant, limit, start, besides)
@@ -580,22 +550,10 @@ def _count_month(
 ) -> None:
     """LimitReached when `start`'s local month holds `limit` appointments already, `besides` this one."""
     zone = ZoneInfo(tenant.timezone)
-    local = start.astimezone(zone)
-    month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    booked = uow.session.scalar(
-        select(func.count(Appointment.id)).where(
-            Appointment.tenant_id == tenant.id,
-            Appointment.deleted_at.is_(None),
-            Appointment.status.not_in(NOT_COUNTED_STATUSES),
-            Appointment.scheduled_start >= month_start,
-            Appointment.scheduled_start < next_month,
-            Appointment.id != besides if besides is not None else true(),
-        )
-    )
-    if booked >= limit:
+    booked = plans.booked_by_month(uow, tenant.id, zone, start, start, besides)
+    if sum(booked.values()) >= limit:
         raise LimitReached(
-            f"The plan allows {limit} appointments a month and {local.strftime('%B %Y')} is full.",
+            f"{tenant.name} cannot take more appointments in {start.astimezone(zone):%B %Y}.",
             code="plan_limit_reached",
         )
 
@@ -622,7 +580,7 @@ def _in_months_with_room(
     """The slots in a local month the plan still has room in (the appointment itself aside), or in the
     month a move starts from: an alternative offered must be bookable, and the nearest ones can fall in the
     next month."""
-    limit = _plan_limit(uow, tenant)
+    limit = plans.monthly_allowance(uow, tenant.id)
     if limit is None:
         return slots
     with_room = []
@@ -731,7 +689,9 @@ def reschedule(
     if new_start == previous_start and set(resource_ids) <= set(previous_resources):
         # Already there: nothing to move, and a business's confirmation of this time still stands.
         return _booked(appointment, previous_resources, tenant)
-    limit = None if _same_month(tenant, previous_start, new_start) else _plan_limit(uow, tenant)
+    limit = (
+        None if _same_month(tenant, previous_start, new_start) else plans.monthly_allowance(uow, tenant.id)
+    )
     _refuse_if_month_full(uow, tenant, limit, new_start, besides=appointment.id)
     previous = Slot(previous_start, appointment.scheduled_end, previous_resources)
     _release(uow, appointment)

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import text
 
 from core.availability import (
     Slot,
@@ -18,7 +19,7 @@ from core.availability import (
     nearest_alternatives,
 )
 from core.db import UnitOfWork
-from core.errors import InvalidRequest, NotFound, SlotUnavailable
+from core.errors import InvalidRequest, NotFound, SlotUnavailable, TenantNotAllowed
 from tests import factories as f
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -327,3 +328,44 @@ def test_a_chosen_stylist_is_planned_without_reading_the_other_stylists_calendar
     with salon.uow() as uow, pytest.raises(InvalidRequest) as refused:
         find_slots(uow, salon.haircut.id, MONDAY, MONDAY, NOW, resource_id=uuid.uuid4())
     assert refused.value.code == "resource_not_eligible"
+
+
+@pytest.mark.parametrize("status", ["suspended", "cancelled"])
+def test_a_business_that_cannot_book_offers_no_slots(db, salon, status):
+    salon.tenant.subscription_status = status
+    db.flush()
+    with salon.uow() as uow, pytest.raises(TenantNotAllowed) as refused:
+        find_slots(uow, salon.haircut.id, MONDAY, MONDAY, NOW)
+    assert refused.value.code == "tenant_inactive"
+
+
+def test_a_month_the_plan_has_filled_offers_no_slots(db, salon):
+    # Two a month, and February 2027 holds two (a cancelled one does not count): March is still open.
+    f.make_subscription(db, salon.tenant, f.make_plan(db, max_appointments_per_month=2), status="active")
+    friday = MONDAY - timedelta(days=3)
+    for clock in ("09:00", "11:00"):
+        f.make_appointment(
+            db, salon.tenant, salon.haircut, salon.client, at(friday, clock), resources=[salon.ana]
+        )
+    f.make_appointment(
+        db,
+        salon.tenant,
+        salon.haircut,
+        salon.client,
+        at(friday, "13:00"),
+        resources=[salon.ana],
+        status="cancelled",
+    )
+    with salon.uow() as uow:
+        found = find_slots(uow, salon.haircut.id, friday - timedelta(days=1), MONDAY, NOW).slots
+    assert {slot.start.astimezone(MADRID).date() for slot in found} == {MONDAY}
+    # One of February's two cancelled: the month has room again.
+    with salon.uow() as uow:
+        uow.session.execute(
+            text(
+                "UPDATE appointments SET status = 'cancelled' WHERE tenant_id = :t AND scheduled_start = :s"
+            ),
+            {"t": salon.tenant.id, "s": at(friday, "09:00")},
+        )
+        february = find_slots(uow, salon.haircut.id, friday, friday, NOW).slots
+    assert "09:00" in local(february)
