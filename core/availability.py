@@ -636,7 +636,8 @@ class _Planner:
         eligible = {r.id for r in resources}
         unknown = sorted(wanted - eligible)
         if unknown:
-            raise resource_not_eligible(unknown[0])
+            # Named as the availability query's parameter: a booking checks its resource_ids before this.
+            raise resource_not_eligible(unknown[0], field="resource_id")
         chosen = sorted(wanted & candidates.keys())
         if len(chosen) > 1:
             raise several_interchangeable()

@@ -80,18 +80,21 @@ def off_grid(local_clock: str, step_minutes: int) -> InvalidRequest:
     )
 
 
-def resource_not_eligible(resource_id: uuid.UUID, service_name: str | None = None) -> InvalidRequest:
+def resource_not_eligible(
+    resource_id: uuid.UUID, service_name: str | None = None, field: str = "resource_ids"
+) -> InvalidRequest:
     return InvalidRequest(
         f"Resource {resource_id} does not provide {service_name or 'this service'}.",
         code="resource_not_eligible",
-        field="resource_ids",
+        field=field,
     )
 
 
 def several_interchangeable() -> InvalidRequest:
     """A choice of two or more interchangeable resources (two stylists for one haircut)."""
     return InvalidRequest(
-        "Only one of the interchangeable resources serves an appointment; choose one.",
+        "Choose one of the staff (or rooms) who provide this service, not several: one of them serves the"
+        " appointment.",
         code="resource_not_eligible",
         field="resource_ids",
     )

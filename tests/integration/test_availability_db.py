@@ -327,7 +327,8 @@ def test_a_chosen_stylist_is_planned_without_reading_the_other_stylists_calendar
     assert "10:00" in local(salon.slots(resource_id=salon.chair.id))
     with salon.uow() as uow, pytest.raises(InvalidRequest) as refused:
         find_slots(uow, salon.haircut.id, MONDAY, MONDAY, NOW, resource_id=uuid.uuid4())
-    assert refused.value.code == "resource_not_eligible"
+    # Named as the query names it.
+    assert (refused.value.code, refused.value.details["field"]) == ("resource_not_eligible", "resource_id")
 
 
 @pytest.mark.parametrize("status", ["suspended", "cancelled"])
