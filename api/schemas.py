@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -69,6 +69,11 @@ class CancelIn(Strict):
     reason: str | None = Field(None, max_length=1000)
 
 
+AppointmentStatus = Literal[
+    "scheduled", "confirmed", "in_progress", "completed", "cancelled", "no_show", "rescheduled"
+]
+
+
 class SlotOut(BaseModel):
     start: datetime
     end: datetime
@@ -98,6 +103,28 @@ class AvailabilityOut(BaseModel):
     slots: list[SlotOut]
 
 
+class BookedOut(BaseModel):
+    """An appointment as a job leaves it (`result` of a succeeded job): times in the business's zone."""
+
+    appointment_id: uuid.UUID
+    booking_reference: str
+    status: AppointmentStatus
+    start: datetime
+    end: datetime
+    resource_ids: list[uuid.UUID]
+
+
+class JobErrorOut(BaseModel):
+    """Why a job failed: a stable `code` (docs/api.md lists them), a message a person can read, and what
+    goes with some codes (`alternatives` with slot_taken and the other refusals of a time, `field`)."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+    alternatives: list[SlotOut] | None = None
+    field: str | None = None
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -106,10 +133,12 @@ class JobOut(BaseModel):
                     "job_id": "0d6c3b1e-6f0a-4c47-9e1d-3c2b1a0f9e8d",
                     "kind": "booking",
                     "status": "failed",
+                    "created_at": "2027-03-29T08:12:31.204518Z",
+                    "finished_at": "2027-03-29T08:12:31.391240Z",
                     "links": {"self": "/v1/jobs/0d6c3b1e-6f0a-4c47-9e1d-3c2b1a0f9e8d"},
                     "error": {
                         "code": "slot_taken",
-                        "message": "That time is no longer free.",
+                        "message": "That time was just taken.",
                         "alternatives": [
                             {
                                 "start": "2027-03-30T10:15:00+02:00",
@@ -123,13 +152,47 @@ class JobOut(BaseModel):
         }
     )
     job_id: uuid.UUID
-    kind: str
-    status: str
-    created_at: datetime
-    finished_at: datetime | None = None
+    kind: Literal["booking", "reschedule", "cancel", "vapi_booking"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    created_at: datetime = Field(description="UTC, when the request was accepted")
+    finished_at: datetime | None = Field(None, description="UTC, when the job ended")
     links: dict[str, str]
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    result: BookedOut | None = None
+    error: JobErrorOut | None = None
+
+
+class AppointmentServiceOut(BaseModel):
+    service_id: uuid.UUID
+    name: str
+    duration_minutes: int
+
+
+class AppointmentClientOut(BaseModel):
+    client_id: uuid.UUID
+    first_name: str
+    last_name: str | None
+    phone: str | None = Field(description="E.164")
+    email: str | None
+
+
+class AppointmentResourceOut(BaseModel):
+    resource_id: uuid.UUID
+    name: str
+    type: str
+
+
+class AppointmentOut(BookedOut):
+    """An appointment with its client, service and the resources that serve it, times in `timezone`."""
+
+    timezone: str
+    service: AppointmentServiceOut
+    client: AppointmentClientOut
+    resources: list[AppointmentResourceOut]
+    quoted_price: str | None = Field(description="A decimal, in `currency`")
+    currency: str | None
+    booking_method: str | None
+    client_notes: str | None
+    cancellation_reason: str | None
 
 
 class ServiceOut(BaseModel):
@@ -163,6 +226,9 @@ class Problem(BaseModel):
     detail: str
     errors: list[FieldProblem] | None = Field(
         None, description="With validation errors: each field's problem."
+    )
+    field: str | None = Field(
+        None, description="With a refusal of one field's value (off_grid, invalid_phone...)."
     )
     alternatives: list[SlotOut] | None = Field(None, description="With slot_taken: the nearest free slots.")
     job_id: uuid.UUID | None = Field(None, description="With ?wait=: the job that failed.")

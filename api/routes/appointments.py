@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
+from api.schemas import AppointmentOut
 from core import booking
 from core.db import UnitOfWork
 
@@ -12,6 +13,7 @@ router = APIRouter(prefix="/v1", tags=["appointments"], dependencies=[Depends(kn
 
 @router.get(
     "/appointments/{appointment_id}",
+    response_model=AppointmentOut,
     responses=documented_errors(401, 404, 422, 503),
     summary="An appointment with its client, service, resources, status and times",
 )
