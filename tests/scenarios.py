@@ -1,4 +1,5 @@
-"""Whole businesses for booking tests: a salon whose stylists share chairs, with an API key.
+"""Whole businesses for booking tests: a salon whose stylists share chairs, with an API key, and the
+steps the booking tests share: a booking request, a committed booking, a booking job submitted and run.
 
 Built with the factories, so the rows are the same whether a test rolls them back (`db`) or commits
 them for other processes to see (e2e, benchmarks).
@@ -7,16 +8,24 @@ them for other processes to see (e2e, benchmarks).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core import auth
+from core import auth, booking, intake
+from core.booking import BookingRequest
+from core.clients import ClientDetails
+from core.db import UnitOfWork
 from core.models import Resource, Service, Tenant
 from tests import factories
 
 EVERY_DAY = [0, 1, 2, 3, 4, 5, 6]
+
+# The booking tests' clock, and the day they book: a Monday morning and the Wednesday after it.
+NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
+DAY = date(2027, 3, 3)
 
 
 @dataclass
@@ -83,6 +92,61 @@ def build_salon(
     if with_api_key:
         salon.api_key = _api_key(session, tenant)
     return salon
+
+
+def build_emailing_salon(session: Session) -> Salon:
+    """The salon with an API key, and Spanish email templates for its confirmations and cancellations."""
+    salon = build_salon(session, with_api_key=True)
+    for kind in ("appointment_confirmed", "appointment_cancelled"):
+        factories.make_notification_template(session, salon.tenant, type=kind, channel="email", locale="es")
+    return salon
+
+
+def request(salon, day=DAY, clock="10:00", phone="612 345 678", resource_ids=()):
+    """A booking of the haircut for Lucía (phone and email), on DAY at 10:00 unless told otherwise."""
+    return BookingRequest(
+        service_id=salon.haircut.id,
+        start=salon.at(day, clock),
+        client=ClientDetails(first_name="Lucía", phone=phone, email="lucia@example.com"),
+        resource_ids=tuple(resource_ids),
+    )
+
+
+def book(salon, req, now=NOW):
+    """Books `req` in a unit of work of the salon's tenant, as of `now`, and commits it."""
+    with UnitOfWork(salon.tenant.id) as uow:
+        booked = booking.book(uow, req, now)
+        uow.commit()
+    return booked
+
+
+def rows(db, model, salon):
+    """How many rows of `model` the salon's tenant has."""
+    return db.scalar(select(func.count()).select_from(model).where(model.tenant_id == salon.tenant.id))
+
+
+def submit_job(salon, at=NOW):
+    """A job that books the haircut on DAY at 10:00 for Lucía, submitted as of `at`; nothing is queued."""
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(
+            uow,
+            "booking",
+            {
+                "service_id": str(salon.haircut.id),
+                "start": salon.at(DAY, "10:00").isoformat(),
+                "client": {"first_name": "Lucía", "phone": "+34612345678"},
+            },
+            None,
+            at,
+            lambda *_: None,
+        )
+    return job
+
+
+def run_job(job_id):
+    """Runs the job as a worker runs it, as of NOW."""
+    with UnitOfWork(system=True) as uow:  # as the worker runs it
+        return intake.run(uow, job_id, NOW)
 
 
 def _api_key(session: Session, tenant: Tenant) -> str:

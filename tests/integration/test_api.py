@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.app import create_app
 from api.routes import catalog as catalog_routes
@@ -25,7 +25,7 @@ from core import db as core_db
 from core import errors as core_errors
 from core import logging as app_logging
 from core.models import Client, IntakeJob
-from tests.scenarios import build_salon
+from tests.scenarios import build_salon, rows
 from workers.celery_app import app as celery_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,10 +54,6 @@ def booking_body(salon, **changes):
     }
     body.update(changes)
     return body
-
-
-def rows(db, model, salon):
-    return db.scalar(select(func.count()).select_from(model).where(model.tenant_id == salon.tenant.id))
 
 
 def assert_problem(response, status, code):
@@ -414,3 +410,34 @@ def test_ready_503_is_documented_as_the_problem_it_is(client, monkeypatch):
     assert response.headers["content-type"] == "application/problem+json"
     documented = client.get("/openapi.json").json()["paths"]["/ready"]["get"]["responses"]["503"]
     assert "application/problem+json" in documented.get("content", {}), documented
+
+
+def test_ready_names_a_full_pool_as_the_database_and_its_probes_do_not_pile_up(database_url, monkeypatch):
+    """Every pooled connection busy: /ready answers within its limit that the database is unavailable, the
+    broker still ok, and probes arriving meanwhile share the one check that waits for a connection instead
+    of each holding a thread of their own."""
+    from api.routes import health
+    from core import db as core_db
+    from core.config import get_settings
+
+    monkeypatch.setenv("VOICEAPPOINT_DB_POOL_SIZE", "1")
+    monkeypatch.setenv("VOICEAPPOINT_DB_MAX_OVERFLOW", "0")
+    monkeypatch.setenv("VOICEAPPOINT_DB_POOL_TIMEOUT_SECONDS", "5")
+    monkeypatch.setattr(health, "READY_TIMEOUT_SECONDS", 0.2)
+    started = []
+    database_answers = health._database.probe
+    monkeypatch.setattr(health._database, "probe", lambda: started.append(1) or database_answers())
+    get_settings.cache_clear()
+    core_db.dispose_engine()
+    held = core_db.get_engine().connect()  # the pool's only connection
+    try:
+        with TestClient(create_app()) as client:
+            answers = [client.get("/ready") for _ in range(8)]
+    finally:
+        held.close()
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        core_db.dispose_engine()
+    assert [answer.status_code for answer in answers] == [503] * 8
+    assert answers[-1].json()["checks"] == {"database": "unavailable", "broker": "ok"}
+    assert len(started) == 1

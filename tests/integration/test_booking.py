@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -24,10 +24,7 @@ from core.errors import (
 )
 from core.models import Appointment, AppointmentResource, AuditLog, Client, Notification, ServiceResource
 from tests import factories
-from tests.scenarios import EVERY_DAY, build_salon
-
-NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
-DAY = date(2027, 3, 3)
+from tests.scenarios import DAY, EVERY_DAY, NOW, book, build_salon
 
 
 @pytest.fixture
@@ -56,13 +53,6 @@ def request(salon, clock="10:00", phone="612 345 678", email=None, resource_ids=
         ),
         resource_ids=tuple(resource_ids),
     )
-
-
-def book(salon, req, now=NOW):
-    with UnitOfWork(salon.tenant.id) as uow:
-        booked = booking.book(uow, req, now)
-        uow.commit()
-    return booked
 
 
 def allocations(db, appointment_id, active=None):

@@ -1,27 +1,34 @@
-"""core.intake: the job life cycle on the real database (submit, run once, outcome, sweep)."""
+"""core.intake: the job life cycle on the real database (submit, run once, outcome, sweep): the cap on a
+job's starts, and the sweeper leaving alone a job that has just started or waits for its retry."""
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import booking, intake
 from core.db import UnitOfWork
 from core.errors import Conflict
 from core.models import Appointment, IntakeJob
-from tests.scenarios import build_salon
-
-NOW = datetime(2027, 3, 1, 7, 0, tzinfo=UTC)
-DAY = date(2027, 3, 3)
+from tasks.scheduled import RUNNING_TOO_LONG
+from tests.scenarios import DAY, NOW, build_emailing_salon, build_salon, rows, submit_job
+from workers.base import JobTask, TransientError
 
 
 @pytest.fixture
 def salon(db):
     return build_salon(db)
+
+
+@pytest.fixture
+def emailing_salon(db):
+    return build_emailing_salon(db)
 
 
 def payload(salon, clock="10:00", phone="+34612345678"):
@@ -48,6 +55,13 @@ def submit(salon, body, key=None, sent=None):
 def run(job_id):
     with UnitOfWork(system=True) as uow:  # as the worker runs it
         return intake.run(uow, job_id, NOW)
+
+
+def claim(now):
+    with UnitOfWork(system=True) as uow:  # as the sweeper runs it
+        claimed = intake.claim_stale(uow, now, queued_for=timedelta(minutes=1), running_for=RUNNING_TOO_LONG)
+        uow.commit()
+    return {job_id for job_id, _ in claimed}
 
 
 def test_a_job_is_enqueued_only_after_it_is_committed(db, salon):
@@ -230,3 +244,103 @@ def test_a_job_recorded_before_starts_were_stored_in_utc_is_replayed_by_the_same
 )
 def test_a_start_is_stored_in_utc_when_it_can_be_read(start, stored):
     assert intake.canonical_payload({"start": start, "notes": "x"}) == {"start": stored, "notes": "x"}
+
+
+def test_a_job_that_keeps_dying_is_failed_not_requeued_forever(db, emailing_salon):
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", 50
+    stored.started_at = stored.enqueued_at = NOW - timedelta(hours=1)
+    db.flush()
+    claimed = claim(NOW)
+    db.refresh(stored)
+    assert job.job_id not in claimed
+    assert stored.status == "failed"
+
+
+def test_a_job_waiting_for_its_longest_retry_is_left_to_it_by_the_sweeper(db, emailing_salon):
+    # The provider asked for a long pause; the job stays `running` while its retry waits.
+    longest_wait = JobTask().retry_countdown(TransientError("429", retry_after=10**6))
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts, stored.started_at = "running", 5, NOW
+    db.flush()
+    retry_starts = NOW + timedelta(seconds=longest_wait + JobTask.time_limit)
+    assert job.job_id not in claim(retry_starts)
+    db.refresh(stored)
+    assert stored.status == "running", stored.error
+    # Not started again for longer: its message may be lost, or its retry may still wait behind a backlog
+    # (a retry is queued at the tail). It is sent again (a copy books nothing twice), not failed while a
+    # retry that would book it may be on its way.
+    assert job.job_id in claim(NOW + RUNNING_TOO_LONG + timedelta(seconds=1))
+    db.refresh(stored)
+    assert stored.status == "running"
+
+
+@pytest.mark.parametrize(
+    ("starts", "outcome"),
+    [(intake.RUN_FAILS_AFTER_STARTS - 1, "running"), (intake.RUN_FAILS_AFTER_STARTS, "failed")],
+)
+def test_the_sweeper_fails_a_stale_running_job_only_once_its_next_start_would(
+    db, emailing_salon, starts, outcome
+):
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", starts
+    stored.started_at = stored.enqueued_at = NOW - RUNNING_TOO_LONG - timedelta(seconds=1)
+    db.flush()
+    claimed = claim(NOW)
+    db.refresh(stored)
+    assert stored.status == outcome
+    assert (job.job_id in claimed) == (outcome == "running")
+
+
+def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep(db, emailing_salon):
+    runbook = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    (requeue,) = re.findall(r"UPDATE intake_jobs SET status = 'queued'.*?;", runbook, flags=re.S)
+    # On the real clock: the runbook's SQL reads the database's now().
+    now = datetime.now(UTC)
+    job = submit_job(emailing_salon, at=now - timedelta(days=2))
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.error = "failed", {"code": "internal_error"}
+    db.flush()
+    db.execute(text(requeue.replace("<job_id>", str(job.job_id))))
+    assert job.job_id in claim(now)
+
+
+def test_a_job_that_just_started_after_a_backlog_is_not_requeued(db, emailing_salon):
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    # Waited ten minutes in a busy queue, picked up ten seconds ago, still booking.
+    stored.status, stored.attempts = "running", 1
+    stored.enqueued_at = NOW - timedelta(minutes=10)
+    stored.started_at = NOW - timedelta(seconds=10)
+    db.flush()
+    assert job.job_id not in claim(NOW)
+
+
+def test_a_job_started_too_often_is_failed_as_it_starts_and_books_nothing(db, emailing_salon):
+    # A job that kills its worker process comes straight back (reject_on_worker_lost), again and again.
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", intake.RUN_FAILS_AFTER_STARTS
+    db.flush()
+    with UnitOfWork(system=True) as uow:
+        outcome = intake.run(uow, job.job_id, now=NOW)
+    db.refresh(stored)
+    assert outcome["status"] == "failed" and outcome["error"]["code"] == "internal_error"
+    assert (stored.status, stored.attempts, stored.finished_at) == (
+        "failed",
+        intake.RUN_FAILS_AFTER_STARTS + 1,
+        NOW,
+    )
+    assert rows(db, Appointment, emailing_salon) == 0
+
+
+def test_a_job_one_start_below_the_cap_still_books(db, emailing_salon):
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", intake.RUN_FAILS_AFTER_STARTS - 1
+    db.flush()
+    with UnitOfWork(system=True) as uow:
+        assert intake.run(uow, job.job_id, now=NOW)["status"] == "succeeded"

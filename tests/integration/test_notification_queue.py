@@ -1,4 +1,5 @@
-"""Which template an appointment event is rendered with, and that an event is queued once."""
+"""Which template an appointment event is rendered with, and that an event is queued once; a booking of
+a business whose locale is written `es-ES` is confirmed in its language."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from core import notifications, seed
 from core.db import UnitOfWork
 from core.models import Notification
 from tests import factories
-from tests.scenarios import build_salon
+from tests.scenarios import build_emailing_salon, build_salon, run_job, submit_job
 
 START = datetime(2027, 3, 3, 9, 0, tzinfo=UTC)  # 10:00 in Madrid
+
+
+@pytest.fixture
+def salon(db):
+    return build_emailing_salon(db)
 
 
 def _event(db, locale="es"):
@@ -209,3 +215,22 @@ def test_the_installed_sms_confirmation_fits_one_plain_sms(db, locale):
     (sms,) = _queued(db, appointment)
     assert set(sms.body) <= GSM_ALPHABET, sms.body
     assert len(sms.body) <= 160
+
+
+def test_a_business_whose_locale_is_written_es_ES_still_takes_bookings(db, salon):
+    # babel reads `es_ES`, not `es-ES`: the confirmation's date failed every booking of such a business.
+    salon.tenant.locale = "es-ES"
+    factories.make_notification_template(
+        db,
+        salon.tenant,
+        type="appointment_confirmed",
+        channel="sms",
+        locale="es",
+        body_template="{{ appointment_date }}",
+    )
+    outcome = run_job(submit_job(salon).job_id)
+    assert outcome["status"] == "succeeded", outcome.get("error")
+    (confirmation,) = db.scalars(
+        select(Notification).where(Notification.appointment_id == outcome["result"]["appointment_id"])
+    ).all()
+    assert confirmation.body == "3 de marzo de 2027"

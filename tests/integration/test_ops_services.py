@@ -1,7 +1,9 @@
-"""The private PostgreSQL and Redis started when the configured ones do not answer."""
+"""The private PostgreSQL and Redis started when the configured ones do not answer, and never in place of
+a server the URL names (a network host given as libpq's ?host= parameter)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +17,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from ops import services
 from ops.services import (
     NOT_RUNNING,
     STOPPED,
@@ -177,3 +180,25 @@ def test_a_server_that_answers_but_refuses_is_an_error_not_a_fallback(tmp_path):
         ensure_postgres(wrong_role.render_as_string(hide_password=False), tmp_path)
     assert "answered but refused" in str(raised.value)
     assert not (tmp_path / "postgres").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # a remote server given as libpq's host parameter (SQLAlchemy's documented form for psycopg)
+        "postgresql+psycopg://app@/voiceappoint?host=db.example.invalid",
+        # the shared server itself, which answers, given the same way
+        "postgresql+psycopg://postgres@/voiceappoint?host=127.0.0.1",
+    ],
+)
+def test_a_url_with_a_network_host_in_the_query_is_never_replaced(url, monkeypatch, tmp_path):
+    started = []
+
+    def fake_start(data_dir):
+        started.append(data_dir)
+        raise ServiceError("private server would be started here")
+
+    monkeypatch.setattr(services, "_start_private_postgres", fake_start)
+    with contextlib.suppress(ServiceError):  # the unreachable host: refused, not replaced
+        ensure_postgres(url, tmp_path / "data")
+    assert not started, f"{url} was replaced by a private PostgreSQL"

@@ -1,4 +1,6 @@
-"""The updated_at/version triggers and the audit trail."""
+"""The updated_at/version triggers and the audit trail: an updated object sees the version its trigger
+wrote, the application role cannot write the trail itself, and a tenant's own trail does not block its
+hard delete."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import create_engine, text, update
+from sqlalchemy.exc import DBAPIError
 
+from core.db import UnitOfWork
 from core.models import (
     Appointment,
     AppointmentResource,
@@ -17,6 +21,7 @@ from core.models import (
     Notification,
     VapiConfiguration,
 )
+from tests import factories
 from tests.factories import (
     make_appointment,
     make_client,
@@ -265,3 +270,53 @@ def test_an_appointment_in_the_past_can_be_recorded_completed_and_cancelled(db):
     # Also an appointment whose times fall outside 06:00-23:00 UTC (the seed's dropped CHECK).
     late = datetime(2030, 3, 4, 23, 30, tzinfo=UTC)
     make_appointment(db, tenant, service, client, late)
+
+
+def test_a_tenant_with_audited_rows_can_be_hard_deleted_once_its_audit_rows_are_removed(database_url):
+    owner = create_engine(database_url)  # the owner/superuser, as an operator would do it
+    try:
+        with owner.connect() as connection, connection.begin() as transaction:
+            tenant_id = connection.execute(
+                text(
+                    "INSERT INTO tenants (slug, name, business_type) VALUES (:slug, 'T', 'salon') RETURNING id"
+                ),
+                {"slug": f"rev017-{uuid.uuid4().hex[:8]}"},
+            ).scalar_one()
+            connection.execute(
+                text("INSERT INTO services (tenant_id, name, duration_minutes) VALUES (:t, 'Cut', 30)"),
+                {"t": tenant_id},
+            )
+            connection.execute(text("DELETE FROM audit_logs WHERE tenant_id = :t"), {"t": tenant_id})
+            try:
+                with connection.begin_nested():
+                    connection.execute(text("DELETE FROM tenants WHERE id = :t"), {"t": tenant_id})
+            except DBAPIError as error:
+                pytest.fail(f"tenant delete refused after removing its audit rows: {error.orig}")
+            finally:
+                transaction.rollback()
+    finally:
+        owner.dispose()
+
+
+def test_the_application_role_cannot_write_the_audit_trail_itself(db):
+    tenant = factories.make_tenant(db)
+    someone = factories.make_user(db)
+    with UnitOfWork(tenant_id=tenant.id) as uow:
+        with pytest.raises(DBAPIError) as caught:
+            uow.session.execute(
+                text(
+                    "INSERT INTO audit_logs (tenant_id, action, table_name, record_id, user_id, user_email)"
+                    " VALUES (:t, 'DELETE', 'appointments', gen_random_uuid(), :u, :e)"
+                ),
+                {"t": tenant.id, "u": someone.id, "e": someone.email},
+            )
+        assert caught.value.orig.sqlstate == "42501"
+
+
+def test_an_updated_object_sees_the_version_its_trigger_wrote(db):
+    service = factories.make_service(db, factories.make_tenant(db))
+    assert service.version == 1
+    service.name = "Renamed"
+    db.flush()
+    assert db.scalar(text("SELECT version FROM services WHERE id = :id"), {"id": service.id}) == 2
+    assert service.version == 2

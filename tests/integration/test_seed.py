@@ -1,16 +1,27 @@
-"""core.seed: the plans, the 32 system templates and the demo tenant, and running it twice changes nothing."""
+"""core.seed: the plans, the 32 system templates and the demo tenant, and running it twice changes nothing;
+the demo seed on its own seeds the plans it needs, two seeds at once insert each row once, and
+`voiceappoint seed` with an unusable application role says so in one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time
 from decimal import Decimal
+from pathlib import Path
 
+from alembic import command
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import select, text
+from sqlalchemy import make_url, select, text
+from sqlalchemy.orm import sessionmaker
 
 from core import seed
-from core.db import UnitOfWork
+from core.db import UnitOfWork, make_engine
 from core.models import (
     NotificationTemplate,
     Resource,
@@ -23,7 +34,9 @@ from core.models import (
     VapiConfiguration,
 )
 from core.models.notifications import NOTIFICATION_TYPES
+from ops.database import alembic_config, create_database_if_missing, drop_database
 
+REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
 
 # Every table the seed writes, with the rows that belong to the seed.
@@ -252,3 +265,64 @@ def test_the_demo_tenant_is_bookable_as_described(db):
     plan = db.get(SubscriptionPlan, subscription.plan_id)
     assert (plan.name, subscription.status) == ("Professional", "trialing")
     assert (subscription.trial_end - NOW).days == 14
+
+
+def test_seed_demo_on_its_own_seeds_the_plans_it_needs(db):
+    assert (
+        db.execute(text("SELECT count(*) FROM subscription_plans WHERE name = 'Professional'")).scalar() == 0
+    )
+    with UnitOfWork(system=True) as uow:
+        seed.seed_demo(uow)
+        uow.commit()
+
+
+def test_seed_with_an_unusable_app_role_is_one_line_and_exit_2(database_url):
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "VOICEAPPOINT_DB_APP_ROLE": "va_no_such_role",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from ops.cli import main; main()", "seed"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr[-600:]
+    assert done.returncode == 2
+
+
+def test_two_seeds_at_once_insert_each_plan_and_template_once(database_url):
+    # On a database of its own: the plans must be missing when both start, so that both look for them.
+    url = make_url(database_url).set(database=f"va_seed_race_{uuid.uuid4().hex[:12]}")
+    url = url.render_as_string(hide_password=False)
+    create_database_if_missing(url)
+    engine = make_engine(url)
+    try:
+        command.upgrade(alembic_config(url), "head")
+        both_started = threading.Barrier(2)
+
+        def run_seed():
+            with UnitOfWork(system=True, factory=sessionmaker(engine, expire_on_commit=False)) as uow:
+                both_started.wait()
+                seed.seed_all(uow, demo=True)
+                uow.commit()
+
+        with ThreadPoolExecutor(2) as pool:
+            for seeding in [pool.submit(run_seed) for _ in range(2)]:
+                seeding.result(timeout=60)
+        with engine.connect() as connection:
+            connection.execute(text("SET LOCAL app.system = 'on'"))
+            plans = connection.execute(
+                text("SELECT count(*), count(DISTINCT name) FROM subscription_plans")
+            ).one()
+            templates = connection.execute(
+                text("SELECT count(*) FROM notification_templates WHERE tenant_id IS NULL")
+            ).scalar()
+        assert tuple(plans) == (3, 3)
+        assert templates == 32
+    finally:
+        engine.dispose()
+        drop_database(url)

@@ -19,6 +19,7 @@ from core.booking import BookingRequest
 from core.clients import ClientDetails
 from core.db import UnitOfWork, make_engine
 from core.errors import SlotUnavailable
+from tests import scenarios
 from tests.scenarios import build_salon
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -31,10 +32,7 @@ def sessions_in_madrid(monkeypatch):
 
 def book(salon, start: datetime, phone: str, now: datetime):
     request = BookingRequest(salon.haircut.id, start, ClientDetails("Ana", phone=phone))
-    with UnitOfWork(salon.tenant.id) as uow:
-        booked = booking.book(uow, request, now)
-        uow.commit()
-    return booked
+    return scenarios.book(salon, request, now)
 
 
 def committed_salon(engine, **columns):

@@ -1,0 +1,270 @@
+"""What the intake API makes of input it must refuse, in process (TestClient) on the real database: hostile
+bodies (NUL characters, dates at the calendar's edge, oversized chunked bodies, bodies that are no JSON
+object), odd request ids, headers and query parameters, a trailing slash, requests refused before a job
+exists (a reschedule that can never succeed, two interchangeable stylists), the 401 challenge, and requests
+shed when too many wait for a thread. Each is a 4xx problem+json, never a 500, and leaves no job behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from core.models import IntakeJob
+from tests.scenarios import DAY, book, build_emailing_salon, request, rows
+from workers.celery_app import app as celery_app
+
+
+@pytest.fixture
+def salon(db):
+    return build_emailing_salon(db)
+
+
+@pytest.fixture
+def api(db, redis_prefix, salon):
+    assert celery_app.conf.broker_transport_options.get("global_keyprefix") == redis_prefix
+    # raise_server_exceptions=False: the test sees the 500 the caller would get, not the traceback.
+    with TestClient(
+        create_app(),
+        headers={"Authorization": f"Bearer {salon.api_key}"},
+        raise_server_exceptions=False,
+    ) as test_client:
+        yield test_client
+
+
+def api_body(salon, start: str, **client):
+    return {
+        "service_id": str(salon.haircut.id),
+        "start": start,
+        "client": {"first_name": "Lucía", "phone": "612 345 678", **client},
+    }
+
+
+def _booked_in_a_few_days(salon):
+    day = datetime.now(UTC).date() + timedelta(days=3)
+    return day, book(salon, request(salon, day=day), now=datetime.now(UTC))
+
+
+def test_a_nul_character_in_the_body_is_a_4xx_not_a_500(db, api, salon):
+    start = salon.at(datetime.now(UTC).date() + timedelta(days=2), "10:00").isoformat()
+    response = api.post("/v1/bookings", json={**api_body(salon, start), "notes": "call me\u0000"})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"service_id": ', "application/json"),
+        (b'{"service_id": "x"}', "text/plain"),
+        (b"service_id=x", "application/x-www-form-urlencoded"),
+        (b'["not", "an", "object"]', "application/json"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_a_400_bad_request(db, api, salon, content, content_type):
+    response = api.post("/v1/bookings", content=content, headers={"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_request"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_an_empty_idempotency_key_is_refused_not_shared(db, api, salon):
+    start = salon.at(datetime.now(UTC).date() + timedelta(days=2), "10:00").isoformat()
+    response = api.post("/v1/bookings", json=api_body(salon, start), headers={"Idempotency-Key": ""})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize("start", ["0001-01-01T00:00:00+01:00", "9999-12-31T10:00:00+01:00"])
+def test_a_start_at_the_edge_of_the_calendar_is_a_4xx_not_a_500(db, api, salon, start):
+    response = api.post("/v1/bookings", json=api_body(salon, start))
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] in ("start_in_past", "invalid_start", "validation_error")
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_a_chunked_body_over_the_limit_is_413(db, api, salon):
+    def chunks():
+        yield b'{"notes": "'
+        for _ in range(80):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = api.post("/v1/bookings", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "payload_too_large"
+
+
+def test_a_request_id_that_is_not_utf8_does_not_break_the_request():
+    # Straight to the ASGI app: HTTP clients refuse to send the byte, servers (h11) pass it on.
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/health",
+        "raw_path": b"/health",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"x-request-id", b"caf\xe9")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    with contextlib.suppress(Exception):  # the server error middleware re-raises after answering
+        asyncio.run(create_app()(scope, receive, send))
+    assert sent[0]["status"] == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ("off_grid", 422, "off_grid"),
+        ("past", 422, "start_in_past"),
+        ("service_off", 422, "service_inactive"),
+        ("suspended", 403, "tenant_inactive"),
+    ],
+)
+def test_a_reschedule_that_can_never_succeed_is_refused_before_a_job_exists(
+    db, api, salon, change, status, code
+):
+    day, booked = _booked_in_a_few_days(salon)
+    start = salon.at(day, "12:07" if change == "off_grid" else "12:00")
+    if change == "past":
+        start = salon.at(datetime.now(UTC).date() - timedelta(days=2), "12:00")
+    if change == "service_off":
+        salon.haircut.is_active = False
+    if change == "suspended":
+        salon.tenant.subscription_status = "suspended"
+    db.flush()
+    response = api.post(
+        f"/v1/appointments/{booked.appointment_id}/reschedule", json={"start": start.isoformat()}
+    )
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_two_interchangeable_stylists_are_refused_before_a_job_exists(db, api, salon):
+    """The worker could never serve them (one stylist serves an appointment): the request was a job that
+    always failed, and the corrected request under the same key was a 409."""
+    day, booked = _booked_in_a_few_days(salon)
+    both = [str(stylist.id) for stylist in salon.stylists]
+    start = salon.at(day, "12:00").isoformat()
+    key = {"Idempotency-Key": "order-1"}
+    response = api.post("/v1/bookings", json={**api_body(salon, start), "resource_ids": both}, headers=key)
+    assert (response.status_code, response.json()["code"]) == (422, "resource_not_eligible"), response.text
+    moved = api.post(
+        f"/v1/appointments/{booked.appointment_id}/reschedule", json={"start": start, "resource_ids": both}
+    )
+    assert (moved.status_code, moved.json()["code"]) == (422, "resource_not_eligible"), moved.text
+    assert rows(db, IntakeJob, salon) == 0
+    fixed = api.post("/v1/bookings", json={**api_body(salon, start), "resource_ids": both[:1]}, headers=key)
+    assert fixed.status_code == 202, fixed.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/services/"), ("POST", "/v1/bookings/")])
+def test_a_trailing_slash_is_a_404_problem_not_a_redirect(api, salon, method, path):
+    start = salon.at(DAY, "10:00").isoformat()
+    response = api.request(method, path, json=api_body(salon, start) if method == "POST" else None)
+    assert (response.status_code, response.headers["content-type"]) == (404, "application/problem+json")
+    assert response.json()["code"] == "not_found" and "location" not in response.headers
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\u2060 \u200b", "\ufeff"])
+def test_a_first_name_of_invisible_characters_is_an_invalid_name(db, api, salon, name):
+    start = salon.at(DAY, "10:00").isoformat()
+    response = api.post(
+        "/v1/bookings", json={**api_body(salon, start), "client": {"first_name": name, "phone": "612345678"}}
+    )
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_name"), response.text
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        ("", 'Bearer realm="voiceappoint"'),
+        ("Bearer va_live_abc_def", 'Bearer realm="voiceappoint", error="invalid_token"'),
+    ],
+)
+def test_a_401_names_the_scheme_it_expects(api, authorization, challenge):
+    response = api.get("/v1/services", headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/services?wiat=10"), ("POST", "/v1/bookings?wiat=10"), ("GET", "/v1/jobs/{job}?x=1")],
+)
+def test_a_query_parameter_the_operation_does_not_take_is_an_unknown_field(db, api, salon, method, path):
+    start = salon.at(DAY, "10:00").isoformat()
+    path = path.format(job=uuid.uuid4())
+    response = api.request(method, path, json=api_body(salon, start) if method == "POST" else None)
+    assert (response.status_code, response.json()["code"]) == (422, "unknown_field"), response.text
+    assert response.json()["errors"][0]["field"] in ("wiat", "x")
+    assert rows(db, IntakeJob, salon) == 0
+    # The parameters an operation takes still work, and the probes take anything (a monitor's cache-buster).
+    assert api.post("/v1/bookings?wait=0", json=api_body(salon, start)).status_code == 202
+    assert api.get("/health?_=1700000000").status_code == 200
+
+
+def test_requests_are_refused_at_once_while_too_many_wait_for_a_thread(db, redis_prefix, salon, monkeypatch):
+    """The API's worker threads all busy and two requests already queued for one: the next is a 503
+    `overloaded` with Retry-After, /health is still answered, and the queued two are served once a thread
+    is free."""
+    from anyio import to_thread
+
+    from core.config import get_settings
+
+    monkeypatch.setenv("VOICEAPPOINT_API_MAX_QUEUED_REQUESTS", "2")
+    get_settings.cache_clear()
+    try:
+        app = create_app()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    async def burst():
+        threads = to_thread.current_default_thread_limiter()  # this event loop's own
+        threads.total_tokens = 1
+        await threads.acquire()  # the one thread is busy
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {salon.api_key}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as client:
+            queued = [asyncio.create_task(client.get("/v1/services")) for _ in range(2)]
+            try:
+                while threads.statistics().tasks_waiting < 2:
+                    await asyncio.sleep(0.01)
+                # Without the cap it would queue behind the other two, for as long as the thread is held.
+                refused = await asyncio.wait_for(client.get("/v1/services"), 5)
+                health = await client.get("/health")
+            finally:
+                threads.release()
+                served = await asyncio.gather(*queued)
+        return refused, health, served
+
+    refused, health, served = asyncio.run(burst())
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "overloaded"
+    assert health.status_code == 200
+    assert [response.status_code for response in served] == [200, 200]
+    assert served[0].json()["services"]
