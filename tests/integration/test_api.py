@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from api import schemas as api_schemas
 from api.app import create_app
 from api.routes import catalog as catalog_routes
 from api.routes import health
@@ -25,7 +26,7 @@ from core import db as core_db
 from core import errors as core_errors
 from core import logging as app_logging
 from core.models import Client, IntakeJob
-from tests.scenarios import build_salon, rows
+from tests.scenarios import book, build_salon, request, rows
 from workers.celery_app import app as celery_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -441,3 +442,44 @@ def test_ready_names_a_full_pool_as_the_database_and_its_probes_do_not_pile_up(d
     assert [answer.status_code for answer in answers] == [503] * 8
     assert answers[-1].json()["checks"] == {"database": "unavailable", "broker": "ok"}
     assert len(started) == 1
+
+
+def test_every_example_in_the_openapi_document_fits_its_schema(client):
+    # Client generators and mock servers take the examples as true: each must validate as its model.
+    spec = client.get("/openapi.json").json()
+    checked = []
+    for name, schema in spec["components"]["schemas"].items():
+        for example in schema.get("examples", []):
+            getattr(api_schemas, name).model_validate(example)
+            checked.append(name)
+    assert {"BookingIn", "AvailabilityOut", "JobOut"} <= set(checked)
+
+
+def test_availability_for_a_chosen_stylist_lists_only_her_slots(client, salon):
+    stylist = salon.stylists[1]
+    response = client.get(
+        "/v1/availability",
+        params={
+            "service_id": str(salon.haircut.id),
+            "from": DAY.isoformat(),
+            "to": DAY.isoformat(),
+            "resource_id": str(stylist.id),
+        },
+    )
+    assert response.status_code == 200, response.text
+    slots = response.json()["slots"]
+    assert slots and all(str(stylist.id) in slot["resource_ids"] for slot in slots)
+
+
+def test_an_appointment_reads_as_its_schema_says(client, salon):
+    booked = book(salon, request(salon, day=DAY, clock="11:00"), now=NOW)
+    response = client.get(f"/v1/appointments/{booked.appointment_id}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == set(api_schemas.AppointmentOut.model_fields)
+    assert body["start"] == salon.at(DAY, "11:00").isoformat()
+    assert body["client"]["phone"] == "+34612345678"
+    assert body["service"]["name"] == "Haircut"
+    assert {resource["resource_id"] for resource in body["resources"]} == {
+        str(resource_id) for resource_id in booked.resource_ids
+    }
