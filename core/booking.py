@@ -807,6 +807,11 @@ def cancel(
     """A client's cancellation: honours the service's policy (as it stood when the client asked,
     `requested_at`) and tells the client."""
     appointment = _locked_appointment(uow, appointment_id)
+    if appointment.status == "cancelled":
+        # Already done (a client's retry after a timeout, without its Idempotency-Key): the outcome they
+        # asked for, as it is; the first reason stands and nobody is told twice.
+        tenant = _tenant(uow, appointment.tenant_id)
+        return _booked(appointment, tuple(r.id for _, r in _held_resources(uow, appointment)), tenant)
     # Read even when the business has retired the service since: its booked clients may still cancel.
     service = uow.session.get(Service, appointment.service_id)
     if appointment.status not in ("scheduled", "confirmed"):

@@ -559,6 +559,12 @@ class BookingLifecycle(RuleBasedStateMachine):
         self._cancel(cancelled, "Changed my mind")
 
     def _cancel(self, cancelled: ModelAppointment, reason: str | None):
+        if cancelled.status == "cancelled":
+            # A repeated cancellation is answered with the appointment as it is: nothing changes.
+            result, error = self._call(lambda uow: booking.cancel(uow, cancelled.id, reason, self.now))
+            self._check_outcome("cancel", error, "ok")
+            assert result.status == "cancelled"
+            return
         if cancelled.status not in ("scheduled", "confirmed"):
             expected = "illegal_status_change"
         elif not self.allows_cancellation:

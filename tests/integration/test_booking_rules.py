@@ -78,3 +78,22 @@ def test_an_appointment_of_a_service_retired_since_can_still_be_cancelled(db, sa
     appointment = db.get(Appointment, uuid.UUID(booked["result"]["appointment_id"]))
     db.refresh(appointment)
     assert appointment.status == "cancelled"
+
+
+def test_cancelling_a_cancelled_appointment_answers_it_as_it_is(db, salon):
+    # A client's retry after a timeout, without its Idempotency-Key: the outcome asked for, not a 409.
+    booked = book(salon, request(salon))
+    for reason in ("Cannot come", "Retried"):
+        with UnitOfWork(salon.tenant.id) as uow:
+            cancelled = booking.cancel(uow, booked.appointment_id, reason, NOW)
+            uow.commit()
+        assert cancelled.status == "cancelled"
+    appointment = db.get(Appointment, booked.appointment_id)
+    assert appointment.cancellation_reason == "Cannot come"
+    told = db.scalars(
+        select(Notification).where(
+            Notification.appointment_id == booked.appointment_id,
+            Notification.notification_type == "appointment_cancelled",
+        )
+    ).all()
+    assert len(told) == len({n.channel for n in told}) >= 1
