@@ -195,6 +195,10 @@ class AppointmentOut(BookedOut):
     cancellation_reason: str | None
 
 
+class AppointmentsOut(BaseModel):
+    appointments: list[AppointmentOut]
+
+
 class ServiceOut(BaseModel):
     service_id: uuid.UUID
     name: str

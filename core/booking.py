@@ -881,6 +881,24 @@ def mark_no_show(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> B
 
 def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentView:
     appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
+    return _view(uow, appointment)
+
+
+def find_by_reference(uow: UnitOfWork, reference: str) -> list[AppointmentView]:
+    """The business's appointment with this booking reference as a person reads it out (any case, with
+    spaces, dashes or other separators), or none."""
+    wanted = "".join(character for character in reference.upper() if character.isalnum())
+    appointment = uow.session.scalar(
+        select(Appointment).where(
+            Appointment.tenant_id == uow.tenant_id,
+            Appointment.booking_reference == wanted,
+            Appointment.deleted_at.is_(None),
+        )
+    )
+    return [] if appointment is None else [_view(uow, appointment)]
+
+
+def _view(uow: UnitOfWork, appointment: Appointment) -> AppointmentView:
     tenant = _tenant(uow, appointment.tenant_id)
     service = uow.session.get(Service, appointment.service_id)
     client = uow.session.get(Client, appointment.client_id)

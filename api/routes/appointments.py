@@ -1,10 +1,10 @@
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
-from api.schemas import AppointmentOut
+from api.schemas import AppointmentOut, AppointmentsOut
 from core import booking
 from core.db import UnitOfWork
 
@@ -20,3 +20,21 @@ router = APIRouter(prefix="/v1", tags=["appointments"], dependencies=[Depends(kn
 def get_appointment(appointment_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
     with UnitOfWork(tenant_id) as uow:
         return booking.get_appointment(uow, appointment_id).as_dict()
+
+
+@router.get(
+    "/appointments",
+    response_model=AppointmentsOut,
+    responses=documented_errors(401, 422, 503),
+    summary="Find an appointment by the booking reference the client was given",
+)
+def find_appointments(
+    reference: str = Query(
+        min_length=1,
+        max_length=50,
+        description="As the client reads it out: any case; spaces, dashes and other separators ignored",
+    ),
+    tenant_id: uuid.UUID = Depends(authenticated_tenant),
+) -> dict:
+    with UnitOfWork(tenant_id) as uow:
+        return {"appointments": [found.as_dict() for found in booking.find_by_reference(uow, reference)]}

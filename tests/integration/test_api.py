@@ -483,3 +483,20 @@ def test_an_appointment_reads_as_its_schema_says(client, salon):
     assert {resource["resource_id"] for resource in body["resources"]} == {
         str(resource_id) for resource_id in booked.resource_ids
     }
+
+
+def test_an_appointment_is_found_by_the_reference_read_out_over_the_phone(db, client, salon):
+    booked = book(salon, request(salon, day=DAY, clock="12:00"), now=NOW)
+    said = " ".join(booked.booking_reference.lower()[i : i + 3] for i in (0, 3))  # "ekh 74w"
+    found = client.get("/v1/appointments", params={"reference": said})
+    assert found.status_code == 200, found.text
+    [appointment] = found.json()["appointments"]
+    assert appointment["appointment_id"] == str(booked.appointment_id)
+    assert appointment["booking_reference"] == booked.booking_reference
+    # Unknown, or another business's: nothing, not an error.
+    other = build_salon(db, with_api_key=True)
+    theirs = book(other, request(other, day=DAY, clock="12:00", phone="612 000 111"), now=NOW)
+    for reference in ("ZZZZZZ", theirs.booking_reference):
+        nothing = client.get("/v1/appointments", params={"reference": reference})
+        assert (nothing.status_code, nothing.json()) == (200, {"appointments": []})
+    assert_problem(client.get("/v1/appointments"), 422, "validation_error")
