@@ -199,6 +199,16 @@ class AppointmentsOut(BaseModel):
     appointments: list[AppointmentOut]
 
 
+class ServiceResourceOut(BaseModel):
+    resource_id: uuid.UUID
+    name: str
+    type: str
+    choosable: bool = Field(
+        description="One of the staff (or rooms) a client may ask for in `resource_ids`; false: every appointment"
+        " needs it (the chair)"
+    )
+
+
 class ServiceOut(BaseModel):
     service_id: uuid.UUID
     name: str
@@ -207,7 +217,13 @@ class ServiceOut(BaseModel):
     duration_minutes: int
     price: str | None
     currency: str | None
-    resource_ids: list[uuid.UUID]
+    resource_ids: list[uuid.UUID] = Field(description="The ids of `resources`")
+    resources: list[ServiceResourceOut]
+    min_advance_booking_hours: int = Field(description="A booking starts at least this long after it is made")
+    max_advance_booking_days: int | None = Field(description="…and at most this far ahead (null: no limit)")
+    requires_confirmation: bool = Field(description="The business confirms each booking (status scheduled)")
+    allows_cancellation: bool = Field(description="Clients may cancel and move appointments online")
+    cancellation_policy_hours: int = Field(description="…up to this many hours before the start")
 
 
 class ServicesOut(BaseModel):

@@ -14,6 +14,15 @@ from core.models import Resource, Service, ServiceResource
 
 
 @dataclass(frozen=True)
+class ResourceSummary:
+    resource_id: uuid.UUID
+    name: str
+    type: str
+    choosable: bool  # one of the interchangeable ones (a stylist) a client may ask for; else every
+    # appointment needs it (the chair)
+
+
+@dataclass(frozen=True)
 class ServiceSummary:
     service_id: uuid.UUID
     name: str
@@ -22,7 +31,13 @@ class ServiceSummary:
     duration_minutes: int
     price: Decimal | None
     currency: str | None
-    resource_ids: tuple[uuid.UUID, ...]
+    resources: tuple[ResourceSummary, ...]
+    # The rules a booking meets, so that a client is told them before, not by a refusal.
+    min_advance_booking_hours: int
+    max_advance_booking_days: int | None
+    requires_confirmation: bool
+    allows_cancellation: bool  # online, by the client: cancelling and moving alike
+    cancellation_policy_hours: int
 
     def as_dict(self) -> dict:
         return {
@@ -33,7 +48,16 @@ class ServiceSummary:
             "duration_minutes": self.duration_minutes,
             "price": str(self.price) if self.price is not None else None,
             "currency": self.currency,
-            "resource_ids": [str(r) for r in self.resource_ids],
+            "resource_ids": [str(r.resource_id) for r in self.resources],
+            "resources": [
+                {"resource_id": str(r.resource_id), "name": r.name, "type": r.type, "choosable": r.choosable}
+                for r in self.resources
+            ],
+            "min_advance_booking_hours": self.min_advance_booking_hours,
+            "max_advance_booking_days": self.max_advance_booking_days,
+            "requires_confirmation": self.requires_confirmation,
+            "allows_cancellation": self.allows_cancellation,
+            "cancellation_policy_hours": self.cancellation_policy_hours,
         }
 
 
@@ -43,9 +67,15 @@ def list_services(uow: UnitOfWork) -> list[ServiceSummary]:
         .where(Service.tenant_id == uow.tenant_id, Service.is_active.is_(True), Service.deleted_at.is_(None))
         .order_by(Service.sort_order, Service.name)
     ).all()
-    resources_by_service: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    resources_by_service: dict[uuid.UUID, list[ResourceSummary]] = defaultdict(list)
     links = uow.session.execute(
-        select(ServiceResource.service_id, ServiceResource.resource_id)
+        select(
+            ServiceResource.service_id,
+            ServiceResource.resource_id,
+            Resource.name,
+            Resource.type,
+            ServiceResource.is_required,
+        )
         .join(Resource, Resource.id == ServiceResource.resource_id)
         .where(
             ServiceResource.service_id.in_([s.id for s in services]),
@@ -54,8 +84,10 @@ def list_services(uow: UnitOfWork) -> list[ServiceSummary]:
         )
         .order_by(ServiceResource.preference_order, Resource.id)
     ).all()
-    for service_id, resource_id in links:
-        resources_by_service[service_id].append(resource_id)
+    for service_id, resource_id, name, kind, is_required in links:
+        resources_by_service[service_id].append(
+            ResourceSummary(resource_id, name, kind, choosable=is_required is False)
+        )
     return [
         ServiceSummary(
             service_id=s.id,
@@ -65,7 +97,12 @@ def list_services(uow: UnitOfWork) -> list[ServiceSummary]:
             duration_minutes=s.duration_minutes,
             price=s.base_price,
             currency=s.price_currency,
-            resource_ids=tuple(resources_by_service[s.id]),
+            resources=tuple(resources_by_service[s.id]),
+            min_advance_booking_hours=s.min_advance_booking_hours or 0,
+            max_advance_booking_days=s.max_advance_booking_days,
+            requires_confirmation=bool(s.requires_confirmation),
+            allows_cancellation=bool(s.allows_cancellation),
+            cancellation_policy_hours=s.cancellation_policy_hours or 0,
         )
         for s in services
     ]

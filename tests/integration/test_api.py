@@ -124,6 +124,16 @@ def test_services_lists_the_tenants_active_services(client, salon):
     assert [s["name"] for s in services] == ["Haircut"]
     assert services[0]["price"] == "25.00"
     assert set(services[0]["resource_ids"]) == {str(r.id) for r in salon.stylists + salon.chairs}
+    # What a client may choose, and the rules a booking meets, before any refusal says them.
+    resources = {r["resource_id"]: r for r in services[0]["resources"]}
+    assert {r: (v["name"], v["choosable"]) for r, v in resources.items()} == {
+        **{str(s.id): (s.name, True) for s in salon.stylists},
+        **{str(c.id): (c.name, False) for c in salon.chairs},
+    }
+    rules = {name: services[0][name] for name in ("min_advance_booking_hours", "max_advance_booking_days")}
+    assert rules == {"min_advance_booking_hours": 0, "max_advance_booking_days": 60}
+    assert (services[0]["allows_cancellation"], services[0]["cancellation_policy_hours"]) == (True, 24)
+    assert services[0]["requires_confirmation"] is False
 
 
 def test_availability_answers_in_the_tenants_time_zone(client, salon):
