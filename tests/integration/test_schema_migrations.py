@@ -282,7 +282,10 @@ def test_each_revision_commits_on_its_own(tmp_path):
             "def downgrade():\n"
             "    pass\n"
         )
-        config.set_main_option("version_locations", f"{MIGRATIONS_DIR / 'versions'} {tmp_path}")
+        config.set_main_option("path_separator", "os")
+        config.set_main_option(
+            "version_locations", os.pathsep.join([str(MIGRATIONS_DIR / "versions"), str(tmp_path)])
+        )
         command.upgrade(config, "019")
         with pytest.raises(DBAPIError, match="division by zero"):
             command.upgrade(config, "failing")
