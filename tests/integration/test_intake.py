@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -298,8 +298,8 @@ def test_the_sweeper_fails_a_stale_running_job_only_once_its_next_start_would(
 def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep(db, emailing_salon):
     runbook = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     (requeue,) = re.findall(r"UPDATE intake_jobs SET status = 'queued'.*?;", runbook, flags=re.S)
-    # On the real clock: the runbook's SQL reads the database's now().
-    now = datetime.now(UTC)
+    # The runbook's SQL reads no clock (enqueued_at = created_at): a job failed two days before NOW.
+    now = NOW
     job = submit_job(emailing_salon, at=now - timedelta(days=2))
     stored = db.get(IntakeJob, job.job_id)
     stored.status, stored.error = "failed", {"code": "internal_error"}
