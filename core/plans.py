@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, Select, String, Uuid, bindparam, cast, func, select, text
+from sqlalchemy import ARRAY, DateTime, Select, Uuid, bindparam, func, select, text
 
 from core.db import UnitOfWork
 from core.errors import TenantNotAllowed
@@ -68,12 +68,9 @@ def next_month_start(start: datetime) -> datetime:
 
 
 _besides = bindparam("besides", type_=Uuid())
-_local_month = cast(
-    func.date_trunc("month", func.timezone(bindparam("zone", type_=String()), Appointment.scheduled_start)),
-    Date(),
-)
+_month_starts = bindparam("month_starts", type_=ARRAY(DateTime(timezone=True)))
 _BOOKED_BY_MONTH = (
-    select(_local_month, func.count(Appointment.id))
+    select(func.width_bucket(Appointment.scheduled_start, _month_starts), func.count(Appointment.id))
     .where(
         Appointment.tenant_id == bindparam("tenant_id"),
         Appointment.deleted_at.is_(None),
@@ -82,7 +79,7 @@ _BOOKED_BY_MONTH = (
         Appointment.scheduled_start < bindparam("until"),
         _besides.is_(None) | (Appointment.id != _besides),
     )
-    .group_by(text("1"))  # by position: the month's expression holds parameters, and each would be a new one
+    .group_by(text("1"))  # by position: the bucket's expression holds a parameter
 )
 
 
@@ -95,11 +92,22 @@ def booked_by_month(
     besides: uuid.UUID | None = None,
 ) -> dict[date, int]:
     """The appointments that count against the plan in each local month from `first`'s to `last`'s, by the
-    month's first day, `besides` one (the appointment being booked or moved)."""
-    since = month_start(first, zone)
-    until = next_month_start(month_start(last, zone))
+    month's first day, `besides` one (the appointment being booked or moved).
+
+    The months' bounds are Python's (zoneinfo), as the booking's: PostgreSQL's timezone() reads some IANA
+    names (CET, EET, MET, WET) as fixed-offset abbreviations, without their summer time."""
+    starts = [month_start(first, zone)]
+    final = month_start(last, zone)
+    while starts[-1] < final:
+        starts.append(next_month_start(starts[-1]))
     rows = uow.session.execute(
         _BOOKED_BY_MONTH,
-        {"zone": zone.key, "tenant_id": tenant_id, "since": since, "until": until, "besides": besides},
+        {
+            "month_starts": starts,
+            "tenant_id": tenant_id,
+            "since": starts[0],
+            "until": next_month_start(starts[-1]),
+            "besides": besides,
+        },
     )
-    return dict(rows.all())
+    return {starts[bucket - 1].date(): count for bucket, count in rows}

@@ -370,3 +370,29 @@ def test_a_month_the_plan_has_filled_offers_no_slots(db, salon):
         )
         february = find_slots(uow, salon.haircut.id, friday, friday, NOW).slots
     assert "09:00" in local(february)
+
+
+def test_a_full_month_is_counted_on_the_businesss_own_clock_whatever_postgresql_calls_its_zone(db):
+    # "CET" is an IANA zone with summer time; PostgreSQL's timezone('CET', ...) reads it as the fixed +01
+    # abbreviation, so an appointment at 00:30 on 1 April (summer time) fell in its March.
+    cet = ZoneInfo("CET")
+    tenant = f.make_tenant(db, timezone="CET", settings={"slot_step_minutes": 60})
+    service = f.make_service(
+        db, tenant, duration_minutes=60, available_days=list(range(7)), max_advance_booking_days=90
+    )
+    stylist = f.make_resource(db, tenant, name="Ana")
+    f.link_service_resource(db, service, stylist)
+    for day in range(7):
+        f.make_schedule(db, stylist, day, "09:00", "18:00")
+    f.make_subscription(db, tenant, f.make_plan(db, max_appointments_per_month=1), status="active")
+    f.make_appointment(
+        db,
+        tenant,
+        service,
+        f.make_client(db, tenant),
+        datetime(2027, 4, 1, 0, 30, tzinfo=cet),
+        resources=[stylist],
+    )
+    with UnitOfWork(tenant.id) as uow:
+        found = find_slots(uow, service.id, date(2027, 3, 30), date(2027, 4, 2), NOW).slots
+    assert {slot.start.astimezone(cet).month for slot in found} == {3}
