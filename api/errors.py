@@ -51,7 +51,7 @@ def problem(
 ERROR_DESCRIPTIONS = {
     400: "The body is not a JSON object",
     401: "No API key, or one that is not valid",
-    403: "The business cannot take bookings or moves while its subscription is suspended or cancelled",
+    403: "The business offers no availability and takes no bookings or moves while its subscription is suspended or cancelled",
     404: "No such resource in this business",
     409: "A conflict: an Idempotency-Key reused for another request, a change not allowed",
     413: "The body is larger than 64 KiB",

@@ -107,7 +107,9 @@ class BookedOut(BaseModel):
     """An appointment as a job leaves it (`result` of a succeeded job): times in the business's zone."""
 
     appointment_id: uuid.UUID
-    booking_reference: str
+    booking_reference: str | None = Field(
+        description="null for an appointment recorded without one (an import)"
+    )
     status: AppointmentStatus
     start: datetime
     end: datetime
@@ -118,11 +120,10 @@ class JobErrorOut(BaseModel):
     """Why a job failed: a stable `code` (docs/api.md lists them), a message a person can read, and what
     goes with some codes (`alternatives` with slot_taken and the other refusals of a time, `field`)."""
 
+    # Extra members as the refusal has them, and only then (no null `alternatives` where none belong).
     model_config = ConfigDict(extra="allow")
     code: str
     message: str
-    alternatives: list[SlotOut] | None = None
-    field: str | None = None
 
 
 class JobOut(BaseModel):

@@ -596,6 +596,12 @@ def _in_months_with_room(
     return with_room
 
 
+def _as_it_stands(uow: UnitOfWork, appointment: Appointment, tenant: Tenant) -> BookedAppointment:
+    return _booked(
+        appointment, tuple(resource.id for _, resource in _held_resources(uow, appointment)), tenant
+    )
+
+
 def _booked(
     appointment: Appointment, resource_ids: tuple[uuid.UUID, ...], tenant: Tenant
 ) -> BookedAppointment:
@@ -793,7 +799,7 @@ def _change_status(
     if new_status == "cancelled":
         clients.recount_latest(uow, appointment.client_id)
     tenant = _tenant(uow, appointment.tenant_id)
-    return _booked(appointment, tuple(r.id for _, r in _held_resources(uow, appointment)), tenant)
+    return _as_it_stands(uow, appointment, tenant)
 
 
 def cancel(
@@ -811,7 +817,7 @@ def cancel(
         # Already done (a client's retry after a timeout, without its Idempotency-Key): the outcome they
         # asked for, as it is; the first reason stands and nobody is told twice.
         tenant = _tenant(uow, appointment.tenant_id)
-        return _booked(appointment, tuple(r.id for _, r in _held_resources(uow, appointment)), tenant)
+        return _as_it_stands(uow, appointment, tenant)
     # Read even when the business has retired the service since: its booked clients may still cancel.
     service = uow.session.get(Service, appointment.service_id)
     if appointment.status not in ("scheduled", "confirmed"):
@@ -887,11 +893,13 @@ def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentVi
 def find_by_reference(uow: UnitOfWork, reference: str) -> list[AppointmentView]:
     """The business's appointment with this booking reference as a person reads it out (any case, with
     spaces, dashes or other separators), or none."""
-    wanted = "".join(character for character in reference.upper() if character.isalnum())
+    # Ours are letters and digits only; an imported one may keep its own separators ("REF-1042").
+    as_given = "".join(character for character in reference.upper() if character.isprintable()).strip()
+    spoken = "".join(character for character in as_given if character.isalnum())
     appointment = uow.session.scalar(
         select(Appointment).where(
             Appointment.tenant_id == uow.tenant_id,
-            Appointment.booking_reference == wanted,
+            Appointment.booking_reference.in_([as_given, spoken]),
             Appointment.deleted_at.is_(None),
         )
     )

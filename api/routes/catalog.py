@@ -28,7 +28,7 @@ def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
 @router.get(
     "/availability",
     response_model=AvailabilityOut,
-    responses=documented_errors(401, 404, 422, 503),
+    responses=documented_errors(401, 403, 404, 422, 503),
     summary="Free slots of a service between two local dates",
 )
 def get_availability(

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api import schemas as api_schemas
 from api.app import create_app
 from api.routes import catalog as catalog_routes
 from api.routes import health
-from core import availability
+from core import availability, intake
 from core import db as core_db
 from core import errors as core_errors
 from core import logging as app_logging
 from core.models import Client, IntakeJob
+from tests import factories
 from tests.scenarios import book, build_salon, request, rows
 from workers.celery_app import app as celery_app
 
@@ -510,3 +511,66 @@ def test_an_appointment_is_found_by_the_reference_read_out_over_the_phone(db, cl
         nothing = client.get("/v1/appointments", params={"reference": reference})
         assert (nothing.status_code, nothing.json()) == (200, {"appointments": []})
     assert_problem(client.get("/v1/appointments"), 422, "validation_error")
+
+
+def imported_appointment(db, salon, booking_reference):
+    """An appointment written as an importer would, straight into the table, at DAY 10:00."""
+    return factories.make_appointment(
+        db,
+        salon.tenant,
+        salon.haircut,
+        factories.make_client(db, salon.tenant),
+        salon.at(DAY, "10:00"),
+        resources=[salon.stylists[0], *salon.chairs],
+        booking_reference=booking_reference,
+    )
+
+
+def test_an_appointment_without_a_booking_reference_reads_and_so_does_its_job(db, client, salon):
+    # booking_reference is nullable (the seed's schema): an imported appointment has none.
+    appointment = imported_appointment(db, salon, booking_reference=None)
+    read = client.get(f"/v1/appointments/{appointment.id}")
+    assert (read.status_code, read.json()["booking_reference"]) == (200, None), read.text
+    with core_db.UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(
+            uow, "cancel", {"appointment_id": str(appointment.id)}, None, NOW, lambda *_: None
+        )
+    with core_db.UnitOfWork(system=True) as uow:
+        intake.run(uow, job.job_id, NOW)
+    cancelled = client.get(f"/v1/jobs/{job.job_id}")
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "succeeded"), cancelled.text
+
+
+def test_availability_of_a_business_that_cannot_book_is_a_documented_403(db, client, salon):
+    salon.tenant.subscription_status = "suspended"
+    db.flush()
+    response = client.get(
+        "/v1/availability",
+        params={"service_id": str(salon.haircut.id), "from": DAY.isoformat(), "to": DAY.isoformat()},
+    )
+    assert_problem(response, 403, "tenant_inactive")
+    documented = client.get("/openapi.json").json()["paths"]["/v1/availability"]["get"]["responses"]
+    assert "403" in documented
+
+
+def test_an_imported_reference_with_its_own_separators_is_found_as_written(db, client, salon):
+    appointment = imported_appointment(db, salon, booking_reference="REF-1042")
+    for said in ("REF-1042", "ref-1042"):
+        found = client.get("/v1/appointments", params={"reference": said}).json()["appointments"]
+        assert [a["appointment_id"] for a in found] == [str(appointment.id)]
+
+
+def test_a_failed_jobs_error_carries_only_the_members_its_refusal_has(db, client, salon):
+    response = client.post("/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "bare"})
+    job_id = response.json()["job_id"]
+    with core_db.UnitOfWork(system=True) as uow:
+        uow.session.execute(
+            text("UPDATE intake_jobs SET status = 'failed', error = :error WHERE id = :id"),
+            {
+                "error": json.dumps({"code": "cancel_not_allowed", "message": "Call the business."}),
+                "id": job_id,
+            },
+        )
+        uow.commit()
+    error = client.get(f"/v1/jobs/{job_id}").json()["error"]
+    assert error == {"code": "cancel_not_allowed", "message": "Call the business."}

@@ -11,7 +11,9 @@ from workers.celery_app import create_app
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux's keepalive options")
-def test_broker_and_result_connections_probe_a_silent_peer_within_two_minutes(redis_prefix):
+def test_broker_connections_probe_a_silent_peer_within_two_minutes_and_result_connections_keep_alive(
+    redis_prefix,
+):
     app = create_app(get_settings(), set_as_current=False)
     try:
         with app.connection_for_read() as connection:
