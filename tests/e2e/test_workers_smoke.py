@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from core import logging as log
 from tests.e2e.processes import ProcessEnvironment, client_app
-from workers.celery_app import QUEUE_NAMES
+from workers.celery_app import QUEUE_NAMES, WORKER_MAX_MEMORY_KIB
 
 TIMEOUT = 30
 
@@ -57,6 +57,7 @@ def test_both_workers_consume_every_queue_with_the_configured_guarantees(worker,
         assert conf["task_reject_on_worker_lost"] is True
         assert conf["accept_content"] == ["json"]
         assert conf["worker_send_task_events"] is True
+        assert conf["worker_max_memory_per_child"] == WORKER_MAX_MEMORY_KIB
 
 
 def test_flower_sees_every_task_from_sent_to_succeeded(worker, celery_client):
