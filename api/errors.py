@@ -69,22 +69,31 @@ def problem_media_type(spec: dict[str, Any]) -> dict[str, Any]:
     """Error responses are problem+json on the wire, and validation errors are Problems too (see
     `install`); FastAPI documents every model as application/json and its own 422 body."""
     problem_ref = {"$ref": "#/components/schemas/Problem"}
-    for operation in (op for path in spec.get("paths", {}).values() for op in path.values()):
-        # FastAPI adds a 422 to any operation with a dependency that reads the request (the API key's
-        # header); one without parameters or body has nothing that could fail validation.
-        if not operation.get("parameters") and "requestBody" not in operation:
-            operation.get("responses", {}).pop("422", None)
-        for status, response in operation.get("responses", {}).items():
-            content = response.get("content", {})
-            if status[0] in "45" and "application/json" in content:
-                content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
-            if status == "422":
-                response.update(
-                    description=ERROR_DESCRIPTIONS[422], content={PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
-                )
+    for path, operations in spec.get("paths", {}).items():
+        for operation in operations.values():
+            _document_problems(path, operation, problem_ref)
     for unused in ("HTTPValidationError", "ValidationError"):
         spec.get("components", {}).get("schemas", {}).pop(unused, None)
     return spec
+
+
+def _document_problems(path: str, operation: dict[str, Any], problem_ref: dict[str, str]) -> None:
+    # FastAPI adds a 422 to any operation with a dependency that reads the request (the API key's header).
+    # A /v1 operation can always give one (a query parameter it does not take is unknown_field); a probe
+    # without parameters cannot.
+    responses = operation.get("responses", {})
+    if path.startswith("/v1/"):
+        responses.setdefault("422", {})
+    elif not operation.get("parameters") and "requestBody" not in operation:
+        responses.pop("422", None)
+    for status, response in responses.items():
+        content = response.get("content", {})
+        if status[0] in "45" and "application/json" in content:
+            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        if status == "422":
+            response.update(
+                description=ERROR_DESCRIPTIONS[422], content={PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
+            )
 
 
 def error_problem(

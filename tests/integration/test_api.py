@@ -92,8 +92,11 @@ def test_the_openapi_contract_documents_every_error_as_problem_json(client):
     # What ?wait= answers when the job succeeded.
     assert "201" in spec["paths"]["/v1/bookings"]["post"]["responses"]
     assert "200" in spec["paths"]["/v1/appointments/{appointment_id}/cancel"]["post"]["responses"]
-    # Nothing a client sends to /v1/services can fail validation: the API key is checked as 401.
-    assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "503"}
+    # Any /v1 operation refuses a query parameter it does not take (422 unknown_field), /v1/services too.
+    assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "422", "503"}
+    assert_problem(client.get("/v1/services", params={"page": 2}), 422, "unknown_field")
+    # The probes take any parameter (a monitor's cache-buster): nothing there can fail validation.
+    assert "422" not in spec["paths"]["/health"]["get"]["responses"]
     assert "422" in spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]
     assert spec["components"]["schemas"]["ClientIn"]["anyOf"] == [
         {"required": ["phone"]},
