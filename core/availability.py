@@ -894,8 +894,9 @@ def read_window(
         last = min(date_to, (now + timedelta(days=rules.max_advance_booking_days)).astimezone(tz).date())
     full_months: frozenset[date] = frozenset()
     if context.monthly_limit is not None and first <= last:
-        booked = plans.booked_by_month(uow, context.tenant_id, tz, first, last)
-        full_months = frozenset(month for month, count in booked.items() if count >= context.monthly_limit)
+        full_months = frozenset(
+            plans.full_months(uow, context.tenant_id, tz, context.monthly_limit, first, last)
+        )
     chosen = (resource_id,) if resource_id else ()
     return CalendarWindow(_load(uow, context, first, last, chosen), first, last, resource_id, full_months)
 

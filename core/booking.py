@@ -563,8 +563,7 @@ def _same_month(tenant: Tenant, one: datetime, other: datetime) -> bool:
     to the month, so the plan's limit does not apply to it (a business over a smaller plan's limit may
     still move that month's appointments)."""
     zone = ZoneInfo(tenant.timezone)
-    first, second = one.astimezone(zone), other.astimezone(zone)
-    return (first.year, first.month) == (second.year, second.month)
+    return plans.month_start(one, zone) == plans.month_start(other, zone)
 
 
 def _same_place(slot: Slot, other: Slot | None) -> bool:
@@ -577,23 +576,17 @@ def _same_place(slot: Slot, other: Slot | None) -> bool:
 def _in_months_with_room(
     uow: UnitOfWork, tenant: Tenant, slots: list[Slot], appointment_id: uuid.UUID, moving_from: Slot | None
 ) -> list[Slot]:
-    """The slots in a local month the plan still has room in (the appointment itself aside), or in the
+    """The slots (in time order) in a local month the plan still has room in (the appointment itself aside), or in the
     month a move starts from: an alternative offered must be bookable, and the nearest ones can fall in the
     next month."""
     limit = plans.monthly_allowance(uow, tenant.id)
-    if limit is None:
+    if limit is None or not slots:
         return slots
-    with_room = []
-    for slot in slots:
-        if moving_from is not None and _same_month(tenant, slot.start, moving_from.start):
-            with_room.append(slot)
-            continue
-        try:
-            _refuse_if_month_full(uow, tenant, limit, slot.start, besides=appointment_id)
-        except LimitReached:
-            continue
-        with_room.append(slot)
-    return with_room
+    zone = ZoneInfo(tenant.timezone)
+    full = plans.full_months(uow, tenant.id, zone, limit, slots[0].start, slots[-1].start, appointment_id)
+    if moving_from is not None:
+        full.discard(plans.month_start(moving_from.start, zone).date())
+    return [slot for slot in slots if plans.month_start(slot.start, zone).date() not in full]
 
 
 def _as_it_stands(uow: UnitOfWork, appointment: Appointment, tenant: Tenant) -> BookedAppointment:

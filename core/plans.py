@@ -111,3 +111,18 @@ def booked_by_month(
         },
     )
     return {starts[bucket - 1].date(): count for bucket, count in rows}
+
+
+def full_months(
+    uow: UnitOfWork,
+    tenant_id: uuid.UUID,
+    zone: ZoneInfo,
+    limit: int,
+    first: datetime | date,
+    last: datetime | date,
+    besides: uuid.UUID | None = None,
+) -> set[date]:
+    """The local months from `first`'s to `last`'s (by their first day) that hold `limit` appointments
+    already, `besides` one: nothing more can be booked in them."""
+    booked = booked_by_month(uow, tenant_id, zone, first, last, besides)
+    return {month for month, count in booked.items() if count >= limit}
