@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[uuid.UUID, str], None]
 FINISHED = ("succeeded", "failed")
-# `run` fails a job started more often than this as it starts (`intake_jobs.attempts` counts the starts). A delivery whose job kills its worker
-# process is handed back by the broker at once (reject_on_worker_lost) and would loop forever; the cap
-# leaves room for the worker's transient retries (JobTask.max_retries, each a new start) and re-sends.
+# `run` fails a job started more often than this as it starts (`intake_jobs.attempts` counts the starts).
+# A delivery whose job kills its worker process is handed back by the broker at once
+# (reject_on_worker_lost) and would loop forever; the cap leaves room for the worker's transient retries
+# (JobTask.max_retries, each a new start) and re-sends.
 RUN_FAILS_AFTER_STARTS = 15
 # The longest wait between two sends of a queued job (see claim_stale): a send lost while the broker
 # refused messages must not leave the job waiting as long again after the broker is back.
