@@ -15,7 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import null, select, text
+from sqlalchemy import select, text
 
 from core.db import UnitOfWork
 from core.models import (
@@ -65,12 +65,7 @@ def _upsert_by_id(
 ) -> tuple[Model, str]:
     row = uow.session.get(model, row_id)
     if row is None:
-        # An explicit SQL NULL: a plain None would let a server default (CURRENT_DATE, say) fill the column.
-        columns = {
-            name: null() if value is None else value
-            for name, value in {**values, **(on_create or {})}.items()
-        }
-        row = model(id=row_id, **columns)
+        row = model(id=row_id, **{**values, **(on_create or {})})
         uow.session.add(row)
         uow.session.flush()
         return row, "created"

@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import null
 from sqlalchemy.dialects.postgresql import Range
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -220,8 +219,7 @@ def make_schedule(
             day_of_week=day_of_week,
             start_time=_time(start),
             end_time=_time(end),
-            # null(): a plain None would let the server default (CURRENT_DATE) in.
-            effective_from=effective_from if effective_from is not None else null(),
+            effective_from=effective_from,
             effective_until=effective_until,
             **columns,
         ),

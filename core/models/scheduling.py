@@ -457,8 +457,8 @@ class ResourceSchedule(Base):
     start_time: Mapped[time]  # local wall-clock time in the tenant's time zone
     end_time: Mapped[time] = mapped_column(ClosingTime())  # 00:00 is 24:00, the end of the day
 
-    # NULL effective_from: in effect since always (the default is the creation date, as in the seed).
-    effective_from: Mapped[date | None] = mapped_column(server_default=text("CURRENT_DATE"))
+    # NULL effective_from: in effect since always. No default: CURRENT_DATE is the UTC date (revision 021).
+    effective_from: Mapped[date | None]
     effective_until: Mapped[date | None]  # inclusive
 
     is_active: Mapped[bool] = flag(True)

@@ -274,6 +274,36 @@ def test_tightened_not_null_columns(db):
         make_appointment(db, *_setup(db), T0, status=null())
 
 
+def test_no_nullable_column_has_a_default(db):
+    # Where NULL is allowed it means something (effective_from: "since always"); a default there would be
+    # stored instead whenever a writer leaves the column out, or the ORM is given None.
+    defaulted_nullable = db.execute(
+        text(
+            "SELECT table_name || '.' || column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND is_nullable = 'YES' AND column_default IS NOT NULL"
+            " AND table_name IN (SELECT tablename FROM pg_tables WHERE schemaname = 'public')"
+        )
+    ).scalars()
+    assert sorted(defaulted_nullable) == []
+
+
+def test_a_schedule_written_without_a_date_is_in_effect_since_always(db):
+    # CURRENT_DATE, the seed's default, is the UTC date in the application's sessions: on a New York
+    # evening a schedule written then came into effect only the next day (revision 021).
+    resource = make_resource(db, make_tenant(db))
+    schedule_id = db.scalar(
+        text(
+            "INSERT INTO resource_schedules (resource_id, day_of_week, start_time, end_time)"
+            " VALUES (:resource, 1, '09:00', '17:00') RETURNING id"
+        ),
+        {"resource": resource.id},
+    )
+    stored = db.scalar(
+        text("SELECT effective_from FROM resource_schedules WHERE id = :id"), {"id": schedule_id}
+    )
+    assert stored is None
+
+
 # --- unique constraints -------------------------------------------------------------------------
 
 
