@@ -157,7 +157,9 @@ class JobOut(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: datetime = Field(description="UTC, when the request was accepted")
     finished_at: datetime | None = Field(None, description="UTC, when the job ended")
-    links: dict[str, str]
+    links: dict[str, str] = Field(
+        description="`self`: this job; `appointment`: the appointment, once the job has one"
+    )
     result: BookedOut | None = None
     error: JobErrorOut | None = None
 

@@ -33,11 +33,22 @@ SUBMIT_ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 422, 503)
 
 def _submit_responses(waited_status: int) -> dict[int | str, dict[str, Any]]:
     """The problems, and the answer of a request whose `?wait=` saw its job succeed."""
+    job_location = {"description": "The job", "schema": {"type": "string"}}
+    waited_headers = (
+        {
+            "Location": {"description": "The appointment booked", "schema": {"type": "string"}},
+            "Content-Location": job_location,
+        }
+        if waited_status == 201
+        else {"Location": job_location}
+    )
     return {
         **SUBMIT_ERRORS,
+        202: {"description": "The job, accepted", "headers": {"Location": job_location}},
         waited_status: {
             "model": JobOut,
             "description": "With `?wait=`: the job succeeded; `result` has the appointment",
+            "headers": waited_headers,
         },
     }
 
@@ -61,8 +72,16 @@ def _job_url(job_id: uuid.UUID) -> str:
     return f"/v1/jobs/{job_id}"
 
 
+def _appointment_url(job: intake.JobView) -> str | None:
+    appointment_id = (job.result or {}).get("appointment_id")
+    return f"/v1/appointments/{appointment_id}" if appointment_id else None
+
+
 def _job_body(job: intake.JobView) -> dict[str, Any]:
-    return {**job.as_dict(), "links": {"self": _job_url(job.job_id)}}
+    links = {"self": _job_url(job.job_id)}
+    if appointment_url := _appointment_url(job):
+        links["appointment"] = appointment_url
+    return {**job.as_dict(), "links": links}
 
 
 def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str | None) -> intake.JobView:
@@ -90,6 +109,9 @@ async def _answer(
     body = JobOut.model_validate(_job_body(job)).model_dump(mode="json")
     headers = {"Location": _job_url(job.job_id)}
     if job.status == "succeeded" and wait > 0:
+        if success_status == 201:
+            # 201's Location names what was created; the body is the job, which Content-Location names.
+            headers = {"Location": _appointment_url(job), "Content-Location": _job_url(job.job_id)}
         return JSONResponse(body, status_code=success_status, headers=headers)
     if job.status == "failed" and wait > 0:
         return error_problem(job.http_status, job.error or {}, headers, job_id=str(job.job_id))

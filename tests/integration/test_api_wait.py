@@ -131,14 +131,24 @@ def test_a_held_booking_is_answered_with_its_appointment_once_a_worker_has_booke
     worker.start()
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
         response = client.post("/v1/bookings?wait=10", json=booking(salon, "11:00", "+34614709999"))
-    worker.join()
-    assert response.status_code == 201, response.text
-    result = response.json()["result"]
-    with Session(committed_engine) as session:
-        appointment = session.get(Appointment, result["appointment_id"])
-    assert appointment.tenant_id == salon.tenant.id
-    assert appointment.scheduled_start == salon.at(DAY, "11:00")
-    assert result["start"] == salon.at(DAY, "11:00").isoformat()
+        worker.join()
+        assert response.status_code == 201, response.text
+        job = response.json()
+        result = job["result"]
+        with Session(committed_engine) as session:
+            appointment = session.get(Appointment, result["appointment_id"])
+        assert appointment.tenant_id == salon.tenant.id
+        assert appointment.scheduled_start == salon.at(DAY, "11:00")
+        assert result["start"] == salon.at(DAY, "11:00").isoformat()
+        # 201 names what it created; the body is the job, and both lead to the appointment.
+        appointment_url = f"/v1/appointments/{appointment.id}"
+        assert response.headers["Location"] == appointment_url
+        assert response.headers["Content-Location"] == f"/v1/jobs/{job['job_id']}"
+        assert job["links"] == {"self": f"/v1/jobs/{job['job_id']}", "appointment": appointment_url}
+        assert client.get(response.headers["Content-Location"]).json()["links"] == job["links"]
+        followed = client.get(response.headers["Location"])
+        assert followed.status_code == 200
+        assert followed.json()["booking_reference"] == result["booking_reference"]
 
 
 def test_an_operators_shorter_limit_answers_202_when_it_runs_out(salon, monkeypatch):
