@@ -12,8 +12,9 @@ BEAT_SCHEDULE = {
     "sweep-intake": {
         "task": "scheduled.sweep_intake",
         "schedule": timedelta(seconds=30),
-        # A sweep that has waited longer than the interval is pointless, the next one is already due:
-        # drop it rather than let a backlog of sweeps build up while no worker serves the queue.
-        "options": {"queue": "scheduled", "expires": 25},
+        # While no worker serves the queue, sweeps pile up; expired ones are dropped, so at most ten wait.
+        # Not much shorter: Beat stamps the expiry by its clock and the worker judges it by its own, so
+        # the expiry is also how far apart the two clocks may be before every sweep is dropped unseen.
+        "options": {"queue": "scheduled", "expires": 300},
     },
 }

@@ -6,11 +6,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from beat_schedule import BEAT_SCHEDULE
 from core import logging as log
 from tests.e2e.processes import ProcessEnvironment, client_app
 from workers.celery_app import QUEUE_NAMES, WORKER_MAX_MEMORY_KIB
@@ -183,6 +185,19 @@ def test_the_api_process_is_up_and_reaches_the_database_and_the_broker(api_serve
         assert client.get("/health").status_code == 200
         ready = client.get("/ready")
     assert ready.status_code == 200, ready.text
+
+
+def test_a_sweep_from_a_beat_whose_clock_is_behind_the_workers_clock_still_runs(worker, celery_client):
+    # Beat stamps a sweep's expiry with its own clock and the worker judges it by its own: two minutes apart
+    # (an unsynchronised host), a 25-second expiry revoked every sweep, and nothing was ever swept.
+    entry = BEAT_SCHEDULE["sweep-intake"]
+    beats_clock = datetime.now(UTC) - timedelta(minutes=2)
+    sweep = celery_client.send_task(
+        entry["task"],
+        queue=entry["options"]["queue"],
+        expires=beats_clock + timedelta(seconds=entry["options"]["expires"]),
+    )
+    assert "requeued" in sweep.get(timeout=TIMEOUT)
 
 
 def test_beat_sends_the_intake_sweep_to_the_workers(worker, processes):
