@@ -305,7 +305,7 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     start = _in_utc(request.start)
     # A full month is refused before any work; the count that decides comes last (below).
     _refuse_if_month_full(uow, tenant, limit, start)
-    client, new_client, new_contact = clients.for_booking(uow, tenant, request.client, start)
+    client, new_client = clients.for_booking(uow, tenant, request.client, start)
     appointment = _insert_with_new_reference(
         uow,
         tenant_id=tenant.id,
@@ -327,7 +327,7 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
     # Last, as what they lock (the client's row, the tenant's count) is then held only for the commit: the
     # same person's or, on a limited plan, the same business's next booking waits for that, not for all of this.
     if not new_client:
-        clients.count_booking(uow, client, start, new_contact)
+        clients.count_booking(uow, client, start)
     _lock_and_count_month(uow, tenant, limit, start, appointment.id)
     return _booked(appointment, slot.resource_ids, tenant)
 

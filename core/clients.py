@@ -12,8 +12,6 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.attributes import set_committed_value
 
 from core.db import UnitOfWork
 from core.errors import Conflict, InvalidRequest
@@ -122,22 +120,16 @@ _INSERT_CLIENT = select(Client).from_statement(
 )
 
 
-@dataclass(frozen=True)
-class NewContact:
-    """A phone or email that a returning client gives and their row lacks; `count_booking` stores it."""
-
-    column: str  # "phone" or "email"
-    value: str
-    channel: str  # the preference it turns on: "sms" or "email"
-
-
 def for_booking(
     uow: UnitOfWork, tenant: Tenant, details: ClientDetails, booked_start: datetime
-) -> tuple[Client, bool, NewContact | None]:
+) -> tuple[Client, bool]:
     """The tenant's client with this phone (else email, unless that client has another phone), or a new
-    one; whether it is new; and the contact a returning client adds (`_new_contact`). A new client's row
-    counts this booking already; a returning client's booking is counted by `count_booking`, which the
-    caller sends last (it locks the client's row).
+    one; and whether it is new. A new client's row counts this booking already; a returning client's booking
+    is counted by `count_booking`, which the caller sends last (it locks the client's row).
+
+    A returning client's row is never changed by a booking: nothing proves that the person booking owns the
+    phone (or email) they give, so a contact typed beside it would let anyone redirect another client's
+    confirmations to themselves. Confirmations go to the contacts on file; changing those is the business's.
 
     Two bookings for the same new client can race to create it: the partial unique indexes decide,
     and the loser looks again and finds the winner's row (or, for a shared email, another person's).
@@ -152,7 +144,7 @@ def for_booking(
             # nothing of this booking reaches the other person.
             details, client = replace(details, email=None), None
         if client is not None:
-            return client, False, _new_contact(uow, tenant, client, details)
+            return client, False
         client = uow.session.scalar(
             _INSERT_CLIENT,
             {
@@ -170,43 +162,8 @@ def for_booking(
             },
         )
         if client is not None:
-            return client, True, None
+            return client, True
     raise Conflict("The client's phone and email belong to two different clients.", code="client_conflict")
-
-
-# Another live client of the tenant with this email (a family's shared address). A phone needs no such look:
-# `_find` prefers the client with the phone, so one matched by email has it to itself.
-_EMAIL_TAKEN = (
-    select(Client.__table__.c.id)
-    .where(
-        Client.__table__.c.tenant_id == bindparam("tenant_id"),
-        Client.__table__.c.email == bindparam("email"),
-        Client.__table__.c.deleted_at.is_(None),
-    )
-    .limit(1)
-)
-
-
-def _new_contact(
-    uow: UnitOfWork, tenant: Tenant, client: Client, details: ClientDetails
-) -> NewContact | None:
-    """The phone or email a returning client now gives and their row lacks (a caller booking online): kept,
-    so that the next booking by either finds this client instead of making a second one. Not an email
-    another client has. The booking's confirmation goes to it at once (the object shows it); the row is
-    written by `count_booking`, last, so that it is locked only for the commit, as for every booking."""
-    if client.email is None and details.email is not None:
-        if uow.session.scalar(_EMAIL_TAKEN, {"tenant_id": tenant.id, "email": details.email}) is not None:
-            return None
-        contact = NewContact("email", details.email, "email")
-    elif client.phone is None and details.phone is not None:
-        contact = NewContact("phone", details.phone, "sms")
-    else:
-        return None
-    # Shown to this unit of work without an UPDATE now (an ORM change would be flushed at the next query).
-    set_committed_value(client, contact.column, contact.value)
-    preferences = {**(client.communication_preferences or {}), contact.channel: True}
-    set_committed_value(client, "communication_preferences", preferences)
-    return contact
 
 
 # Counted in SQL, not from values read before: two bookings of one client at once must not both write
@@ -224,34 +181,10 @@ _COUNT_BOOKING = (
 )
 
 
-# Only where the row still lacks it: a booking that added the same contact meanwhile has done it.
-_ADD_CONTACT = {
-    column: update(Client.__table__)
-    .where(Client.__table__.c.id == bindparam("client_id"), Client.__table__.c[column].is_(None))
-    .values({column: bindparam("value"), "communication_preferences": bindparam("preferences", type_=JSONB)})
-    for column in ("phone", "email")
-}
-
-
-def count_booking(
-    uow: UnitOfWork, client: Client, booked_start: datetime, new_contact: NewContact | None = None
-) -> None:
-    """Count a returning client's booking, and store the contact it added. Its UPDATE locks the client's
-    row until the commit, so the booking sends it last: a second booking of the same person (a parent
-    booking for the family) then waits only for this one's commit, not for all of it."""
-    if new_contact is not None:
-        values = {
-            "client_id": client.id,
-            "value": new_contact.value,
-            "preferences": client.communication_preferences,
-        }
-        try:
-            with uow.session.begin_nested():
-                uow.session.execute(_ADD_CONTACT[new_contact.column], values)
-        except IntegrityError as error:
-            # Another client took that email or phone meanwhile: the unique index keeps it theirs.
-            if getattr(error.orig, "sqlstate", None) != "23505":
-                raise
+def count_booking(uow: UnitOfWork, client: Client, booked_start: datetime) -> None:
+    """Count a returning client's booking. Its UPDATE locks the client's row until the commit, so the
+    booking sends it last: a second booking of the same person (a parent booking for the family) then waits
+    only for this one's commit, not for all of it."""
     uow.session.execute(_COUNT_BOOKING, {"client_id": client.id, "booked_start": booked_start})
 
 

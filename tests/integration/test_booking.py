@@ -128,22 +128,36 @@ def test_a_clients_bookings_are_counted_and_the_phone_wins_over_the_email(db, sa
     assert (phone_client.email, email_client.email) == (None, "ana@example.com")
 
 
-def test_a_returning_client_keeps_the_contact_they_add_and_stays_one_client(db, salon):
-    online = book(salon, request(salon, "10:00", phone=None, email="lucia@example.com"))
-    both = book(salon, request(salon, "12:00", phone="612 345 678", email="lucia@example.com"))
-    call = book(salon, request(salon, "14:00", phone="612 345 678"))  # the caller id only
-    client_ids = {db.get(Appointment, booked.appointment_id).client_id for booked in (online, both, call)}
-    assert len(client_ids) == 1
+def _sent(db, booked):
+    notices = db.scalars(select(Notification).where(Notification.appointment_id == booked.appointment_id))
+    return sorted((n.channel, n.recipient_email or n.recipient_phone) for n in notices)
+
+
+@pytest.mark.parametrize(
+    ("on_file", "typed_beside_it", "channel_on_file"),
+    [
+        ({"phone": "612 345 678"}, {"email": "mallory@example.com"}, ("sms", "+34612345678")),
+        ({"phone": None, "email": "lucia@example.com"}, {"phone": "699 000 111"}, ("email", "lucia@example.com")),
+    ],
+)  # fmt: skip
+def test_a_booking_never_gives_a_returning_client_the_contact_typed_beside_theirs(
+    db, salon, on_file, typed_beside_it, channel_on_file
+):
+    # Nothing proves that the person booking owns the phone (or email) they give. A contact typed beside it
+    # used to be written onto that client, and every later confirmation of theirs went to it as well.
+    hers = book(salon, request(salon, "10:00", **on_file))
+    someone = book(salon, request(salon, "12:00", **{**on_file, **typed_beside_it}))
+    hers_again = book(salon, request(salon, "14:00", **on_file))
+    client_ids = {db.get(Appointment, b.appointment_id).client_id for b in (hers, someone, hers_again)}
+    assert len(client_ids) == 1  # matched by what is on file, as before
     client = db.get(Client, client_ids.pop())
     db.refresh(client)
-    assert (client.phone, client.email) == ("+34612345678", "lucia@example.com")
-    assert client.communication_preferences == {"email": True, "sms": True}
-    # Known by phone, the client now gives an address too: the call's confirmation is emailed as well.
-    sent = db.scalars(select(Notification).where(Notification.appointment_id == call.appointment_id)).all()
-    assert sorted((n.channel, n.recipient_email or n.recipient_phone) for n in sent) == [
-        ("email", "lucia@example.com"),
-        ("sms", "+34612345678"),
-    ]
+    assert (client.phone, client.email) == (
+        on_file["phone"] and "+34612345678",
+        on_file.get("email"),
+    )
+    # Every confirmation goes to the contact on file only, the booking with the typed contact's too.
+    assert _sent(db, hers) == _sent(db, someone) == _sent(db, hers_again) == [channel_on_file]
 
 
 def test_a_shared_email_does_not_make_two_people_one_client(db, salon):

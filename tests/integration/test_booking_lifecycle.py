@@ -123,7 +123,6 @@ class ModelClient:
     bookings: int = 1
     id: uuid.UUID | None = None  # learnt from the first booking
     recounts: int = 0  # cancellations and moves that changed its last_appointment_date, each one audit row
-    contacts_added: int = 0  # a phone or email it lacked, given in a later booking: each one audit row
 
     @property
     def channels(self) -> list[str]:
@@ -447,16 +446,7 @@ class BookingLifecycle(RuleBasedStateMachine):
             self.clients.append(client)
         else:
             assert client_id == client.id, "a returning client was not recognised"
-            client.bookings += 1
-            # A contact the client lacked and gives now is kept (the email first), unless another client has it.
-            if client.email is None and email is not None:
-                free = all(other.email != email for other in self.clients)
-                client.email = email if free else None
-                client.contacts_added += free
-            elif client.phone is None and phone is not None:
-                free = all(other.phone != phone for other in self.clients)
-                client.phone = phone if free else None
-                client.contacts_added += free
+            client.bookings += 1  # and nothing else of the client changes: the contacts on file stay
         self.model[booked.appointment_id] = ModelAppointment(
             booked.appointment_id,
             client,
@@ -753,9 +743,7 @@ class BookingLifecycle(RuleBasedStateMachine):
         for client in self.clients:
             expected[("clients", client.id, "CREATE")] += 1
             # A returning client's booking is counted on its row, and so is a change of its latest appointment.
-            expected[("clients", client.id, "UPDATE")] += (
-                client.bookings - 1 + client.recounts + client.contacts_added
-            )
+            expected[("clients", client.id, "UPDATE")] += client.bookings - 1 + client.recounts
         assert +actual == +expected
 
     def the_plans_monthly_limit_holds(self, read):
