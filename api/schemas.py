@@ -199,7 +199,11 @@ class AppointmentOut(BookedOut):
 
 
 class AppointmentsOut(BaseModel):
-    appointments: list[AppointmentOut]
+    appointments: list[AppointmentOut] = Field(description="By start time")
+    links: dict[str, str] = Field(
+        default_factory=dict,
+        description="`next`: the following appointments, where there are more than `limit`",
+    )
 
 
 class ServiceResourceOut(BaseModel):

@@ -867,6 +867,15 @@ def find_slots(
     return plan_window(read_window(uow, service_id, date_from, date_to, now, resource_id), now)
 
 
+def check_date_range(date_from: date, date_to: date) -> None:
+    """A range of local dates, both included, that one request may ask about."""
+    if date_to < date_from:
+        raise InvalidRequest("The range ends before it starts.", code="invalid_range")
+    limit = get_settings().max_availability_days
+    if (date_to - date_from).days + 1 > limit:
+        raise InvalidRequest(f"Ask for at most {limit} days at a time.", code="range_too_long")
+
+
 def read_window(
     uow: UnitOfWork,
     service_id: uuid.UUID,
@@ -877,11 +886,7 @@ def read_window(
 ) -> CalendarWindow:
     """The reading half of `find_slots`: a caller that plans after giving its connection back (the API)
     calls the two halves itself."""
-    if date_to < date_from:
-        raise InvalidRequest("The range ends before it starts.", code="invalid_range")
-    limit = get_settings().max_availability_days
-    if (date_to - date_from).days + 1 > limit:
-        raise InvalidRequest(f"Ask for at most {limit} days at a time.", code="range_too_long")
+    check_date_range(date_from, date_to)
     context = _context(uow, service_id)
     # What is offered is what a booking would accept: nothing while the business cannot book, nothing in a
     # month its plan has filled.

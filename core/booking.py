@@ -13,12 +13,12 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import MAXYEAR, UTC, datetime, timedelta
+from datetime import MAXYEAR, UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
 from core import availability, clients, notifications, plans
@@ -590,9 +590,7 @@ def _in_months_with_room(
 
 
 def _as_it_stands(uow: UnitOfWork, appointment: Appointment, tenant: Tenant) -> BookedAppointment:
-    return _booked(
-        appointment, tuple(resource.id for _, resource in _held_resources(uow, appointment)), tenant
-    )
+    return _booked(appointment, _resources_held_by(uow, appointment), tenant)
 
 
 def _booked(
@@ -684,7 +682,7 @@ def reschedule(
     linked = _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
     new_start = _in_utc(new_start)
     previous_start = appointment.scheduled_start
-    previous_resources = tuple(resource.id for _, resource in _held_resources(uow, appointment))
+    previous_resources = _resources_held_by(uow, appointment)
     if new_start == previous_start and set(resource_ids) <= set(previous_resources):
         # Already there: nothing to move, and a business's confirmation of this time still stands.
         return _booked(appointment, previous_resources, tenant)
@@ -880,7 +878,7 @@ def mark_no_show(uow: UnitOfWork, appointment_id: uuid.UUID, now: datetime) -> B
 
 def get_appointment(uow: UnitOfWork, appointment_id: uuid.UUID) -> AppointmentView:
     appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
-    return _view(uow, appointment)
+    return _views(uow, [appointment])[0]
 
 
 def find_by_reference(uow: UnitOfWork, reference: str) -> list[AppointmentView]:
@@ -896,14 +894,68 @@ def find_by_reference(uow: UnitOfWork, reference: str) -> list[AppointmentView]:
             Appointment.deleted_at.is_(None),
         )
     )
-    return [] if appointment is None else [_view(uow, appointment)]
+    return [] if appointment is None else _views(uow, [appointment])
 
 
-def _view(uow: UnitOfWork, appointment: Appointment) -> AppointmentView:
-    tenant = _tenant(uow, appointment.tenant_id)
+@dataclass(frozen=True)
+class AppointmentPage:
+    appointments: list[AppointmentView]
+    # Where the next page starts (after this start and id), or None on the last page.
+    next_after: tuple[datetime, uuid.UUID] | None
+
+
+def list_appointments(
+    uow: UnitOfWork,
+    date_from: date,
+    date_to: date,
+    *,
+    statuses: frozenset[str] = frozenset(),
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+) -> AppointmentPage:
+    """The business's appointments starting on the local dates date_from..date_to (both included), by start
+    time, `limit` at a time: a page ends where the next begins (`after`), so an appointment booked or moved
+    between pages neither repeats nor shifts the others. `statuses`: only those (empty: every status)."""
+    availability.check_date_range(date_from, date_to)
+    tz = ZoneInfo(_tenant(uow, uow.tenant_id).timezone)
+    query = select(Appointment).where(
+        Appointment.tenant_id == uow.tenant_id,
+        Appointment.deleted_at.is_(None),
+        Appointment.scheduled_start >= availability.local_midnight(date_from, tz),
+        Appointment.scheduled_start < availability.local_midnight(date_to + timedelta(days=1), tz),
+    )
+    if statuses:
+        query = query.where(Appointment.status.in_(sorted(statuses)))
+    if after is not None:
+        query = query.where(tuple_(Appointment.scheduled_start, Appointment.id) > tuple_(*after))
+    found = uow.session.scalars(
+        query.order_by(Appointment.scheduled_start, Appointment.id).limit(limit + 1)
+    ).all()
+    page = found[:limit]
+    more = len(found) > limit
+    return AppointmentPage(_views(uow, page), (page[-1].scheduled_start, page[-1].id) if more else None)
+
+
+def _views(uow: UnitOfWork, appointments: list[Appointment]) -> list[AppointmentView]:
+    """The appointments as they are shown, in four queries however many there are."""
+    if not appointments:
+        return []
+    tenant = _tenant(uow, appointments[0].tenant_id)
+    # Loaded into the session at once, so that session.get below finds them without a query each.
+    uow.session.scalars(select(Service).where(Service.id.in_({a.service_id for a in appointments}))).all()
+    uow.session.scalars(select(Client).where(Client.id.in_({a.client_id for a in appointments}))).all()
+    allocations = _allocations_of(uow, appointments)
+    return [_view(uow, tenant, a, _held_resources(a, allocations.get(a.id, []))) for a in appointments]
+
+
+def _view(
+    uow: UnitOfWork,
+    tenant: Tenant,
+    appointment: Appointment,
+    shown: list[tuple[AppointmentResource, Resource]],
+) -> AppointmentView:
     service = uow.session.get(Service, appointment.service_id)
     client = uow.session.get(Client, appointment.client_id)
-    shown = _held_resources(uow, appointment)
     return AppointmentView(
         appointment=_booked(appointment, tuple(r.id for _, r in shown), tenant),
         service={
@@ -927,15 +979,31 @@ def _view(uow: UnitOfWork, appointment: Appointment) -> AppointmentView:
     )
 
 
-def _held_resources(uow: UnitOfWork, appointment: Appointment) -> list[tuple[AppointmentResource, Resource]]:
-    """The resources the appointment holds, or for a released one (cancelled, completed) those of its
-    last allocation: earlier allocations left behind by a reschedule are history."""
-    allocations = uow.session.execute(
+def _allocations_of(
+    uow: UnitOfWork, appointments: list[Appointment]
+) -> dict[uuid.UUID, list[tuple[AppointmentResource, Resource]]]:
+    """Every allocation of these appointments, the current and the released, by appointment."""
+    allocations: dict[uuid.UUID, list[tuple[AppointmentResource, Resource]]] = {}
+    for allocation, resource in uow.session.execute(
         select(AppointmentResource, Resource)
         .join(Resource, Resource.id == AppointmentResource.resource_id)
-        .where(AppointmentResource.appointment_id == appointment.id)
+        .where(AppointmentResource.appointment_id.in_([a.id for a in appointments]))
         .order_by(Resource.id)
-    ).all()
+    ):
+        allocations.setdefault(allocation.appointment_id, []).append((allocation, resource))
+    return allocations
+
+
+def _resources_held_by(uow: UnitOfWork, appointment: Appointment) -> tuple[uuid.UUID, ...]:
+    allocations = _allocations_of(uow, [appointment]).get(appointment.id, [])
+    return tuple(resource.id for _, resource in _held_resources(appointment, allocations))
+
+
+def _held_resources(
+    appointment: Appointment, allocations: list[tuple[AppointmentResource, Resource]]
+) -> list[tuple[AppointmentResource, Resource]]:
+    """Of the appointment's allocations, those it holds, or for a released one (cancelled, completed) those
+    of its last allocation: earlier allocations left behind by a reschedule are history."""
     active = [(allocation, resource) for allocation, resource in allocations if allocation.active]
     if active or not allocations:
         return active

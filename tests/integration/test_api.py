@@ -512,18 +512,18 @@ def test_an_appointment_is_found_by_the_reference_read_out_over_the_phone(db, cl
     theirs = book(other, request(other, day=DAY, clock="12:00", phone="612 000 111"), now=NOW)
     for reference in ("ZZZZZZ", theirs.booking_reference):
         nothing = client.get("/v1/appointments", params={"reference": reference})
-        assert (nothing.status_code, nothing.json()) == (200, {"appointments": []})
+        assert (nothing.status_code, nothing.json()) == (200, {"appointments": [], "links": {}})
     assert_problem(client.get("/v1/appointments"), 422, "validation_error")
 
 
-def imported_appointment(db, salon, booking_reference):
-    """An appointment written as an importer would, straight into the table, at DAY 10:00."""
+def imported_appointment(db, salon, booking_reference, start=None):
+    """An appointment written as an importer would, straight into the table, at DAY 10:00 unless told."""
     return factories.make_appointment(
         db,
         salon.tenant,
         salon.haircut,
         factories.make_client(db, salon.tenant),
-        salon.at(DAY, "10:00"),
+        start or salon.at(DAY, "10:00"),
         resources=[salon.stylists[0], *salon.chairs],
         booking_reference=booking_reference,
     )
@@ -577,3 +577,53 @@ def test_a_failed_jobs_error_carries_only_the_members_its_refusal_has(db, client
         uow.commit()
     error = client.get(f"/v1/jobs/{job_id}").json()["error"]
     assert error == {"code": "cancel_not_allowed", "message": "Call the business."}
+
+
+def test_appointments_are_listed_by_local_date_a_page_at_a_time(db, client, salon):
+    booked = [
+        book(salon, request(salon, day=DAY, clock=clock, phone=phone), now=NOW)
+        for clock, phone in (("10:00", "612 000 001"), ("11:00", "612 000 002"), ("12:00", "612 000 003"))
+    ]
+    # Just after midnight in Madrid: the local date DAY + 1, still DAY in UTC.
+    next_day = DAY + timedelta(days=1)
+    after_midnight = imported_appointment(db, salon, "IMPORTED", start=salon.at(next_day, "00:30"))
+    other = build_salon(db, with_api_key=True)
+    book(other, request(other, day=DAY, clock="10:00"), now=NOW)
+
+    seen, pages = [], 0
+    url = f"/v1/appointments?from={DAY}&to={DAY}&limit=2"
+    while url and pages < 5:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        seen += [a["appointment_id"] for a in page.json()["appointments"]]
+        url, pages = page.json()["links"].get("next"), pages + 1
+    assert seen == [str(b.appointment_id) for b in booked]  # by start, each once, only this business's
+    assert pages == 2
+    both_days = client.get("/v1/appointments", params={"from": str(DAY), "to": str(next_day)}).json()
+    assert [a["appointment_id"] for a in both_days["appointments"]][-1] == str(after_midnight.id)
+    assert both_days["links"] == {}
+
+    cancelled = client.post(f"/v1/appointments/{booked[1].appointment_id}/cancel", json={})
+    assert cancelled.status_code == 202
+    with core_db.UnitOfWork(system=True) as uow:
+        intake.run(uow, cancelled.json()["job_id"], NOW)
+    only = client.get("/v1/appointments", params={"from": str(DAY), "to": str(DAY), "status": "cancelled"})
+    assert [a["appointment_id"] for a in only.json()["appointments"]] == [str(booked[1].appointment_id)]
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "fields"),
+    [
+        ("", "validation_error", ["from", "to"]),
+        (f"from={DAY}", "validation_error", ["to"]),
+        (f"from={DAY}&to={DAY}&after=not-a-cursor", "validation_error", ["after"]),
+        (f"from={DAY}&to={DAY}&limit=101", "validation_error", ["limit"]),
+        (f"from={DAY}&to={DAY}&status=booked", "validation_error", ["status.0"]),
+        (f"from={DAY}&to={DAY + timedelta(days=62)}", "range_too_long", None),
+        (f"from={DAY}&to={DAY - timedelta(days=1)}", "invalid_range", None),
+    ],
+)
+def test_a_listing_without_its_dates_or_with_a_bad_page_is_a_clear_422(client, query, code, fields):
+    problem = assert_problem(client.get(f"/v1/appointments?{query}"), 422, code)
+    if fields is not None:
+        assert [error["field"] for error in problem["errors"]] == fields
