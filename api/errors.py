@@ -56,6 +56,7 @@ ERROR_DESCRIPTIONS = {
     409: "A conflict: an Idempotency-Key reused for another request, a change not allowed",
     413: "The body is larger than 64 KiB",
     422: "The request is not valid; `code` says why (and `errors` lists the fields)",
+    500: "With `?wait=`: the job failed with `internal_error`; safe to retry with a new Idempotency-Key",
     503: "The database is briefly unavailable, or the API is overloaded; retry (`Retry-After`)",
 }
 

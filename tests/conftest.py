@@ -54,7 +54,7 @@ def database_url() -> str:
     from core import db as core_db
 
     core_db.dispose_engine()
-    if not os.environ.get("VOICEAPPOINT_KEEP_TEST_DB"):
+    if os.environ.get("VOICEAPPOINT_KEEP_TEST_DB") != "1":
         drop_database(url)
 
 

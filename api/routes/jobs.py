@@ -28,7 +28,7 @@ WAIT_DESCRIPTION = (
 IDEMPOTENCY_DESCRIPTION = (
     "Repeating a request with the same key returns the first job instead of booking twice."
 )
-SUBMIT_ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 422, 503)
+SUBMIT_ERRORS = documented_errors(400, 401, 403, 404, 409, 413, 422, 500, 503)
 
 
 def _submit_responses(waited_status: int) -> dict[int | str, dict[str, Any]]:

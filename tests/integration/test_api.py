@@ -92,6 +92,12 @@ def test_the_openapi_contract_documents_every_error_as_problem_json(client):
     # What ?wait= answers when the job succeeded.
     assert "201" in spec["paths"]["/v1/bookings"]["post"]["responses"]
     assert "200" in spec["paths"]["/v1/appointments/{appointment_id}/cancel"]["post"]["responses"]
+    # ...and when it failed with internal_error.
+    for path in (
+        "/v1/bookings",
+        *(f"/v1/appointments/{{appointment_id}}/{change}" for change in ("reschedule", "cancel")),
+    ):
+        assert "500" in spec["paths"][path]["post"]["responses"], path
     # Any /v1 operation refuses a query parameter it does not take (422 unknown_field), /v1/services too.
     assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "422", "503"}
     assert_problem(client.get("/v1/services", params={"page": 2}), 422, "unknown_field")
