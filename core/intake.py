@@ -29,6 +29,11 @@ from core.models import Appointment, IntakeJob
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[uuid.UUID, str], None]
+
+
+class EnqueueFailed(Exception):
+    """The broker could not take a job (down, or not answering); the job stays `queued` for the sweeper."""
+
 FINISHED = ("succeeded", "failed")
 # `run` fails a job started more often than this as it starts (`intake_jobs.attempts` counts the starts).
 # A delivery whose job kills its worker process is handed back by the broker at once
@@ -232,8 +237,11 @@ def _enqueue_safely(enqueue: Enqueue, job_id: uuid.UUID, queue: str) -> None:
     # The job is committed: if the broker is down now, the sweeper queues it later.
     try:
         enqueue(job_id, queue)
+    except EnqueueFailed as error:
+        # One line a request: during an outage every request lands here, and the cause is the same.
+        log.warning("could not enqueue job %s (%s); the sweeper will retry", job_id, error)
     except Exception:
-        log.warning("could not enqueue job %s; the sweeper will retry", job_id, exc_info=True)
+        log.exception("could not enqueue job %s (a defect, not the broker); the sweeper will retry", job_id)
 
 
 def get_job(uow: UnitOfWork, job_id: uuid.UUID | str) -> JobView:

@@ -40,5 +40,7 @@ def _send_all(jobs: list[tuple[uuid.UUID, str]]) -> None:
     for job_id, queue in jobs:
         try:
             send_intake_job(job_id, queue)
+        except intake.EnqueueFailed as error:
+            log.warning("could not re-send job %s (%s); a later sweep will", job_id, error)
         except Exception:
-            log.warning("could not re-send job %s; a later sweep will", job_id, exc_info=True)
+            log.exception("could not re-send job %s (a defect, not the broker); a later sweep will", job_id)

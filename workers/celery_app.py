@@ -22,9 +22,11 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from beat_schedule import BEAT_SCHEDULE
 from core.config import Settings, get_settings
+from core.intake import EnqueueFailed
 from workers import signals  # noqa: F401  (connects logging, per-process DB engines, log context)
 
 QUEUE_NAMES = ("realtime", "bookings", "webhooks", "notifications", "scheduled")
@@ -163,4 +165,7 @@ def send_intake_job(job_id: Any, queue: str, **options: Any) -> None:
     down (~20 s of the result backend's reconnect loop) or be left to the cyclic collector to end, which can
     deadlock the next subscribe on the same connection.
     """
-    app.send_task("bookings.process", args=[str(job_id)], queue=queue, ignore_result=True, **options)
+    try:
+        app.send_task("bookings.process", args=[str(job_id)], queue=queue, ignore_result=True, **options)
+    except OperationalError as error:  # kombu's, for any broker connection or timeout error
+        raise EnqueueFailed(str(error)) from error

@@ -365,7 +365,7 @@ def test_a_booking_accepted_while_redis_is_down_is_not_lost(
             if broker == "down"
             else stack.enter_context(a_broker_that_never_answers())
         )
-        accepted, ready = _book_with_the_broker_at(
+        accepted, ready, api_log = _book_with_the_broker_at(
             process_environment, celery_client, salon, redis_url, clock_time
         )
     assert accepted.status_code == 202, accepted.text
@@ -373,6 +373,10 @@ def test_a_booking_accepted_while_redis_is_down_is_not_lost(
     assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unavailable"
 
     job_id = accepted.json()["job_id"]
+    # One line per request that could not be queued, saying why: an outage is not a hundred lines a request.
+    [warning] = [line for line in api_log.splitlines() if f"could not enqueue job {job_id}" in line]
+    assert "the sweeper will retry" in warning
+    assert "Traceback" not in api_log
     with Session(committed_engine) as session:
         stored = session.get(IntakeJob, job_id)
         assert stored.status == "queued"  # recorded, though nothing could be queued
@@ -398,7 +402,7 @@ def _book_with_the_broker_at(process_environment, celery_client, salon, redis_ur
                 timeout=10,
             )
             ready = client.get("/ready")
-    return accepted, ready
+        return accepted, ready, api.log_text()
 
 
 def test_bookings_that_kill_or_hang_their_worker_are_failed_and_the_worker_goes_on(

@@ -344,3 +344,29 @@ def test_a_job_one_start_below_the_cap_still_books(db, emailing_salon):
     db.flush()
     with UnitOfWork(system=True) as uow:
         assert intake.run(uow, job.job_id, now=NOW)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("failure", "level", "traceback"),
+    [
+        (
+            intake.EnqueueFailed("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
+            "WARNING",
+            False,
+        ),
+        (TypeError("send_task() got an unexpected keyword argument"), "ERROR", True),
+    ],
+)
+def test_a_job_the_broker_cannot_take_is_kept_and_logged_by_its_cause(
+    salon, caplog, failure, level, traceback
+):
+    def enqueue(job_id, queue):
+        raise failure
+
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(uow, "booking", payload(salon), None, NOW, enqueue)
+    assert job.status == "queued"  # recorded for the sweeper either way
+    [record] = [r for r in caplog.records if f"could not enqueue job {job.job_id}" in r.getMessage()]
+    # The broker down: one line with its cause. Anything else is a defect, and keeps its traceback.
+    assert (record.levelname, record.exc_info is not None) == (level, traceback)
+    assert str(failure) in record.getMessage() or traceback
