@@ -89,6 +89,10 @@ class Settings(BaseSettings):
             ]
             if weak:
                 raise ValueError(f"in production set {', '.join(weak)} (the development defaults are public)")
+            if not self.db_app_role:
+                raise ValueError(
+                    "in production set VOICEAPPOINT_DB_APP_ROLE: without it no tenant is kept apart"
+                )
         return self
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,7 +68,40 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     event.listen(engine, "checkin", _release_session_locks)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)
+    if settings.is_production:
+        event.listen(engine, "connect", _refuse_a_login_above_the_policies)
     return engine
+
+
+# `RESET ROLE` takes a session back to its login, so the login decides what SQL run in the application's
+# sessions could reach: nothing beyond the application role's rights only if it is neither a superuser, nor
+# BYPASSRLS, nor the owner of the tables (an owner can switch the policies off).
+_LOGIN_RIGHTS = """
+SELECT session_user, r.rolsuper, r.rolbypassrls,
+       EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tableowner = session_user)
+FROM pg_roles r WHERE r.rolname = session_user
+"""
+
+
+def _refuse_a_login_above_the_policies(dbapi_connection: Any, connection_record: Any) -> None:
+    """In production, a connection whose login could leave row-level security fails as the database being
+    unavailable would (503 in the API, a retry in the workers), saying why: no job is failed for it."""
+    login, superuser, bypasses, owns = _execute_outside_transaction(dbapi_connection, _LOGIN_RIGHTS)
+    rights = [
+        right
+        for right, held in (
+            ("is a superuser", superuser),
+            ("bypasses RLS", bypasses),
+            ("owns the tables", owns),
+        )
+        if held
+    ]
+    if rights:
+        dbapi_connection.close()
+        raise psycopg.OperationalError(
+            f"the database login {login!r} {', '.join(rights)}: in production the API and workers must log in"
+            f" as a role that is only a member of {get_settings().db_app_role!r} (docs/operations.md, section 5)"
+        )
 
 
 def act_as(engine: Engine, role: str) -> None:
@@ -106,12 +140,14 @@ def _release_session_locks(dbapi_connection: Any, connection_record: Any) -> Non
         connection_record.invalidate(error)
 
 
-def _execute_outside_transaction(dbapi_connection: Any, statement: str) -> None:
+def _execute_outside_transaction(dbapi_connection: Any, statement: str) -> tuple[Any, ...] | None:
+    """The statement's first row, if it returns any."""
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
     try:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(statement)
+            return cursor.fetchone() if cursor.description else None
     finally:
         dbapi_connection.autocommit = autocommit
 

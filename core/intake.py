@@ -34,6 +34,7 @@ Enqueue = Callable[[uuid.UUID, str], None]
 class EnqueueFailed(Exception):
     """The broker could not take a job (down, or not answering); the job stays `queued` for the sweeper."""
 
+
 FINISHED = ("succeeded", "failed")
 # `run` fails a job started more often than this as it starts (`intake_jobs.attempts` counts the starts).
 # A delivery whose job kills its worker process is handed back by the broker at once

@@ -83,3 +83,77 @@ def test_a_failed_statement_does_not_carry_a_clients_details_into_logs(db, salon
     message = str(failed.value)
     assert "division by zero" in message
     assert "+34600999888" not in message and "secret.client" not in message
+
+
+@pytest.fixture
+def production(monkeypatch):
+    """Production settings for this test (the secrets it requires set), and back after it."""
+    from core.config import get_settings
+
+    for name, value in {
+        "VOICEAPPOINT_ENV": "production",
+        "VOICEAPPOINT_SECRET_KEY": "a-real-secret-for-this-test",
+        "VOICEAPPOINT_FLOWER_PASSWORD": "a-real-password-for-this-test",
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def member_login(database_url):
+    """A login role that is only a member of the application role, as production should use."""
+    from sqlalchemy.engine import make_url
+
+    from core.config import get_settings
+
+    login = f"va_login_{uuid.uuid4().hex[:10]}"
+    owner = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as connection:
+        connection.execute(text(f'CREATE ROLE "{login}" LOGIN IN ROLE "{get_settings().db_app_role}"'))
+    try:
+        yield make_url(database_url).set(username=login, password=None).render_as_string(False)
+    finally:
+        with owner.connect() as connection:
+            connection.execute(text(f'DROP ROLE "{login}"'))
+        owner.dispose()
+
+
+def test_in_production_a_login_that_could_leave_the_policies_gets_no_connection(database_url, production):
+    # The tests' login is the superuser that owns the tables: `RESET ROLE` would take any SQL run in the
+    # application's session past row-level security.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from core.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(OperationalError) as refused, engine.connect():
+            pass
+    finally:
+        engine.dispose()
+    login = make_url(database_url).username
+    assert f"login '{login}' is a superuser, bypasses RLS, owns the tables" in str(refused.value)
+    assert "only a member of 'voiceappoint_app'" in str(refused.value)
+
+
+def test_in_production_a_login_that_is_only_a_member_of_the_application_role_works(
+    member_login, production, salon
+):
+    from sqlalchemy.orm import sessionmaker
+
+    from core.db import make_engine
+
+    engine = make_engine(member_login)
+    try:
+        with UnitOfWork(system=True, factory=sessionmaker(engine)) as uow:
+            acting_as = uow.session.scalar(text("SELECT current_user"))
+        with UnitOfWork(uuid.uuid4(), factory=sessionmaker(engine)) as uow:
+            seen_by_a_stranger = uow.session.scalar(text("SELECT count(*) FROM clients"))
+    finally:
+        engine.dispose()
+    assert acting_as == "voiceappoint_app"
+    assert seen_by_a_stranger == 0  # another tenant's context sees none of the salon's clients

@@ -33,6 +33,15 @@ def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
         ({"VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES": "often"}, "VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES"),
         # A rule over several settings: its message names them, and no made-up VOICEAPPOINT_SETTINGS.
         ({"VOICEAPPOINT_ENV": "production"}, "bad configuration: Value error, in production set"),
+        (
+            {
+                "VOICEAPPOINT_ENV": "production",
+                "VOICEAPPOINT_SECRET_KEY": "s3cret-for-this-test",
+                "VOICEAPPOINT_FLOWER_PASSWORD": "pa55-for-this-test",
+                "VOICEAPPOINT_DB_APP_ROLE": "",
+            },
+            "in production set VOICEAPPOINT_DB_APP_ROLE",
+        ),
     ],
 )
 def test_an_operator_error_is_one_line_and_exit_status_2(env, expected):
