@@ -914,15 +914,21 @@ def list_appointments(
     limit: int = 50,
 ) -> AppointmentPage:
     """The business's appointments starting on the local dates date_from..date_to (both included), by start
-    time, `limit` at a time: a page ends where the next begins (`after`), so an appointment booked or moved
-    between pages neither repeats nor shifts the others. `statuses`: only those (empty: every status)."""
+    time, `limit` at a time: a page ends where the next begins (`after`), so an appointment booked or
+    cancelled between pages neither repeats nor shifts the others (one moved across the cursor can).
+    `statuses`: only those (empty: every status)."""
     availability.check_date_range(date_from, date_to)
     tz = ZoneInfo(_tenant(uow, uow.tenant_id).timezone)
+    try:
+        starts = availability.local_midnight(date_from, tz)
+        ends = availability.local_midnight(date_to + timedelta(days=1), tz)
+    except OverflowError:  # 9999-12-31 has no next day; 0001-01-01 east of UTC begins before year 1
+        raise InvalidRequest("The dates are outside the calendar.", code="invalid_range") from None
     query = select(Appointment).where(
         Appointment.tenant_id == uow.tenant_id,
         Appointment.deleted_at.is_(None),
-        Appointment.scheduled_start >= availability.local_midnight(date_from, tz),
-        Appointment.scheduled_start < availability.local_midnight(date_to + timedelta(days=1), tz),
+        Appointment.scheduled_start >= starts,
+        Appointment.scheduled_start < ends,
     )
     if statuses:
         query = query.where(Appointment.status.in_(sorted(statuses)))
@@ -941,21 +947,38 @@ def _views(uow: UnitOfWork, appointments: list[Appointment]) -> list[Appointment
     if not appointments:
         return []
     tenant = _tenant(uow, appointments[0].tenant_id)
-    # Loaded into the session at once, so that session.get below finds them without a query each.
-    uow.session.scalars(select(Service).where(Service.id.in_({a.service_id for a in appointments}))).all()
-    uow.session.scalars(select(Client).where(Client.id.in_({a.client_id for a in appointments}))).all()
+    # Kept here, not left to the session: its identity map holds clean rows weakly, so a row read and
+    # dropped is gone again by the time session.get looks for it, which then queries once per appointment.
+    services = {
+        s.id: s
+        for s in uow.session.scalars(
+            select(Service).where(Service.id.in_({a.service_id for a in appointments}))
+        )
+    }
+    people = {
+        c.id: c
+        for c in uow.session.scalars(select(Client).where(Client.id.in_({a.client_id for a in appointments})))
+    }
     allocations = _allocations_of(uow, appointments)
-    return [_view(uow, tenant, a, _held_resources(a, allocations.get(a.id, []))) for a in appointments]
+    return [
+        _view(
+            tenant,
+            a,
+            services[a.service_id],
+            people[a.client_id],
+            _held_resources(a, allocations.get(a.id, [])),
+        )
+        for a in appointments
+    ]
 
 
 def _view(
-    uow: UnitOfWork,
     tenant: Tenant,
     appointment: Appointment,
+    service: Service,
+    client: Client,
     shown: list[tuple[AppointmentResource, Resource]],
 ) -> AppointmentView:
-    service = uow.session.get(Service, appointment.service_id)
-    client = uow.session.get(Client, appointment.client_id)
     return AppointmentView(
         appointment=_booked(appointment, tuple(r.id for _, r in shown), tenant),
         service={

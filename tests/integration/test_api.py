@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from api import schemas as api_schemas
 from api.app import create_app
@@ -633,3 +633,36 @@ def test_a_listing_without_its_dates_or_with_a_bad_page_is_a_clear_422(client, q
     problem = assert_problem(client.get(f"/v1/appointments?{query}"), 422, code)
     if fields is not None:
         assert [error["field"] for error in problem["errors"]] == fields
+
+
+def test_a_page_of_appointments_costs_as_many_statements_for_eight_as_for_one(engine, client, salon):
+    def statements_of_a_listing() -> int:
+        sent = []
+
+        def count(conn, cursor, statement, parameters, context, executemany):
+            sent.append(statement)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            listed = client.get("/v1/appointments", params={"from": str(DAY), "to": str(DAY)})
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        assert listed.status_code == 200, listed.text
+        return len(sent)
+
+    clocks = ("09:00", "10:00", "11:00", "12:00", "13:00", "14:00", "15:00", "16:00")
+    book(salon, request(salon, day=DAY, clock=clocks[0], phone="612 000 100"), now=NOW)
+    statements_of_a_listing()  # the first request of a key records its use: one statement more
+    for_one = statements_of_a_listing()
+    for number, clock in enumerate(clocks[1:], start=1):
+        book(salon, request(salon, day=DAY, clock=clock, phone=f"612 000 1{number:02d}"), now=NOW)
+    # The service, client and allocations of a page are read together, not once per appointment.
+    assert statements_of_a_listing() == for_one
+
+
+@pytest.mark.parametrize(("zone", "day"), [("Europe/Madrid", "9999-12-31"), ("Asia/Tokyo", "0001-01-01")])
+def test_a_listing_at_the_ends_of_the_calendar_is_a_422_not_a_500(db, redis_prefix, zone, day):
+    # 9999-12-31 has no next day; 0001-01-01 in Tokyo begins before the year 1 in UTC.
+    salon = build_salon(db, with_api_key=True, timezone=zone)
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as in_zone:
+        assert_problem(in_zone.get("/v1/appointments", params={"from": day, "to": day}), 422, "invalid_range")
