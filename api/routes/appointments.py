@@ -43,7 +43,11 @@ def find_appointments(
         " Without it, `from` and `to` are required",
     ),
     date_from: date | None = Query(None, alias="from", description="First local date, included"),
-    date_to: date | None = Query(None, alias="to", description="Last local date, included (62 days at most, unless the operator set otherwise)"),
+    date_to: date | None = Query(
+        None,
+        alias="to",
+        description="Last local date, included (62 days at most, unless the operator set otherwise)",
+    ),
     status: list[AppointmentStatus] = Query(
         [], description="Only appointments in these statuses (repeat it for several); every status without it"
     ),
