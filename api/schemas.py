@@ -198,6 +198,39 @@ class AppointmentOut(BookedOut):
     cancellation_reason: str | None
 
 
+class BusinessOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Bella Hair Salon",
+                    "business_type": "salon",
+                    "phone": "+34912345678",
+                    "email": "info@bellahair.com",
+                    "website_url": "https://bellahair.example",
+                    "address": "Calle Gran Vía 1, 28013 Madrid",
+                    "timezone": "Europe/Madrid",
+                    "locale": "es",
+                    "currency": "EUR",
+                    "slot_step_minutes": 15,
+                }
+            ]
+        }
+    )
+    name: str
+    business_type: str
+    phone: str | None
+    email: str | None
+    website_url: str | None
+    address: str | None = Field(
+        description="One line: street, postal code and city, as far as they are known"
+    )
+    timezone: str = Field(description="IANA name; every local date and time of this API is on this clock")
+    locale: str = Field(description="The language clients are written to in, unless they chose their own")
+    currency: str
+    slot_step_minutes: int = Field(description="Appointments start on this grid, counted from local midnight")
+
+
 class AppointmentsOut(BaseModel):
     appointments: list[AppointmentOut] = Field(description="By start time")
     links: dict[str, str] = Field(

@@ -4,13 +4,55 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 from sqlalchemy import select
 
+from core import availability
 from core.db import UnitOfWork
-from core.models import Resource, Service, ServiceResource
+from core.models import Resource, Service, ServiceResource, Tenant
+
+
+@dataclass(frozen=True)
+class BusinessProfile:
+    """What an app or the voice assistant needs to speak for the business: who it is, how to reach it, and
+    the clock and grid its times are given on."""
+
+    name: str
+    business_type: str
+    phone: str | None
+    email: str | None
+    website_url: str | None
+    address: str | None
+    timezone: str
+    locale: str
+    currency: str
+    slot_step_minutes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def business_profile(uow: UnitOfWork) -> BusinessProfile:
+    tenant = uow.get(Tenant, uow.tenant_id, code="tenant_not_found", what="Business")
+    lines = [
+        tenant.address_line1,
+        tenant.address_line2,
+        " ".join(filter(None, [tenant.postal_code, tenant.city])),
+    ]
+    return BusinessProfile(
+        name=tenant.name,
+        business_type=tenant.business_type,
+        phone=tenant.phone,
+        email=tenant.email,
+        website_url=tenant.website_url,
+        address=", ".join(line for line in lines if line) or None,
+        timezone=tenant.timezone,
+        locale=tenant.locale,
+        currency=tenant.currency,
+        slot_step_minutes=availability.slot_step_minutes(tenant.settings),
+    )
 
 
 @dataclass(frozen=True)

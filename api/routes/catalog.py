@@ -6,12 +6,23 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
-from api.schemas import AvailabilityOut, ServicesOut
+from api.schemas import AvailabilityOut, BusinessOut, ServicesOut
 from core import availability, catalog
 from core.clock import utcnow
 from core.db import UnitOfWork
 
 router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(known_query_parameters)])
+
+
+@router.get(
+    "/business",
+    response_model=BusinessOut,
+    responses=documented_errors(401, 422, 503),
+    summary="The business this API key belongs to: its contacts, clock and booking grid",
+)
+def get_business(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+    with UnitOfWork(tenant_id) as uow:
+        return catalog.business_profile(uow).as_dict()
 
 
 @router.get(

@@ -666,3 +666,28 @@ def test_a_listing_at_the_ends_of_the_calendar_is_a_422_not_a_500(db, redis_pref
     salon = build_salon(db, with_api_key=True, timezone=zone)
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as in_zone:
         assert_problem(in_zone.get("/v1/appointments", params={"from": day, "to": day}), 422, "invalid_range")
+
+
+def test_the_business_endpoint_answers_for_the_keys_own_business(db, client, salon):
+    salon.tenant.phone, salon.tenant.city, salon.tenant.postal_code = "+34912345678", "Madrid", "28013"
+    salon.tenant.address_line1 = "Calle Gran Vía 1"
+    salon.tenant.settings = {"slot_step_minutes": 30}
+    other = build_salon(db, with_api_key=True, timezone="America/New_York")
+    db.flush()
+    answer = client.get("/v1/business")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "name": salon.tenant.name,
+        "business_type": salon.tenant.business_type,
+        "phone": "+34912345678",
+        "email": salon.tenant.email,
+        "website_url": None,
+        "address": "Calle Gran Vía 1, 28013 Madrid",
+        "timezone": "Europe/Madrid",
+        "locale": salon.tenant.locale,
+        "currency": salon.tenant.currency,
+        "slot_step_minutes": 30,
+    }
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {other.api_key}"}) as theirs:
+        assert theirs.get("/v1/business").json()["timezone"] == "America/New_York"
+    assert client.get("/v1/business", headers={"Authorization": "Bearer va_live_nope"}).status_code == 401
