@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from core.db import UnitOfWork
 from core.errors import Unauthorized
@@ -62,8 +62,23 @@ def tenant_for_api_key(uow: UnitOfWork, presented: str | None, now: datetime) ->
     if tenant is None or tenant.deleted_at is not None:
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-        # Coarse on purpose: one write a minute per key, not one per request.
-        uow.session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))
+        # Coarse on purpose: one write a minute per key, not one per request. Never waited for: while anyone
+        # holds the row (a request writing it this instant, an operator's transaction) the write is skipped,
+        # or every request of the key would hang on this bookkeeping, each holding a pooled connection.
+        unlocked = (
+            select(ApiKey.id)
+            .where(ApiKey.id == api_key.id)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        uow.session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == unlocked,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION),
+            )
+            .values(last_used_at=now)
+        )
     return api_key.tenant_id
 
 

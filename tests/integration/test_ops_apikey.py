@@ -71,3 +71,36 @@ def test_an_operator_lists_and_revokes_a_leaked_key(database_url, committed_engi
     assert again.stderr.strip().splitlines() == [
         f"voiceappoint: error: '{tenant.slug}' has no live key {shown}; see `voiceappoint apikey list`"
     ]
+
+
+def test_a_key_whose_row_someone_holds_still_authenticates_at_once(committed_engine):
+    # Each key's first request of a minute writes its last use. While anyone held the row (an operator's open
+    # transaction, a migration), every request of that key waited for it, holding a pooled connection, and
+    # ended as a 503 at the statement timeout; the other businesses then waited for a connection.
+    from sqlalchemy import text
+
+    from core.auth import create_api_key
+
+    with Session(committed_engine, expire_on_commit=False) as session:
+        tenant = make_tenant(session)
+        session.commit()
+    with UnitOfWork(system=True) as uow:
+        key = create_api_key(uow, tenant.id, "widget")
+        uow.commit()
+    with committed_engine.connect() as holder, holder.begin():
+        holder.execute(text("SELECT id FROM api_keys WHERE tenant_id = :t FOR UPDATE"), {"t": tenant.id})
+        with UnitOfWork(system=True) as uow:
+            uow.session.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait fails the test in 2 s
+            assert tenant_for_api_key(uow, key, utcnow()) == tenant.id
+            uow.commit()
+    with Session(committed_engine) as session:
+        assert session.scalars(select(ApiKey.last_used_at).where(ApiKey.tenant_id == tenant.id)).one() is None
+    # Once the row is free, the next request records the use.
+    with UnitOfWork(system=True) as uow:
+        tenant_for_api_key(uow, key, utcnow())
+        uow.commit()
+    with Session(committed_engine) as session:
+        assert (
+            session.scalars(select(ApiKey.last_used_at).where(ApiKey.tenant_id == tenant.id)).one()
+            is not None
+        )
