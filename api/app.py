@@ -10,6 +10,7 @@ import uuid
 
 from anyio import to_thread
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +18,7 @@ from api import errors
 from api.routes import appointments, catalog, health, jobs
 from api.waiting import JobWaiter
 from core import logging as app_logging
+from core.auth import key_prefix_of
 from core.config import get_settings
 from workers.celery_app import app as celery_app
 from workers.celery_app import bound_waits_for_sending
@@ -130,21 +132,67 @@ class LoadShedding:
     def __init__(self, app: ASGIApp, max_queued: int):
         self.app = app
         self.max_queued = max_queued
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in ("/health", "/ready"):
-            queued = to_thread.current_default_thread_limiter().statistics().tasks_waiting
-            if queued >= self.max_queued:
-                response = errors.problem(
-                    503,
-                    "overloaded",
-                    "Service overloaded",
-                    "Too many requests are waiting; please retry in a moment.",
-                    headers={"Retry-After": "1"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in ("/health", "/ready"):
+            await self.app(scope, receive, send)
+            return
+        # Counted here as well as read off the thread limiter: a burst's requests all pass this check before
+        # any of them reaches the limiter, whose count of waiting tasks then stays low while thousands are let
+        # in. Requests that hold a thread, or are held by ?wait= (no thread), are not waiting for one.
+        threads = to_thread.current_default_thread_limiter()
+        held = scope["app"].state.job_waiter.waiting
+        queued = max(threads.statistics().tasks_waiting, self.in_flight - threads.borrowed_tokens - held)
+        if queued >= self.max_queued:
+            detail = "Too many requests are waiting; please retry in a moment."
+            await _retry_in_a_second(scope, receive, send, 503, "overloaded", "Service overloaded", detail)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+async def _retry_in_a_second(
+    scope: Scope, receive: Receive, send: Send, status: int, code: str, title: str, detail: str
+) -> None:
+    """A refusal given at once, before any work: nothing is recorded, so the caller's retry is safe."""
+    response = errors.problem(status, code, title, detail, headers={"Retry-After": "1"})
+    await response(scope, receive, send)
+
+
+class FairShare:
+    """Answers 429 `too_many_requests` (with `Retry-After`) to an API key that already has `max_per_key`
+    requests in this process, so that one business's flood waits behind itself rather than in front of
+    every other business. Keyed by the key's prefix as presented, before any database work; a request
+    without a key goes on, to be refused by the authentication."""
+
+    def __init__(self, app: ASGIApp, max_per_key: int):
+        self.app = app
+        self.max_per_key = max_per_key
+        self.in_flight: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        presented = Headers(scope=scope).get("authorization", "") if scope["type"] == "http" else ""
+        if not presented.startswith("Bearer "):
+            await self.app(scope, receive, send)
+            return
+        key = key_prefix_of(presented.removeprefix("Bearer "))
+        if self.in_flight.get(key, 0) >= self.max_per_key:
+            detail = "This API key already has too many requests in progress; please retry in a moment."
+            await _retry_in_a_second(
+                scope, receive, send, 429, "too_many_requests", "Too many requests", detail
+            )
+            return
+        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[key] -= 1
+            if not self.in_flight[key]:
+                del self.in_flight[key]
 
 
 class ArrivalTime:
@@ -194,6 +242,8 @@ def create_app() -> FastAPI:
     app.state.job_waiter = JobWaiter(settings.booking_wait_poll_seconds, settings.booking_wait_max_requests)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(LoadShedding, max_queued=settings.api_max_queued_requests)
+    # Outside the shedding: a key over its share is refused before it counts against everyone's queue.
+    app.add_middleware(FairShare, max_per_key=settings.api_max_requests_per_key)
     app.add_middleware(RequestId)
     app.add_middleware(ArrivalTime)  # the outermost: it sees the request first
     # The application's long-lived objects leave the collector's generations: collections during

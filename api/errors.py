@@ -56,14 +56,20 @@ ERROR_DESCRIPTIONS = {
     409: "A conflict: an Idempotency-Key reused for another request, a change not allowed",
     413: "The body is larger than 64 KiB",
     422: "The request is not valid; `code` says why (and `errors` lists the fields)",
+    429: "This API key already has too many requests in progress; retry (`Retry-After`)",
     500: "With `?wait=`: the job failed with `internal_error`; safe to retry with a new Idempotency-Key",
     503: "The database is briefly unavailable, or the API is overloaded; retry (`Retry-After`)",
 }
 
 
 def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI entries of the problem responses an operation can give (see `problem_media_type`)."""
-    return {status: {"model": Problem, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+    """The OpenAPI entries of the problem responses an operation can give (see `problem_media_type`). An
+    operation that takes an API key (401) can also refuse a key over its share of the process (429)."""
+    if 401 in statuses:
+        statuses = (*statuses, 429)
+    return {
+        status: {"model": Problem, "description": ERROR_DESCRIPTIONS[status]} for status in sorted(statuses)
+    }
 
 
 def problem_media_type(spec: dict[str, Any]) -> dict[str, Any]:

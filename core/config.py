@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Requests queued for one of the API process's worker threads (database work runs there); past this
     # many, a new request is answered 503 at once instead of queueing behind them.
     api_max_queued_requests: int = 1000
+    # Requests one API key may have in progress in one API process; past it, 429 too_many_requests.
+    api_max_requests_per_key: int = Field(200, gt=0)
     intake_sweep_after_seconds: int = 60
 
     stripe_api_key: str = ""

@@ -99,7 +99,7 @@ def test_the_openapi_contract_documents_every_error_as_problem_json(client):
     ):
         assert "500" in spec["paths"][path]["post"]["responses"], path
     # Any /v1 operation refuses a query parameter it does not take (422 unknown_field), /v1/services too.
-    assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "422", "503"}
+    assert set(spec["paths"]["/v1/services"]["get"]["responses"]) == {"200", "401", "422", "429", "503"}
     assert_problem(client.get("/v1/services", params={"page": 2}), 422, "unknown_field")
     # The probes take any parameter (a monitor's cache-buster): nothing there can fail validation.
     assert "422" not in spec["paths"]["/health"]["get"]["responses"]

@@ -18,7 +18,7 @@ from freezegun import freeze_time
 
 from api.app import create_app
 from core.models import IntakeJob
-from tests.scenarios import DAY, NOW, book, build_emailing_salon, request, rows
+from tests.scenarios import DAY, NOW, book, build_emailing_salon, build_salon, request, rows
 from workers.celery_app import app as celery_app
 
 
@@ -270,3 +270,61 @@ def test_requests_are_refused_at_once_while_too_many_wait_for_a_thread(db, redis
     assert health.status_code == 200
     assert [response.status_code for response in served] == [200, 200]
     assert served[0].json()["services"]
+
+
+def _app_with(monkeypatch, **settings):
+    from core.config import get_settings
+
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        return create_app()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+async def _while_the_one_thread_is_busy(app, requests):
+    """Sends `requests` ((api_key, path) pairs) all at once while the API's only worker thread is taken; the
+    answers given at once (refusals), then, once the thread is free, every answer, in order."""
+    from anyio import to_thread
+
+    threads = to_thread.current_default_thread_limiter()  # this event loop's own
+    threads.total_tokens = 1
+    await threads.acquire()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        sent = [
+            asyncio.create_task(client.get(path, headers={"Authorization": f"Bearer {key}"}))
+            for key, path in requests
+        ]
+        try:
+            # Whatever is refused is answered without a thread; the others are still waiting for it.
+            await asyncio.wait(sent, timeout=2)
+            at_once = [task.result().status_code for task in sent if task.done()]
+        finally:
+            threads.release()
+        return at_once, [response.status_code for response in await asyncio.gather(*sent)]
+
+
+def test_a_burst_arriving_at_once_is_capped_too(db, redis_prefix, salon, monkeypatch):
+    # The cap used to read the thread limiter's queue only: requests of one burst all passed it before any
+    # reached the queue, so all were let in (3000 at once, waiting up to 52 s).
+    app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_QUEUED_REQUESTS="2")
+    at_once, answers = asyncio.run(_while_the_one_thread_is_busy(app, [(salon.api_key, "/v1/services")] * 10))
+    assert at_once == [503] * 7  # two waiting and one about to take the thread: the rest refused
+    assert sorted(answers) == [200] * 3 + [503] * 7
+
+
+def test_one_keys_flood_is_refused_beyond_its_share_and_not_another_keys_requests(
+    db, redis_prefix, salon, monkeypatch
+):
+    other = build_salon(db, with_api_key=True)
+    app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_REQUESTS_PER_KEY="2")
+    flood = [(salon.api_key, "/v1/services")] * 5
+    at_once, answers = asyncio.run(
+        _while_the_one_thread_is_busy(app, [*flood, (other.api_key, "/v1/services")])
+    )
+    assert at_once == [429] * 3
+    assert answers == [200, 200, 429, 429, 429, 200]
