@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import re
 import time
@@ -18,7 +19,6 @@ from api import errors
 from api.routes import appointments, catalog, health, jobs
 from api.waiting import JobWaiter
 from core import logging as app_logging
-from core.auth import key_prefix_of
 from core.config import get_settings
 from workers.celery_app import app as celery_app
 from workers.celery_app import bound_waits_for_sending
@@ -133,6 +133,7 @@ class LoadShedding:
         self.app = app
         self.max_queued = max_queued
         self.in_flight = 0
+        self.receiving = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in ("/health", "/ready"):
@@ -143,14 +144,24 @@ class LoadShedding:
         # in. Requests that hold a thread, or are held by ?wait= (no thread), are not waiting for one.
         threads = to_thread.current_default_thread_limiter()
         held = scope["app"].state.job_waiter.waiting
-        queued = max(threads.statistics().tasks_waiting, self.in_flight - threads.borrowed_tokens - held)
+        ahead = self.in_flight - threads.borrowed_tokens - held - self.receiving
+        queued = max(threads.statistics().tasks_waiting, ahead)
         if queued >= self.max_queued:
             detail = "Too many requests are waiting; please retry in a moment."
             await _retry_in_a_second(scope, receive, send, 503, "overloaded", "Service overloaded", detail)
             return
+
+        async def counted_receive() -> Message:
+            # Waiting for the client's bytes (a slow or stalled upload) is not waiting for a thread.
+            self.receiving += 1
+            try:
+                return await receive()
+            finally:
+                self.receiving -= 1
+
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, counted_receive, send)
         finally:
             self.in_flight -= 1
 
@@ -166,8 +177,8 @@ async def _retry_in_a_second(
 class FairShare:
     """Answers 429 `too_many_requests` (with `Retry-After`) to an API key that already has `max_per_key`
     requests in this process, so that one business's flood waits behind itself rather than in front of
-    every other business. Keyed by the key's prefix as presented, before any database work; a request
-    without a key goes on, to be refused by the authentication."""
+    every other business. Keyed by the key as presented, before any database work; a request without a
+    key goes on, to be refused by the authentication, and /health and /ready are never refused."""
 
     def __init__(self, app: ASGIApp, max_per_key: int):
         self.app = app
@@ -175,11 +186,17 @@ class FairShare:
         self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        presented = Headers(scope=scope).get("authorization", "") if scope["type"] == "http" else ""
-        if not presented.startswith("Bearer "):
+        if scope["type"] != "http" or scope["path"] in ("/health", "/ready"):
             await self.app(scope, receive, send)
             return
-        key = key_prefix_of(presented.removeprefix("Bearer "))
+        # Read as api.deps reads it (the scheme in any case), or a `bearer` key would escape its share.
+        scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            await self.app(scope, receive, send)
+            return
+        # The whole key, not its prefix: the prefix is no secret, and anyone sending it with a wrong secret
+        # would take the business's share. Hashed, so that no key is kept here.
+        key = hashlib.sha256(presented.strip().encode()).hexdigest()
         if self.in_flight.get(key, 0) >= self.max_per_key:
             detail = "This API key already has too many requests in progress; please retry in a moment."
             await _retry_in_a_second(

@@ -286,8 +286,8 @@ def _app_with(monkeypatch, **settings):
 
 
 async def _while_the_one_thread_is_busy(app, requests):
-    """Sends `requests` ((api_key, path) pairs) all at once while the API's only worker thread is taken; the
-    answers given at once (refusals), then, once the thread is free, every answer, in order."""
+    """Sends `requests` ((Authorization, path) pairs) all at once while the API's only worker thread is taken;
+    the answers given at once (refusals), then, once the thread is free, every answer, in order."""
     from anyio import to_thread
 
     threads = to_thread.current_default_thread_limiter()  # this event loop's own
@@ -296,8 +296,8 @@ async def _while_the_one_thread_is_busy(app, requests):
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         sent = [
-            asyncio.create_task(client.get(path, headers={"Authorization": f"Bearer {key}"}))
-            for key, path in requests
+            asyncio.create_task(client.get(path, headers={"Authorization": authorization}))
+            for authorization, path in requests
         ]
         try:
             # Whatever is refused is answered without a thread; the others are still waiting for it.
@@ -312,7 +312,8 @@ def test_a_burst_arriving_at_once_is_capped_too(db, redis_prefix, salon, monkeyp
     # The cap used to read the thread limiter's queue only: requests of one burst all passed it before any
     # reached the queue, so all were let in (3000 at once, waiting up to 52 s).
     app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_QUEUED_REQUESTS="2")
-    at_once, answers = asyncio.run(_while_the_one_thread_is_busy(app, [(salon.api_key, "/v1/services")] * 10))
+    burst = [(f"Bearer {salon.api_key}", "/v1/services")] * 10
+    at_once, answers = asyncio.run(_while_the_one_thread_is_busy(app, burst))
     assert at_once == [503] * 7  # two waiting and one about to take the thread: the rest refused
     assert sorted(answers) == [200] * 3 + [503] * 7
 
@@ -322,9 +323,67 @@ def test_one_keys_flood_is_refused_beyond_its_share_and_not_another_keys_request
 ):
     other = build_salon(db, with_api_key=True)
     app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_REQUESTS_PER_KEY="2")
-    flood = [(salon.api_key, "/v1/services")] * 5
-    at_once, answers = asyncio.run(
-        _while_the_one_thread_is_busy(app, [*flood, (other.api_key, "/v1/services")])
-    )
+    flood = [(f"Bearer {salon.api_key}", "/v1/services")] * 5
+    others = (f"Bearer {other.api_key}", "/v1/services")
+    at_once, answers = asyncio.run(_while_the_one_thread_is_busy(app, [*flood, others]))
     assert at_once == [429] * 3
     assert answers == [200, 200, 429, 429, 429, 200]
+
+
+def test_a_key_is_held_to_its_share_whatever_the_case_of_its_scheme_and_probes_are_never_refused(
+    db, redis_prefix, salon, monkeypatch
+):
+    # The API takes the scheme in any case (RFC 9110): `bearer` escaped the share. A monitor that sends the key
+    # to /health must still get its answer.
+    app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_REQUESTS_PER_KEY="2")
+    flood = [(f"bearer {salon.api_key}", "/v1/services")] * 4
+    probe = (f"Bearer {salon.api_key}", "/health")
+    at_once, answers = asyncio.run(_while_the_one_thread_is_busy(app, [*flood, probe]))
+    assert sorted(at_once) == [200, 429, 429]
+    assert answers == [200, 200, 429, 429, 200]
+
+
+async def _while_slow_bodies_arrive(app, slow_headers, count, then_headers):
+    """`count` POSTs whose bodies never finish (a slow or stalled client), then a GET /v1/services."""
+    never = asyncio.Event()
+
+    async def stalled_body():
+        yield b'{"service_id": '
+        await never.wait()
+        yield b"}"
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        slow = [
+            asyncio.create_task(client.post("/v1/bookings", content=stalled_body(), headers=slow_headers))
+            for _ in range(count)
+        ]
+        await asyncio.sleep(0.3)
+        try:
+            return await asyncio.wait_for(client.get("/v1/services", headers=then_headers), 5)
+        finally:
+            for task in slow:
+                task.cancel()
+            await asyncio.gather(*slow, return_exceptions=True)
+
+
+def test_clients_still_sending_their_bodies_are_not_waiting_for_a_thread(
+    db, redis_prefix, salon, monkeypatch
+):
+    # No thread is busy; two clients without a key are slow to send a body: nobody waits for a thread.
+    app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_QUEUED_REQUESTS="2")
+    answer = asyncio.run(_while_slow_bodies_arrive(app, {}, 2, {"Authorization": f"Bearer {salon.api_key}"}))
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_wrong_key_with_a_business_prefix_does_not_take_that_business_share(
+    db, redis_prefix, salon, monkeypatch
+):
+    # The prefix is no secret (`apikey list` and the logs show va_live_<prefix>); only the whole key is.
+    app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_REQUESTS_PER_KEY="2")
+    prefix = salon.api_key.removeprefix("va_live_").split("_", 1)[0]
+    squatter = {"Authorization": f"Bearer va_live_{prefix}_not-the-secret"}
+    answer = asyncio.run(
+        _while_slow_bodies_arrive(app, squatter, 2, {"Authorization": f"Bearer {salon.api_key}"})
+    )
+    assert answer.status_code == 200, answer.text
