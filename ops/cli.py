@@ -94,7 +94,11 @@ def _fail(message: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """VoiceAppoint back end: `up` runs everything, `test` checks everything."""
+    """VoiceAppoint back end: `up` runs everything, `test` checks everything.
+
+    `ops/voiceappoint refresh-constraints` (the shell wrapper, not this command) moves .venv and
+    ops/constraints.txt to the newest versions pyproject.toml allows.
+    """
 
 
 # --- services and settings --------------------------------------------------------------------------
