@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import errors, limits
 from api.routes import appointments, catalog, health, jobs
 from api.waiting import JobWaiter
 from core import logging as app_logging
@@ -257,6 +257,7 @@ def create_app() -> FastAPI:
     app.openapi = lambda: _with_api_key_auth(errors.problem_media_type(build_openapi()))  # type: ignore[method-assign]
     bound_waits_for_sending(celery_app)
     app.state.job_waiter = JobWaiter(settings.booking_wait_poll_seconds, settings.booking_wait_max_requests)
+    app.state.submission_counter = limits.submission_counter()
     app.add_middleware(BodySizeLimit)
     app.add_middleware(LoadShedding, max_queued=settings.api_max_queued_requests)
     # Outside the shedding: a key over its share is refused before it counts against everyone's queue.

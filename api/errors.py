@@ -56,7 +56,8 @@ ERROR_DESCRIPTIONS = {
     409: "A conflict: an Idempotency-Key reused for another request, a change not allowed",
     413: "The body is larger than 64 KiB",
     422: "The request is not valid; `code` says why (and `errors` lists the fields)",
-    429: "This API key already has too many requests in progress; retry (`Retry-After`)",
+    429: "Too many requests: this API key has too many in progress, or (bookings and changes) its business has"
+    " sent its limit for this minute; retry after `Retry-After` seconds",
     500: "With `?wait=`: the job failed with `internal_error`; safe to retry with a new Idempotency-Key",
     503: "The database is briefly unavailable, or the API is overloaded; retry (`Retry-After`)",
 }

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     api_max_queued_requests: int = 1000
     # Requests one API key may have in progress in one API process; past it, 429 too_many_requests.
     api_max_requests_per_key: int = Field(200, gt=0)
+    # Bookings, moves and cancellations one business may submit a minute (all API processes together).
+    api_max_jobs_per_minute: int = Field(600, gt=0)
     intake_sweep_after_seconds: int = 60
 
     stripe_api_key: str = ""

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors, error_problem
+from api.limits import within_submission_limit
 from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
 from core import intake
@@ -135,6 +136,7 @@ async def _accept(
     status_code=202,
     response_model=JobOut,
     responses=_submit_responses(201),
+    dependencies=[Depends(within_submission_limit)],
     summary="Request a booking",
 )
 async def create_booking(
@@ -158,6 +160,7 @@ async def create_booking(
     status_code=202,
     response_model=JobOut,
     responses=_submit_responses(200),
+    dependencies=[Depends(within_submission_limit)],
     summary="Move an appointment to another time",
 )
 async def reschedule_appointment(
@@ -176,6 +179,7 @@ async def reschedule_appointment(
     status_code=202,
     response_model=JobOut,
     responses=_submit_responses(200),
+    dependencies=[Depends(within_submission_limit)],
     summary="Cancel an appointment",
 )
 async def cancel_appointment(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -387,3 +388,51 @@ def test_a_wrong_key_with_a_business_prefix_does_not_take_that_business_share(
         _while_slow_bodies_arrive(app, squatter, 2, {"Authorization": f"Bearer {salon.api_key}"})
     )
     assert answer.status_code == 200, answer.text
+
+
+def _submitting_app(monkeypatch, **settings):
+    app = _app_with(monkeypatch, **settings)  # which undoes every patch of the test so far
+    # Nothing is sent to the workers: the e2e tests' workers share this run's queues.
+    monkeypatch.setattr("api.routes.jobs.enqueue_intake_job", lambda job_id, queue: None)
+    return app
+
+
+def test_a_business_past_its_submissions_for_the_minute_is_told_when_to_retry(
+    db, redis_prefix, salon, monkeypatch
+):
+    other = build_salon(db, with_api_key=True)
+    app = _submitting_app(monkeypatch, VOICEAPPOINT_API_MAX_JOBS_PER_MINUTE="3")
+    start = salon.at(DAY, "10:00").isoformat()
+    with TestClient(app, headers={"Authorization": f"Bearer {salon.api_key}"}) as theirs:
+        answers = [
+            theirs.post("/v1/bookings", json=api_body(salon, start), headers={"Idempotency-Key": f"k{n}"})
+            for n in range(4)
+        ]
+        others = theirs.post(
+            "/v1/bookings",
+            json=api_body(other, other.at(DAY, "10:00").isoformat()),
+            headers={"Authorization": f"Bearer {other.api_key}"},
+        )
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
+    refused = answers[3]
+    assert refused.json()["code"] == "too_many_requests"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert rows(db, IntakeJob, salon) == 3  # the refused request left nothing behind
+    assert others.status_code == 202  # another business has its own minute
+
+
+def test_submissions_are_admitted_while_redis_cannot_count_them(db, redis_prefix, salon, monkeypatch):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    app = _submitting_app(
+        monkeypatch, VOICEAPPOINT_API_MAX_JOBS_PER_MINUTE="1", REDIS_URL=f"redis://127.0.0.1:{port}/0"
+    )
+    start = salon.at(DAY, "10:00").isoformat()
+    with TestClient(app, headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        answers = [
+            client.post("/v1/bookings", json=api_body(salon, start), headers={"Idempotency-Key": f"r{n}"})
+            for n in range(2)
+        ]
+    assert [a.status_code for a in answers] == [202, 202]
