@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -239,6 +241,12 @@ def _with_api_key_auth(spec: dict) -> dict:
     return spec
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await app.state.submission_counter.aclose()
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     app_logging.configure(settings.log_level, json=settings.is_production)
@@ -249,6 +257,7 @@ def create_app() -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         redirect_slashes=False,
+        lifespan=_lifespan,
     )
     errors.install(app)
     for module in (health, catalog, jobs, appointments):

@@ -13,10 +13,9 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException
 from redis.exceptions import RedisError
 
-from api.deps import authenticated_tenant
 from core.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,11 @@ class SubmissionCounter:
             self._loop = loop
         return self._redis
 
+    async def aclose(self) -> None:
+        if self._redis is not None and self._loop is asyncio.get_running_loop():
+            await self._redis.aclose()
+        self._redis = self._loop = None
+
     async def admit(self, tenant_id: uuid.UUID) -> None:
         now = time.time()
         key = f"{self.key_prefix}submissions:{tenant_id}:{int(now // 60)}"
@@ -64,9 +68,3 @@ def submission_counter() -> SubmissionCounter:
     """One per API process (create_app keeps it in app.state), with the settings of its start."""
     settings = get_settings()
     return SubmissionCounter(settings.redis_url, settings.redis_key_prefix, settings.api_max_jobs_per_minute)
-
-
-async def within_submission_limit(
-    request: Request, tenant_id: uuid.UUID = Depends(authenticated_tenant)
-) -> None:
-    await request.app.state.submission_counter.admit(tenant_id)

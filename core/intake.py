@@ -186,14 +186,12 @@ def submit(
     since (a replay of a booking made yesterday for today is still that booking); with another request
     it is a conflict. New requests are validated, and an invalid one raises before anything is written.
     """
-    as_sent, payload = payload, canonical_payload(payload)
-    digest = request_hash(kind, payload)
     if idempotency_key is not None:
-        # Jobs recorded before starts were stored in UTC (2026-11-27) hold the hash of the body as it was
-        # sent: the same body sent again is still the same request.
-        replayed = _replay(uow, idempotency_key, {digest, request_hash(kind, as_sent)})
+        replayed = replayed_job(uow, kind, payload, idempotency_key)
         if replayed is not None:
             return replayed, False
+    payload = canonical_payload(payload)
+    digest = request_hash(kind, payload)
     KINDS[kind].validate(uow, payload, now)
     job_id = uow.session.scalar(
         insert(IntakeJob)
@@ -217,6 +215,14 @@ def submit(
     uow.after_commit(lambda: _enqueue_safely(enqueue, job_id, queue))
     uow.commit()
     return get_job(uow, job_id), True
+
+
+def replayed_job(uow: UnitOfWork, kind: str, payload: dict[str, Any], idempotency_key: str) -> JobView | None:
+    """The job an earlier request with this key and body created (a conflict if the body differs), or None."""
+    # Jobs recorded before starts were stored in UTC (2026-11-27) hold the hash of the body as it was
+    # sent: the same body sent again is still the same request.
+    digests = {request_hash(kind, canonical_payload(payload)), request_hash(kind, payload)}
+    return _replay(uow, idempotency_key, digests)
 
 
 def _replay(uow: UnitOfWork, idempotency_key: str, digests: set[str]) -> JobView | None:

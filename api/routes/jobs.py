@@ -6,13 +6,12 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors, error_problem
-from api.limits import within_submission_limit
 from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
 from core import intake
@@ -91,6 +90,11 @@ def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str |
         return job
 
 
+def _replayed(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str) -> intake.JobView | None:
+    with UnitOfWork(tenant_id) as uow:
+        return intake.replayed_job(uow, kind, payload, key)
+
+
 def _read(tenant_id: uuid.UUID, job_id: uuid.UUID) -> intake.JobView:
     with UnitOfWork(tenant_id) as uow:
         return intake.get_job(uow, job_id)
@@ -127,6 +131,15 @@ async def _accept(
     options: JobRequestOptions,
     success_status: int,
 ) -> JSONResponse:
+    # Counted once the request is valid (FastAPI checked it); a replay past the limit still gets its job.
+    try:
+        await request.app.state.submission_counter.admit(tenant_id)
+    except HTTPException:
+        key = options.idempotency_key
+        replayed = key and await run_in_threadpool(_replayed, tenant_id, kind, payload, key)
+        if not replayed:
+            raise
+        return await _answer(request, tenant_id, replayed, options.wait, success_status)
     job = await run_in_threadpool(_submit, tenant_id, kind, payload, options.idempotency_key)
     return await _answer(request, tenant_id, job, options.wait, success_status)
 
@@ -136,7 +149,6 @@ async def _accept(
     status_code=202,
     response_model=JobOut,
     responses=_submit_responses(201),
-    dependencies=[Depends(within_submission_limit)],
     summary="Request a booking",
 )
 async def create_booking(
@@ -160,7 +172,6 @@ async def create_booking(
     status_code=202,
     response_model=JobOut,
     responses=_submit_responses(200),
-    dependencies=[Depends(within_submission_limit)],
     summary="Move an appointment to another time",
 )
 async def reschedule_appointment(
@@ -179,7 +190,6 @@ async def reschedule_appointment(
     status_code=202,
     response_model=JobOut,
     responses=_submit_responses(200),
-    dependencies=[Depends(within_submission_limit)],
     summary="Cancel an appointment",
 )
 async def cancel_appointment(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -436,3 +437,42 @@ def test_submissions_are_admitted_while_redis_cannot_count_them(db, redis_prefix
             for n in range(2)
         ]
     assert [a.status_code for a in answers] == [202, 202]
+
+
+def test_a_replay_past_the_limit_gets_its_job_and_a_refused_body_uses_up_nothing(
+    db, redis_prefix, salon, monkeypatch
+):
+    app = _submitting_app(monkeypatch, VOICEAPPOINT_API_MAX_JOBS_PER_MINUTE="1")
+    body = api_body(salon, salon.at(DAY, "10:00").isoformat())
+    with TestClient(app, headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        invalid = client.post("/v1/bookings", json={**body, "service_id": "not-a-uuid"})
+        first = client.post("/v1/bookings", json=body, headers={"Idempotency-Key": "same"})
+        # The retry docs/api.md asks for, after a lost answer: the same key, past the minute's one submission.
+        replay = client.post("/v1/bookings", json=body, headers={"Idempotency-Key": "same"})
+        another = client.post("/v1/bookings", json=body, headers={"Idempotency-Key": "another"})
+    assert invalid.status_code == 422  # checked before it was counted...
+    assert first.status_code == 202, first.text  # ...so the minute's one submission is still there
+    assert (replay.status_code, replay.json()["job_id"]) == (202, first.json()["job_id"])
+    assert another.status_code == 429
+    assert rows(db, IntakeJob, salon) == 1
+
+
+def _open_sockets() -> int:
+    sockets = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor, closed by now
+            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return sockets
+
+
+def test_an_api_that_stops_closes_its_redis_connection(db, redis_prefix, salon, monkeypatch):
+    app = _submitting_app(monkeypatch)
+    body = api_body(salon, salon.at(DAY, "10:00").isoformat())
+    before = _open_sockets()
+    for n in range(3):  # each TestClient session runs the app on an event loop of its own, start to stop
+        with TestClient(app, headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+            assert (
+                client.post("/v1/bookings", json=body, headers={"Idempotency-Key": f"c{n}"}).status_code
+                == 202
+            )
+    assert _open_sockets() == before
