@@ -45,23 +45,26 @@ class SubmissionCounter:
             await self._redis.aclose()
         self._redis = self._loop = None
 
-    async def admit(self, tenant_id: uuid.UUID) -> None:
-        now = time.time()
-        key = f"{self.key_prefix}submissions:{tenant_id}:{int(now // 60)}"
+    async def admit(self, tenant_id: uuid.UUID) -> bool:
+        """Counts one submission of the business; False once it is past the minute's limit."""
+        key = f"{self.key_prefix}submissions:{tenant_id}:{int(time.time() // 60)}"
         try:
             async with self._client().pipeline(transaction=False) as pipe:
                 count, _ = await pipe.incr(key).expire(key, 120).execute()
         except (RedisError, OSError) as error:
             # Open, not closed: while Redis is down bookings are still recorded, and the sweeper sends them on.
             log.warning("could not count the submission of tenant %s (%s); admitted", tenant_id, error)
-            return
-        if count > self.per_minute:
-            raise HTTPException(
-                429,
-                f"This business has sent more than {self.per_minute} requests for bookings and changes this"
-                " minute; please retry when the minute is over.",
-                headers={"Retry-After": str(60 - int(now) % 60)},
-            )
+            return True
+        return count <= self.per_minute
+
+    def refusal(self) -> HTTPException:
+        """The answer to a submission past the limit: 429 until the minute is over."""
+        return HTTPException(
+            429,
+            f"This business has sent more than {self.per_minute} requests for bookings and changes this"
+            " minute; please retry when the minute is over.",
+            headers={"Retry-After": str(60 - int(time.time()) % 60)},
+        )
 
 
 def submission_counter() -> SubmissionCounter:

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -132,13 +132,12 @@ async def _accept(
     success_status: int,
 ) -> JSONResponse:
     # Counted once the request is valid (FastAPI checked it); a replay past the limit still gets its job.
-    try:
-        await request.app.state.submission_counter.admit(tenant_id)
-    except HTTPException:
+    counter = request.app.state.submission_counter
+    if not await counter.admit(tenant_id):
         key = options.idempotency_key
         replayed = key and await run_in_threadpool(_replayed, tenant_id, kind, payload, key)
         if not replayed:
-            raise
+            raise counter.refusal()
         return await _answer(request, tenant_id, replayed, options.wait, success_status)
     job = await run_in_threadpool(_submit, tenant_id, kind, payload, options.idempotency_key)
     return await _answer(request, tenant_id, job, options.wait, success_status)
