@@ -55,20 +55,23 @@ def find_appointments(
     after: str | None = Query(None, description="Where to go on from: as `links.next` gives it"),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> dict:
-    with UnitOfWork(tenant_id) as uow:
-        if reference is not None:
+    if reference is not None:
+        with UnitOfWork(tenant_id) as uow:
             found = booking.find_by_reference(uow, reference)
             return {"appointments": [appointment.as_dict() for appointment in found], "links": {}}
-        missing = [name for name, value in (("from", date_from), ("to", date_to)) if value is None]
-        if missing:
-            raise RequestValidationError(
-                [
-                    {"type": "missing", "loc": ("query", name), "msg": "Required without `reference`"}
-                    for name in missing
-                ]
-            )
+    missing = [name for name, value in (("from", date_from), ("to", date_to)) if value is None]
+    if missing:
+        raise RequestValidationError(
+            [
+                {"type": "missing", "loc": ("query", name), "msg": "Required without `reference`"}
+                for name in missing
+            ]
+        )
+    # Checked before a transaction is opened for it.
+    position = _read_cursor(after)
+    with UnitOfWork(tenant_id) as uow:
         page = booking.list_appointments(
-            uow, date_from, date_to, statuses=frozenset(status), after=_read_cursor(after), limit=limit
+            uow, date_from, date_to, statuses=frozenset(status), after=position, limit=limit
         )
     links = {}
     if page.next_after is not None:
