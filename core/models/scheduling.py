@@ -57,7 +57,8 @@ class Service(Audited, SoftDeleted, Base):
         CheckConstraint("duration_minutes > 0", name="services_duration_positive"),
         CheckConstraint("base_price IS NULL OR base_price >= 0", name="services_price_non_negative"),
         CheckConstraint("buffer_time_minutes >= 0", name="services_buffer_non_negative"),
-        # Revision 019: the rules the core reads for every query and booking of the service.
+        # Revisions 019, 020, 022: the rules the core reads for every query and booking of the service
+        # (the `\:` keeps SQLAlchemy from reading `:00` as a bound parameter, which DDL renders as NULL).
         CheckConstraint(
             "jsonb_typeof(available_days) = 'array' AND available_days <@ '[0, 1, 2, 3, 4, 5, 6]'::jsonb",
             name="services_available_days_valid",
@@ -66,7 +67,7 @@ class Service(Audited, SoftDeleted, Base):
             "jsonb_typeof(available_hours) = 'object'"
             " AND (available_hours = '{}'::jsonb"
             " OR (COALESCE(available_hours ->> 'start', '') ~ '^([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$'"
-            " AND COALESCE(available_hours ->> 'end', '') ~ '^(([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?|24:00(:00)?)$'))",
+            " AND COALESCE(available_hours ->> 'end', '') ~ '^(([01]?[0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?|24:00(\\:00)?)$'))",
             name="services_available_hours_valid",
         ),
         CheckConstraint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -245,6 +246,36 @@ def test_service_hours_need_both_a_start_and_an_end(db, hours):
     # The planner reads hours["start"] and hours["end"] of any non-empty object: a missing one was a 500.
     with violates(db, "services_available_hours_valid", CHECK_VIOLATION):
         make_service(db, make_tenant(db), available_hours=hours)
+
+
+def test_a_service_may_close_at_24_00_with_seconds_but_not_at_a_time_the_core_cannot_read(db):
+    # 020's pattern reached the catalog as `24:00(NULL)?`: SQLAlchemy took `:00` for a bound parameter.
+    make_service(db, make_tenant(db), available_hours={"start": "09:00", "end": "24:00:00"})
+    db.flush()
+    with violates(db, "services_available_hours_valid", CHECK_VIOLATION):
+        make_service(db, make_tenant(db), available_hours={"start": "09:00", "end": "24:00NULL"})
+
+
+def test_no_definition_in_the_catalog_has_null_inside_a_quoted_literal(db):
+    # How a `:name` that SQLAlchemy mistook for a bound parameter shows in DDL it wrote (revision 022).
+    definitions = db.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE connamespace = 'public'::regnamespace"
+            " UNION ALL SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+            " UNION ALL SELECT table_name || '.' || column_name, column_default FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND column_default IS NOT NULL"
+            " UNION ALL SELECT viewname, definition FROM pg_views WHERE schemaname = 'public'"
+        )
+    ).all()
+    assert len(definitions) > 100
+    # PostgreSQL wrote these definitions back itself: every literal is quoted, no comment holds an apostrophe.
+    mangled = [
+        name
+        for name, definition in definitions
+        if any("NULL" in literal for literal in re.findall(r"'(?:[^']|'')*'", definition))
+    ]
+    assert mangled == []
 
 
 @pytest.mark.parametrize(
