@@ -334,13 +334,14 @@ def book(uow: UnitOfWork, request: BookingRequest, now: datetime) -> BookedAppoi
 
 # All of a slot's rows in one statement of fixed shape: a multi-row insert(...).values() is compiled anew
 # for every booking (SQLAlchemy gives it no cache key). unnest keeps the arrays' order.
+# `exclusive` is set by the database from the resource's capacity (revision 023).
 _INSERT_ALLOCATIONS = text(
     "INSERT INTO appointment_resources (id, appointment_id, resource_id, allocated_start, allocated_end,"
-    " allocated_during, active, units, exclusive)"
+    " allocated_during, active, units)"
     " SELECT id, :appointment_id, resource_id, :start, :end, tstzrange(:start, :occupied_until, '[)'), true,"
-    " units, exclusive"
-    " FROM unnest(CAST(:ids AS uuid[]), CAST(:resource_ids AS uuid[]), CAST(:units AS integer[]),"
-    " CAST(:exclusive AS boolean[])) AS allocation (id, resource_id, units, exclusive)"
+    " units"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:resource_ids AS uuid[]), CAST(:units AS integer[]))"
+    " AS allocation (id, resource_id, units)"
 )
 
 
@@ -396,7 +397,6 @@ def _allocate(
             "ids": [uuid.uuid4() for _ in resources],
             "resource_ids": resources,
             "units": [linked[resource_id].units for resource_id in resources],
-            "exclusive": [linked[resource_id].exclusive for resource_id in resources],
             "appointment_id": appointment.id,
             "start": slot.start,
             "end": slot.end,

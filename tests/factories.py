@@ -289,8 +289,8 @@ def make_appointment(
     """An appointment and one allocation per resource, occupying [start, end + buffer).
 
     end defaults to start + the service's duration, buffer (a timedelta or minutes) to the service's
-    buffer. Allocations are exclusive for resources of capacity 1 (or NULL), and inactive when the
-    status is cancelled, no_show or rescheduled, as core.booking writes them.
+    buffer. Allocations are inactive when the status is cancelled, no_show or rescheduled, as core.booking
+    writes them (the database makes them exclusive for resources of capacity 1 or NULL).
     """
     start = _aware(start, "start")
     end = _aware(end, "end") if end is not None else start + timedelta(minutes=service.duration_minutes)
@@ -321,7 +321,6 @@ def make_appointment(
                 allocated_during=Range(start, end + buffer, bounds="[)"),
                 active=status not in INACTIVE_STATUSES,
                 units=units,
-                exclusive=(resource.capacity or 1) == 1,
             )
         )
     session.flush()

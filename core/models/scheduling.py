@@ -389,6 +389,8 @@ class AppointmentResource(Base):
     # False once the appointment is cancelled, rescheduled away or a no-show: the history stays, the time frees up.
     active: Mapped[bool] = flag(True)
     units: Mapped[int] = mapped_column(server_default=text("1"))
+    # Set by the database from the resource's capacity (1 or NULL: exclusive) on every insert (revision 023):
+    # the exclusion constraint covers exclusive rows, so no writer may choose.
     exclusive: Mapped[bool] = flag(True)
 
     created_at: Mapped[datetime] = created_at()

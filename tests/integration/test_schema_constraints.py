@@ -504,6 +504,47 @@ def test_non_exclusive_allocations_may_overlap(db):
     assert booking.resources[0].exclusive is False
 
 
+def test_an_allocation_is_exclusive_by_its_resource_capacity_whatever_the_writer_says(db):
+    # The exclusion constraint covers exclusive rows only: a writer that said `exclusive = false` for a
+    # stylist could book her twice (revision 023).
+    tenant, service, client = _setup(db)
+    stylist, room = make_resource(db, tenant), make_resource(db, tenant, "room", 4)
+    first = _booking(db, tenant, service, client, stylist, T0)
+    db.execute(update(AppointmentResource).values(exclusive=False))
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _allocate_again(db, first, stylist, exclusive=False)
+    grouped = _booking(db, tenant, service, client, room, T0)
+    _allocate_again(db, grouped, room, exclusive=True)
+    rows = db.execute(
+        select(AppointmentResource.resource_id, AppointmentResource.exclusive).order_by(AppointmentResource.id)
+    ).all()
+    assert {(resource_id, exclusive) for resource_id, exclusive in rows} == {(stylist.id, True), (room.id, False)}
+
+
+def test_an_allocation_may_not_take_more_units_than_its_resource_has(db):
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 4)
+    _booking(db, tenant, service, client, room, T0, units=4)
+    with violates(db, "appointment_resources_units_within_capacity", CHECK_VIOLATION):
+        _booking(db, tenant, service, client, room, T0 + timedelta(hours=2), units=5)
+    with violates(db, "appointment_resources_units_within_capacity", CHECK_VIOLATION):
+        _booking(db, tenant, service, client, make_resource(db, tenant), T0, units=2)
+
+
+def _allocate_again(db, appointment, resource, *, exclusive):
+    db.add(
+        AppointmentResource(
+            appointment_id=appointment.id,
+            resource_id=resource.id,
+            allocated_start=appointment.scheduled_start,
+            allocated_end=appointment.scheduled_end,
+            allocated_during=Range(appointment.scheduled_start, appointment.scheduled_end, bounds="[)"),
+            exclusive=exclusive,
+        )
+    )
+    db.flush()
+
+
 def test_resource_blocks_of_one_resource_may_not_overlap(db):
     tenant = make_tenant(db)
     resource, other = make_resource(db, tenant), make_resource(db, tenant)

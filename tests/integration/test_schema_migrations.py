@@ -247,6 +247,7 @@ def test_triggers_and_views_exist(cycled):
         | {f"{table}.update_{table}_updated_at.set_updated_at" for table in updated_at_only}
         | {f"{table}.audit_{table}.audit_trigger_function" for table in audited}
         | {"appointment_resources.set_appointment_resources_tenant.appointment_resources_set_tenant"}
+        | {"appointment_resources.set_appointment_resources_exclusive.appointment_resources_set_exclusive"}
         | {"service_resources.check_service_resources_tenant.service_resources_check_tenant"}
         | {"notifications.check_notifications_template.notifications_check_template"}
         | {"tenant_users.keep_tenant_users_user.tenant_users_keep_user"}
