@@ -244,9 +244,14 @@ def nearest_slots(
     date_from: date,
     date_to: date,
     resource_ids: Collection[uuid.UUID] = (),
+    closed_months: Collection[date] = (),
 ) -> list[Slot]:
-    """The `count` free slots of date_from..date_to closest in time to `start` (ties: the earlier one), in time order."""
+    """The `count` free slots of date_from..date_to closest in time to `start` (ties: the earlier one), in time
+    order, none in `closed_months` (local months by their first day)."""
     slots = compute_slots(calendar, now, date_from, date_to, resource_ids)
+    if closed_months:
+        zone = ZoneInfo(calendar.timezone)
+        slots = [slot for slot in slots if plans.month_start(slot.start, zone).date() not in closed_months]
     slots.sort(key=lambda slot: (abs(slot.start - start), slot.start))
     return sorted(slots[:count], key=lambda slot: slot.start)
 
@@ -945,11 +950,14 @@ def nearest_alternatives(
     now: datetime,
     count: int = 3,
     resource_ids: Sequence[uuid.UUID] | None = None,
+    *,
+    closed_months: Collection[date] = (),
 ) -> list[Slot]:
     """The `count` free slots closest in time to `start`, before or after it, in time order.
 
-    Never in the past or too soon; no further ahead than max_advance_booking_days (or the longest range
-    find_slots serves, for a service without that limit), nor more than ALTERNATIVES_WITHIN from `start`.
+    Never in the past or too soon, nor in `closed_months` (local months by their first day: those the plan
+    has filled); no further ahead than max_advance_booking_days (or the longest range find_slots serves,
+    for a service without that limit), nor more than ALTERNATIVES_WITHIN from `start`.
     The search widens outward from `start`'s day, so the usual case loads a couple of days only.
     """
     context = _context(uow, service)
@@ -970,7 +978,7 @@ def nearest_alternatives(
     while True:
         low, high = max(first, anchor - radius * ONE_DAY), min(last, anchor + radius * ONE_DAY)
         calendar = _load(uow, context, low, high, resource_ids or ())
-        found = nearest_slots(calendar, start, now, count, low, high, resource_ids or ())
+        found = nearest_slots(calendar, start, now, count, low, high, resource_ids or (), closed_months)
         if low == first and high == last:
             return found
         if len(found) == count:

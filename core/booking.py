@@ -458,8 +458,15 @@ def _with_alternatives(
     unavailable: SlotUnavailable,
     moving_from: Slot | None = None,
 ) -> SlotUnavailable:
+    tenant = _tenant(uow, uow.tenant_id)
     nearest = availability.nearest_alternatives(
-        uow, service, start, now, ALTERNATIVES + (moving_from is not None), resource_ids or None
+        uow,
+        service,
+        start,
+        now,
+        ALTERNATIVES + (moving_from is not None),
+        resource_ids or None,
+        closed_months=_months_without_room(uow, tenant, start, appointment.id, moving_from),
     )
     # One more was asked for when a move's own place (its time with its resources) may be among them; of
     # the rest, the nearest stay. The same time with another stylist is a real move, and stays.
@@ -467,10 +474,7 @@ def _with_alternatives(
         (slot for slot in nearest if not _same_place(slot, moving_from)),
         key=lambda slot: abs(slot.start - start),
     )
-    tenant = _tenant(uow, uow.tenant_id)
-    alternatives = _in_months_with_room(
-        uow, tenant, sorted(others[:ALTERNATIVES], key=lambda slot: slot.start), appointment.id, moving_from
-    )
+    alternatives = sorted(others[:ALTERNATIVES], key=lambda slot: slot.start)
     timezone = ZoneInfo(tenant.timezone)
     return SlotUnavailable(
         unavailable.message,
@@ -573,20 +577,21 @@ def _same_place(slot: Slot, other: Slot | None) -> bool:
     )
 
 
-def _in_months_with_room(
-    uow: UnitOfWork, tenant: Tenant, slots: list[Slot], appointment_id: uuid.UUID, moving_from: Slot | None
-) -> list[Slot]:
-    """The slots (in time order) in a local month the plan still has room in (the appointment itself aside), or in the
-    month a move starts from: an alternative offered must be bookable, and the nearest ones can fall in the
-    next month."""
+def _months_without_room(
+    uow: UnitOfWork, tenant: Tenant, start: datetime, appointment_id: uuid.UUID, moving_from: Slot | None
+) -> frozenset[date]:
+    """The local months (by their first day) within reach of the alternatives that the plan has filled, the
+    appointment itself aside; never the month a move starts from. An alternative offered must be bookable,
+    and the nearest ones can fall in the next month: the search goes on past them instead."""
     limit = plans.monthly_allowance(uow, tenant.id)
-    if limit is None or not slots:
-        return slots
+    if limit is None:
+        return frozenset()
     zone = ZoneInfo(tenant.timezone)
-    full = plans.full_months(uow, tenant.id, zone, limit, slots[0].start, slots[-1].start, appointment_id)
+    reach = availability.ALTERNATIVES_WITHIN
+    full = plans.full_months(uow, tenant.id, zone, limit, start - reach, start + reach, appointment_id)
     if moving_from is not None:
         full.discard(plans.month_start(moving_from.start, zone).date())
-    return [slot for slot in slots if plans.month_start(slot.start, zone).date() not in full]
+    return frozenset(full)
 
 
 def _as_it_stands(uow: UnitOfWork, appointment: Appointment, tenant: Tenant) -> BookedAppointment:
