@@ -682,15 +682,19 @@ def reschedule(
         raise IllegalTransition(
             f"A {appointment.status} appointment cannot be rescheduled.", code="illegal_status_change"
         )
+    if new_start.tzinfo is None:
+        raise start_without_offset()
+    previous_start = appointment.scheduled_start
+    previous_resources = _resources_held_by(uow, appointment)
+    if _in_utc(new_start) == previous_start and set(resource_ids) <= set(previous_resources):
+        # Already there: nothing to move, and a business's confirmation of this time still stands. Before
+        # the change window, as for a cancellation: a move retried after it succeeded finds the appointment
+        # where it asked for, possibly inside the window now, and must not be told it was refused.
+        return _booked(appointment, previous_resources, tenant)
     service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, requested_at, "reschedule")
     linked = _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
     new_start = _in_utc(new_start)
-    previous_start = appointment.scheduled_start
-    previous_resources = _resources_held_by(uow, appointment)
-    if new_start == previous_start and set(resource_ids) <= set(previous_resources):
-        # Already there: nothing to move, and a business's confirmation of this time still stands.
-        return _booked(appointment, previous_resources, tenant)
     limit = (
         None if _same_month(tenant, previous_start, new_start) else plans.monthly_allowance(uow, tenant.id)
     )

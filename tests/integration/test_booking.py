@@ -671,6 +671,26 @@ def test_a_move_to_the_time_and_stylist_it_has_changes_nothing(db):
     assert len(allocations(db, booked.appointment_id)) == 2
 
 
+def test_a_move_repeated_once_inside_the_change_window_is_answered_as_it_is(db):
+    # A move from 25 hours ahead to 23 hours ahead is allowed (the window is judged on the old time). Its
+    # retry, with a new Idempotency-Key or none, asks for what is already so: it was told "refused".
+    salon = build_salon(db, stylists=1, chairs=1)  # cancellation_policy_hours=24
+    booked = book(salon, request(salon, "11:00"))
+    now = salon.at(DAY, "11:00") - timedelta(hours=25)
+    with UnitOfWork(salon.tenant.id) as uow:
+        moved = booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "09:00"), now)
+        uow.commit()
+    with UnitOfWork(salon.tenant.id) as uow:
+        again = booking.reschedule(
+            uow, booked.appointment_id, salon.at(DAY, "09:00"), now + timedelta(minutes=1)
+        )
+    assert (again.start, again.status, again.resource_ids) == (moved.start, moved.status, moved.resource_ids)
+    # A real move now is refused by the window, as before.
+    with pytest.raises(Conflict) as refused, UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "10:00"), now + timedelta(minutes=1))
+    assert refused.value.code == "reschedule_window_passed"
+
+
 def test_a_move_within_its_month_is_not_refused_by_the_plans_limit(db):
     # The business moved to a smaller plan with March already over its new limit: moving one of March's
     # appointments within March adds nothing to March. Into April (full too) it is refused.

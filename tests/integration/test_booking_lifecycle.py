@@ -491,20 +491,20 @@ class BookingLifecycle(RuleBasedStateMachine):
         # confirmation.
         if moving.status not in ("scheduled", "confirmed"):
             expected, resources = "illegal_status_change", ()
-        elif not self.allows_cancellation:
-            expected, resources = "reschedule_not_allowed", ()
-        elif moving.start - self.now < self.policy:
-            expected, resources = "reschedule_window_passed", ()
-        elif start <= self.now:
-            expected, resources = "start_in_past", ()
         elif start == moving.start and (stylist is None or stylist in moving.resources):
-            # Already there: nothing changes.
+            # Already there: nothing changes, whatever the window or the clock say now.
             moved, error = self._call(
                 lambda uow: booking.reschedule(uow, moving.id, start, self.now, (stylist,) if stylist else ())
             )
             self._check_outcome(f"reschedule to {start.isoformat()}", error, "ok", moving, stylist)
             assert (moved.status, moved.start, moved.resource_ids) == (moving.status, start, moving.resources)
             return
+        elif not self.allows_cancellation:
+            expected, resources = "reschedule_not_allowed", ()
+        elif moving.start - self.now < self.policy:
+            expected, resources = "reschedule_window_passed", ()
+        elif start <= self.now:
+            expected, resources = "start_in_past", ()
         elif self._month_is_full(start, moving):
             expected, resources = "plan_limit_reached", ()
         elif stylist is not None:
