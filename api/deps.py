@@ -44,10 +44,11 @@ def _tenant_for(authorization: str | None) -> uuid.UUID:
     return tenant_id
 
 
-def known_query_parameters(request: Request) -> None:
+async def known_query_parameters(request: Request) -> None:
     """A query parameter the operation does not take is refused (422 unknown_field), as an unknown body field
     is: a typo (`?wiat=10`, `?resource=…`) must not be ignored silently. A dependency of the /v1 routers; not
-    of the probes, to which a monitor may add a cache-buster."""
+    of the probes, to which a monitor may add a cache-buster. (Async, as every dependency without I/O: FastAPI
+    runs a plain `def` one on the thread pool, another turn in its queue for each request.)"""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return

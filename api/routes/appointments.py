@@ -3,6 +3,7 @@ from base64 import urlsafe_b64decode, urlsafe_b64encode
 from datetime import date, datetime
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import authenticated_tenant, known_query_parameters
@@ -22,9 +23,15 @@ router = APIRouter(prefix="/v1", tags=["appointments"], dependencies=[Depends(kn
     responses=documented_errors(401, 404, 422, 503),
     summary="An appointment with its client, service, resources, status and times",
 )
-def get_appointment(appointment_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+async def get_appointment(
+    appointment_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)
+) -> dict:
+    return (await run_in_threadpool(_appointment, tenant_id, appointment_id)).as_dict()
+
+
+def _appointment(tenant_id: uuid.UUID, appointment_id: uuid.UUID) -> booking.AppointmentView:
     with UnitOfWork(tenant_id) as uow:
-        return booking.get_appointment(uow, appointment_id).as_dict()
+        return booking.get_appointment(uow, appointment_id)
 
 
 @router.get(
@@ -33,7 +40,7 @@ def get_appointment(appointment_id: uuid.UUID, tenant_id: uuid.UUID = Depends(au
     responses=documented_errors(401, 422, 503),
     summary="The business's appointments between two local dates, or the one with a booking reference",
 )
-def find_appointments(
+async def find_appointments(
     request: Request,
     reference: str | None = Query(
         None,
@@ -56,9 +63,8 @@ def find_appointments(
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> dict:
     if reference is not None:
-        with UnitOfWork(tenant_id) as uow:
-            found = booking.find_by_reference(uow, reference)
-            return {"appointments": [appointment.as_dict() for appointment in found], "links": {}}
+        found = await run_in_threadpool(_by_reference, tenant_id, reference)
+        return {"appointments": [appointment.as_dict() for appointment in found], "links": {}}
     missing = [name for name, value in (("from", date_from), ("to", date_to)) if value is None]
     if missing:
         raise RequestValidationError(
@@ -69,15 +75,29 @@ def find_appointments(
         )
     # Checked before a transaction is opened for it.
     position = _read_cursor(after)
-    with UnitOfWork(tenant_id) as uow:
-        page = booking.list_appointments(
-            uow, date_from, date_to, statuses=frozenset(status), after=position, limit=limit
-        )
+    page = await run_in_threadpool(_page, tenant_id, date_from, date_to, frozenset(status), position, limit)
     links = {}
     if page.next_after is not None:
         following = request.url.include_query_params(after=_cursor(*page.next_after))
         links["next"] = f"{following.path}?{following.query}"
     return {"appointments": [found.as_dict() for found in page.appointments], "links": links}
+
+
+def _by_reference(tenant_id: uuid.UUID, reference: str) -> list[booking.AppointmentView]:
+    with UnitOfWork(tenant_id) as uow:
+        return booking.find_by_reference(uow, reference)
+
+
+def _page(
+    tenant_id: uuid.UUID,
+    date_from: date,
+    date_to: date,
+    statuses: frozenset[str],
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> booking.AppointmentPage:
+    with UnitOfWork(tenant_id) as uow:
+        return booking.list_appointments(uow, date_from, date_to, statuses=statuses, after=after, limit=limit)
 
 
 def _cursor(start: datetime, appointment_id: uuid.UUID) -> str:

@@ -3,6 +3,7 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
@@ -20,7 +21,11 @@ router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(known_q
     responses=documented_errors(401, 422, 503),
     summary="The business this API key belongs to: its contacts, clock and booking grid",
 )
-def get_business(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+async def get_business(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+    return await run_in_threadpool(_business, tenant_id)
+
+
+def _business(tenant_id: uuid.UUID) -> dict:
     with UnitOfWork(tenant_id) as uow:
         return catalog.business_profile(uow).as_dict()
 
@@ -31,7 +36,11 @@ def get_business(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
     responses=documented_errors(401, 503),
     summary="The business's bookable services",
 )
-def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+async def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+    return await run_in_threadpool(_services, tenant_id)
+
+
+def _services(tenant_id: uuid.UUID) -> dict:
     with UnitOfWork(tenant_id) as uow:
         return {"services": [service.as_dict() for service in catalog.list_services(uow)]}
 
@@ -42,12 +51,18 @@ def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
     responses=documented_errors(401, 403, 404, 422, 503),
     summary="Free slots of a service between two local dates",
 )
-def get_availability(
+async def get_availability(
     service_id: uuid.UUID,
     date_from: date = Query(alias="from", description="First local date, included"),
     date_to: date = Query(alias="to", description="Last local date, included"),
     resource_id: uuid.UUID | None = None,
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
+) -> dict:
+    return await run_in_threadpool(_availability, tenant_id, service_id, date_from, date_to, resource_id)
+
+
+def _availability(
+    tenant_id: uuid.UUID, service_id: uuid.UUID, date_from: date, date_to: date, resource_id: uuid.UUID | None
 ) -> dict:
     now = utcnow()
     with UnitOfWork(tenant_id) as uow:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -53,19 +54,22 @@ def _submit_responses(waited_status: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+@dataclass(frozen=True)
 class JobRequestOptions:
     """The `?wait=` and `Idempotency-Key` every request that becomes a job takes."""
 
-    def __init__(
-        self,
-        wait: float = Query(0, ge=0, le=WAIT_LIMIT_SECONDS, description=WAIT_DESCRIPTION),
-        idempotency_key: str | None = Header(
-            None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
-        ),
-    ):
-        # An operator may hold requests for less than the contract's limit (a proxy that times out sooner).
-        self.wait = min(wait, get_settings().booking_wait_max_seconds)
-        self.idempotency_key = idempotency_key
+    wait: float
+    idempotency_key: str | None
+
+
+async def job_request_options(
+    wait: float = Query(0, ge=0, le=WAIT_LIMIT_SECONDS, description=WAIT_DESCRIPTION),
+    idempotency_key: str | None = Header(
+        None, min_length=1, max_length=255, description=IDEMPOTENCY_DESCRIPTION
+    ),
+) -> JobRequestOptions:
+    # An operator may hold requests for less than the contract's limit (a proxy that times out sooner).
+    return JobRequestOptions(min(wait, get_settings().booking_wait_max_seconds), idempotency_key)
 
 
 def _job_url(job_id: uuid.UUID) -> str:
@@ -153,7 +157,7 @@ async def _accept(
 async def create_booking(
     request: Request,
     body: BookingIn,
-    options: JobRequestOptions = Depends(),
+    options: JobRequestOptions = Depends(job_request_options),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     return await _accept(
@@ -177,7 +181,7 @@ async def reschedule_appointment(
     request: Request,
     appointment_id: uuid.UUID,
     body: RescheduleIn,
-    options: JobRequestOptions = Depends(),
+    options: JobRequestOptions = Depends(job_request_options),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {"appointment_id": str(appointment_id), **body.model_dump(mode="json", exclude_none=True)}
@@ -195,7 +199,7 @@ async def cancel_appointment(
     request: Request,
     appointment_id: uuid.UUID,
     body: CancelIn | None = None,
-    options: JobRequestOptions = Depends(),
+    options: JobRequestOptions = Depends(job_request_options),
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> JSONResponse:
     payload = {
@@ -211,5 +215,5 @@ async def cancel_appointment(
     responses=documented_errors(401, 404, 422, 503),
     summary="A job's status and outcome",
 )
-def get_job(job_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
-    return _job_body(_read(tenant_id, job_id))
+async def get_job(job_id: uuid.UUID, tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> dict:
+    return _job_body(await run_in_threadpool(_read, tenant_id, job_id))

@@ -691,3 +691,37 @@ def test_the_business_endpoint_answers_for_the_keys_own_business(db, client, sal
     with TestClient(create_app(), headers={"Authorization": f"Bearer {other.api_key}"}) as theirs:
         assert theirs.get("/v1/business").json()["timezone"] == "America/New_York"
     assert client.get("/v1/business", headers={"Authorization": "Bearer va_live_nope"}).status_code == 401
+
+
+def test_each_request_waits_for_a_thread_twice_at_most(client, salon, monkeypatch):
+    # In a burst every wait for one of the process's threads is a turn at the back of one queue: with four
+    # per request (sync dependencies, the route, its response's validation), every request of a burst ended
+    # near its end. The key's look-up and the request's own work are the two left.
+    import anyio.to_thread
+
+    booked = book(salon, request(salon, day=DAY, clock="11:00"), now=NOW)
+    job = client.post("/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "k-hops"}).json()
+    waits = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(function, *args, **kwargs):
+        waits.append(function)
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    requests = [
+        ("GET", "/v1/business"),
+        ("GET", "/v1/services"),
+        ("GET", f"/v1/availability?service_id={salon.haircut.id}&from={DAY}&to={DAY}"),
+        ("GET", f"/v1/appointments/{booked.appointment_id}"),
+        ("GET", f"/v1/appointments?from={DAY}&to={DAY}"),
+        ("GET", f"/v1/appointments?reference={booked.booking_reference}"),
+        ("GET", f"/v1/jobs/{job['job_id']}"),
+        ("POST", "/v1/bookings"),
+    ]
+    for method, path in requests:
+        waits.clear()
+        body = booking_body(salon, start=salon.at(DAY, "14:00").isoformat()) if method == "POST" else None
+        response = client.request(method, path, json=body, headers={"Idempotency-Key": f"k-{path}"})
+        assert response.status_code in (200, 202), (path, response.text)
+        assert len(waits) == 2, (path, waits)
