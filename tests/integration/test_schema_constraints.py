@@ -510,12 +510,20 @@ def test_an_allocation_is_exclusive_by_its_resource_capacity_whatever_the_writer
     tenant, service, client = _setup(db)
     stylist, room = make_resource(db, tenant), make_resource(db, tenant, "room", 4)
     first = _booking(db, tenant, service, client, stylist, T0)
-    db.execute(update(AppointmentResource).values(exclusive=False))
+    db.execute(
+        update(AppointmentResource)
+        .where(AppointmentResource.resource_id == stylist.id)
+        .values(exclusive=False)
+    )
     with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
         _allocate_again(db, first, stylist, exclusive=False)
     grouped = _booking(db, tenant, service, client, room, T0)
     _allocate_again(db, grouped, room, exclusive=True)
-    exclusive = db.execute(select(AppointmentResource.resource_id, AppointmentResource.exclusive)).all()
+    exclusive = db.execute(
+        select(AppointmentResource.resource_id, AppointmentResource.exclusive).where(
+            AppointmentResource.resource_id.in_([stylist.id, room.id])
+        )
+    ).all()
     assert sorted(exclusive) == sorted([(stylist.id, True), (room.id, False), (room.id, False)])
 
 
