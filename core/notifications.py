@@ -103,8 +103,8 @@ def _templates(
     uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: Locale
 ) -> dict[str, list[NotificationTemplate]]:
     """The templates of each channel, best first: the tenant's own before the system ones, the client's
-    language (its exact locale, `es_ES`, before the bare language, `es`) before English. Channels without
-    any template are left out."""
+    language (its exact locale, `es_ES`, then the bare language, `es`, then another region of it, `es_MX`)
+    before English (`en`, then any region of it). Channels without any template are left out."""
     candidates = uow.session.scalars(
         _TEMPLATES, {"type": notification_type, "channels": channels, "tenant_id": tenant.id}
     ).all()
@@ -113,7 +113,15 @@ def _templates(
 
     def rank(template: NotificationTemplate) -> tuple[int, int, str]:
         written = (template.locale or "").replace("-", "_").lower()
-        closeness = 0 if written == exact else 1 if written == language else 2 if written == "en" else 3
+        written_language = written.partition("_")[0]
+        preferred = (
+            written == exact,
+            written == language,
+            written_language == language,
+            written == "en",
+            written_language == "en",
+        )
+        closeness = next((place for place, matches in enumerate(preferred) if matches), len(preferred))
         # The locale last: among equals the choice is the same on every booking.
         return (0 if template.tenant_id is not None else 1, closeness, template.locale or "")
 
@@ -132,11 +140,30 @@ def _rendered(
     for template in templates:
         context = context_in(writing_locale(template, locale))
         try:
-            subject = render(template.subject_template, context) if template.subject_template else None
-            return template, subject, render(template.body_template, context)
+            subject = (
+                _storable(render(template.subject_template, context)) if template.subject_template else None
+            )
+            return template, subject, _storable(render(template.body_template, context))
         except Exception as error:  # whatever a business's template raises (undefined, syntax, 1/0, sandbox)
             log.error("notification template %s (%s) does not render: %s", template.id, template.name, error)
     return None
+
+
+def _storable(text: str) -> str:
+    """`text`, if PostgreSQL can store it. Jinja decodes escapes in a template's string literals, so
+    `{{ "\\x00" }}` renders a NUL and `{{ "\\ud800" }}` a lone surrogate; the insert of the message would
+    then fail the booking itself."""
+    if "\x00" in text or not text.isascii() and _unencodable(text):
+        raise ValueError("the text has a NUL character or a lone surrogate, which cannot be stored")
+    return text
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 @lru_cache(maxsize=1024)

@@ -168,6 +168,53 @@ def test_a_business_template_that_does_not_render_gives_way_to_the_system_one(db
 
 
 @pytest.mark.parametrize(
+    "produces", [pytest.param('{{ "\\x00" }}', id="nul"), pytest.param('{{ "\\ud800" }}', id="surrogate")]
+)
+def test_a_business_template_whose_text_cannot_be_stored_gives_way_and_the_booking_goes_on(db, produces):
+    # Jinja decodes escapes in string literals: the text rendered fine and its insert failed the booking,
+    # and so every booking of the business (found in review).
+    salon, client, appointment = _event(db)
+    factories.make_notification_template(
+        db, salon.tenant, channel="sms", locale="es", body_template="Hola" + produces
+    )
+    factories.make_notification_template(db, None, channel="sms", locale="es", body_template="System")
+    factories.make_notification_template(
+        db, salon.tenant, channel="email", locale="es", subject_template=produces, body_template="Hola"
+    )
+
+    _queue(salon, client, appointment)
+
+    (sms,) = _queued(db, appointment)
+    assert (sms.channel, sms.body) == ("sms", "System")
+
+
+@pytest.mark.parametrize(
+    ("client_locale", "theirs", "other"),
+    [
+        ("es", "es-MX", "en"),  # Spanish written for Mexico, for a client in Spain
+        ("es-MX", "es-ES", "en"),
+        ("en-GB", "en-US", "de"),  # US English, not German, when there is no British
+    ],
+)
+def test_a_template_in_the_clients_language_wins_whatever_region_it_is_written_for(
+    db, client_locale, theirs, other
+):
+    # The ranking knew the exact locale and the bare language only: es-MX ranked as a foreign language,
+    # below English, for a client in Spain (found in review).
+    salon, client, appointment = _event(db, locale=client_locale)
+    factories.make_notification_template(
+        db, salon.tenant, channel="sms", locale=theirs, body_template="theirs"
+    )
+    factories.make_notification_template(db, salon.tenant, channel="sms", locale=other, body_template="other")
+
+    _queue(salon, client, appointment)
+
+    assert [
+        notification.body for notification in _queued(db, appointment) if notification.channel == "sms"
+    ] == ["theirs"]
+
+
+@pytest.mark.parametrize(
     ("email", "preferences", "channels"),
     [
         ("lucia@example.com", {"email": True, "sms": True}, ["email", "sms"]),
