@@ -295,17 +295,23 @@ def test_the_sweeper_fails_a_stale_running_job_only_once_its_next_start_would(
     assert (job.job_id in claimed) == (outcome == "running")
 
 
-def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep(db, emailing_salon):
+def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep_and_runs(db, emailing_salon):
     runbook = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     (requeue,) = re.findall(r"UPDATE intake_jobs SET status = 'queued'.*?;", runbook, flags=re.S)
     # The runbook's SQL reads no clock (enqueued_at = created_at): a job failed two days before NOW.
     now = NOW
     job = submit_job(emailing_salon, at=now - timedelta(days=2))
     stored = db.get(IntakeJob, job.job_id)
-    stored.status, stored.error = "failed", {"code": "internal_error"}
+    stored.status, stored.attempts = "running", intake.RUN_FAILS_AFTER_STARTS
     db.flush()
+    with UnitOfWork(system=True) as uow:  # its next start fails it: a poison job, which the runbook re-runs
+        assert intake.run(uow, job.job_id, now=now)["error"]["code"] == "internal_error"
     db.execute(text(requeue.replace("<job_id>", str(job.job_id))))
     assert job.job_id in claim(now)
+    # Its starts counted afresh: with its old count it failed again at once (found in review).
+    with UnitOfWork(system=True) as uow:
+        assert intake.run(uow, job.job_id, now=now)["status"] == "succeeded"
+    assert rows(db, Appointment, emailing_salon) == 1
 
 
 def test_a_job_that_just_started_after_a_backlog_is_not_requeued(db, emailing_salon):
