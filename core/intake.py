@@ -151,9 +151,12 @@ class JobView:
 
 
 def canonical_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as it is stored and hashed: its start in UTC, so that one instant written with two offsets
-    (a client that retries in UTC what it first sent in local time) is one request. A start that cannot be
-    read stays as it came, for the validation to refuse."""
+    """The payload as it is stored and hashed, so that one request written two ways is one request: its start
+    in UTC (a client that retries in UTC what it first sent in local time), and no `resource_ids` for an empty
+    list (no preference, as when it is left out). A start that cannot be read stays as it came, for the
+    validation to refuse."""
+    if payload.get("resource_ids") == []:
+        payload = {name: value for name, value in payload.items() if name != "resource_ids"}
     start = payload.get("start")
     if not isinstance(start, str):
         return payload

@@ -230,6 +230,22 @@ def test_a_retry_giving_the_same_start_with_another_offset_is_the_same_request(d
     assert stored.payload["start"] == local.astimezone(UTC).isoformat()  # kept in one form: UTC
 
 
+def test_a_retry_with_an_empty_list_of_resources_is_the_same_request(client, salon):
+    # [] and a missing resource_ids both mean "no preference": the retry was refused 409 (found in review).
+    first = client.post("/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "k-none"})
+    for resource_ids in ([], None):
+        again = client.post(
+            "/v1/bookings",
+            json=booking_body(salon, resource_ids=resource_ids),
+            headers={"Idempotency-Key": "k-none"},
+        )
+        assert (again.status_code, again.json()) == (202, first.json())
+    # A preference is another request.
+    chosen = booking_body(salon, resource_ids=[str(salon.stylists[0].id)])
+    other = client.post("/v1/bookings", json=chosen, headers={"Idempotency-Key": "k-none"})
+    assert_problem(other, 409, "idempotency_key_reused")
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [
