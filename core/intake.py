@@ -284,6 +284,9 @@ _LOCKED = (
     .where(_jobs.c.id == bindparam("job_id"))
     .with_for_update()
 )
+# When the job ended: `now` is when its run began (the time the rules were judged at), and a run may then
+# wait seconds for a busy resource's lock. The database's clock as the outcome is written, never before `now`.
+_ENDED_AT = func.greatest(bindparam("now"), func.clock_timestamp())
 _SUCCEEDED = (
     update(_jobs)
     .where(_jobs.c.id == bindparam("job_id"))
@@ -291,13 +294,15 @@ _SUCCEEDED = (
         status="succeeded",
         result=bindparam("result"),
         appointment_id=bindparam("appointment_id"),
-        finished_at=bindparam("now"),
+        finished_at=_ENDED_AT,
     )
+    .returning(_jobs.c.finished_at)
 )
 _FAILED = (
     update(_jobs)
     .where(_jobs.c.id == bindparam("job_id"))
-    .values(status="failed", error=bindparam("error"), finished_at=bindparam("now"))
+    .values(status="failed", error=bindparam("error"), finished_at=_ENDED_AT)
+    .returning(_jobs.c.finished_at)
 )
 
 
@@ -345,15 +350,15 @@ def run(uow: UnitOfWork, job_id: uuid.UUID | str, now: datetime) -> dict[str, An
             return JobView.from_row(job).as_dict()
         # The HTTP status the same error has when the API answers it directly (used by ?wait=).
         failure = {**error.as_dict(), "http_status": error.http_status}
-        uow.session.execute(_FAILED, {"job_id": key, "error": failure, "now": now})
-        view = replace(JobView.from_row(job), status="failed", error=failure, finished_at=now)
+        ended = uow.session.scalar(_FAILED, {"job_id": key, "error": failure, "now": now})
+        view = replace(JobView.from_row(job), status="failed", error=failure, finished_at=ended)
     else:
         result = booked.as_dict()
-        uow.session.execute(
+        ended = uow.session.scalar(
             _SUCCEEDED,
             {"job_id": key, "result": result, "appointment_id": booked.appointment_id, "now": now},
         )
-        view = replace(JobView.from_row(job), status="succeeded", result=result, finished_at=now)
+        view = replace(JobView.from_row(job), status="succeeded", result=result, finished_at=ended)
     outcome = view.as_dict()
     uow.commit()
     return outcome

@@ -4,8 +4,9 @@ job's starts, and the sweeper leaving alone a job that has just started or waits
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,32 @@ def test_running_a_job_twice_books_once(db, salon):
         select(func.count()).select_from(Appointment).where(Appointment.tenant_id == salon.tenant.id)
     )
     assert count == 1
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_a_job_ends_when_its_outcome_is_written_not_when_its_run_began(db, salon, monkeypatch, outcome):
+    # A run may wait seconds for a busy resource's lock after `now` was read: finished_at was `now`, the
+    # same instant as started_at, whatever the wait (found in review).
+    began = datetime.now(UTC)  # the database's clock is the real one: so is this run's
+    soon = {**payload(salon), "start": salon.at((began + timedelta(days=2)).date(), "10:00").isoformat()}
+    with UnitOfWork(salon.tenant.id) as uow:
+        job, _ = intake.submit(uow, "booking", soon, None, began, lambda job_id, queue: None)
+    booking_kind = intake.KINDS["booking"]
+
+    def slow_handle(uow, body, now, requested_at):
+        time.sleep(0.3)  # as a wait for a lock would
+        if outcome == "failed":
+            raise Conflict("Taken meanwhile.", code="slot_taken")
+        return booking_kind.handle(uow, body, now, requested_at)
+
+    monkeypatch.setitem(intake.KINDS, "booking", intake.JobKind(booking_kind.validate, slow_handle))
+    with UnitOfWork(system=True) as uow:
+        answered = intake.run(uow, job.job_id, began)
+    stored = db.get(IntakeJob, job.job_id)
+    db.refresh(stored)
+    assert stored.status == outcome
+    assert stored.finished_at >= began + timedelta(seconds=0.3)
+    assert answered["finished_at"] == stored.finished_at.isoformat()
 
 
 def test_a_domain_error_is_the_jobs_outcome_and_books_nothing(db, salon):
