@@ -257,6 +257,7 @@ def nearest_slots(
 
 
 _UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
+_UNTIL_UTC_PART = re.compile(r";UNTIL=\d{8}T\d{6}Z|UNTIL=\d{8}T\d{6}Z;?", re.IGNORECASE)
 _DATE_TIME = re.compile(r"(\d{8}T\d{6})(Z?)", re.IGNORECASE)  # dateutil takes any case too
 # The properties that carry date-times besides the RRULE's UNTIL (calendar exports write them in UTC).
 _DATE_PROPERTIES = ("DTSTART", "EXDATE", "RDATE")
@@ -293,6 +294,7 @@ def _occurrence_starts(
     start: datetime, length: timedelta, rule: str, tz: ZoneInfo, window_start: datetime, window_end: datetime
 ) -> list[datetime]:
     first_local = start.astimezone(tz).replace(tzinfo=None)
+    rule, until, excluded, added = _instants_apart(rule, tz)
     rule = _on_local_wall_clock(rule, tz)
     parts = _rrule_parts(rule)
     if not parts.get("INTERVAL", "1").isdigit() or int(parts.get("INTERVAL", "1")) < 1:
@@ -305,7 +307,47 @@ def _occurrence_starts(
     starts = {start}  # RFC 5545: the first occurrence counts even when it does not match the rule
     for local in recurrence.between(low, high, inc=True):
         starts.add(local.replace(tzinfo=tz).astimezone(UTC))
-    return sorted(starts)
+    if until is not None:
+        starts = {moment for moment in starts if moment <= until or moment == start}
+    # RFC 5545: an EXDATE may remove the first occurrence too.
+    return sorted((starts | added) - excluded)
+
+
+def _instants_apart(rule: str, tz: ZoneInfo) -> tuple[str, datetime | None, set[datetime], set[datetime]]:
+    """The rule without what it names as instants: a UTC UNTIL, and the date-times of its EXDATE and RDATE
+    lines (a floating one on the tenant's clock, at the first pass of a repeated hour, as occurrences are),
+    returned in UTC: (rule, until, excluded, added). dateutil walks the tenant's naive wall clock, on which
+    a UTC time in the second pass of a repeated autumn hour reads as the first (an UNTIL there cut that
+    night's occurrence), and it never removes the first occurrence. Dates (VALUE=DATE) stay in the rule."""
+    excluded: set[datetime] = set()
+    added: set[datetime] = set()
+    lines = []
+    for line in rule.strip().splitlines():
+        head, colon, values = line.strip().partition(":")
+        name, *params = head.split(";")
+        if not colon or name.upper() not in ("EXDATE", "RDATE"):
+            lines.append(line)
+            continue
+        zone_names = [param.split("=", 1)[1] for param in params if param.upper().startswith("TZID=")]
+        zone = ZoneInfo(zone_names[0]) if zone_names else tz
+        dates = []
+        for value in values.split(","):
+            match = _DATE_TIME.fullmatch(value.strip())
+            if match is None:
+                dates.append(value)
+                continue
+            moment = datetime.strptime(match[1].upper(), "%Y%m%dT%H%M%S").replace(
+                tzinfo=UTC if match[2] else zone
+            )
+            (excluded if name.upper() == "EXDATE" else added).add(moment.astimezone(UTC))
+        if dates:
+            lines.append(head + ":" + ",".join(dates))
+    rule = "\n".join(lines)
+    until = None
+    if found := _UNTIL_UTC.search(rule):
+        until = datetime.strptime(found[1].upper(), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        rule = _UNTIL_UTC_PART.sub("", rule, count=1)
+    return rule, until, excluded, added
 
 
 def _on_local_wall_clock(rule: str, tz: ZoneInfo) -> str:

@@ -396,3 +396,35 @@ def test_a_full_month_is_counted_on_the_businesss_own_clock_whatever_postgresql_
     with UnitOfWork(tenant.id) as uow:
         found = find_slots(uow, service.id, date(2027, 3, 30), date(2027, 4, 2), NOW).slots
     assert {slot.start.astimezone(cet).month for slot in found} == {3}
+
+
+def test_a_block_ending_by_a_utc_until_in_the_repeated_autumn_hour_blocks_that_nights_first_0130(db):
+    # New York, 7 November 2027: 01:00-02:00 comes twice. UNTIL=06:00Z (the second 01:00) is after the
+    # night's 01:30 occurrence (05:30Z); read on the naive wall clock it cut that occurrence, and a booking
+    # was taken during the time off (found in review).
+    tenant = f.make_tenant(db, timezone="America/New_York", settings={"slot_step_minutes": 30})
+    service = f.make_service(
+        db,
+        tenant,
+        duration_minutes=30,
+        available_days=range(7),
+        available_hours={},
+        min_advance_booking_hours=0,
+    )
+    stylist = f.make_resource(db, tenant)
+    f.link_service_resource(db, service, stylist)
+    for day in range(7):
+        f.make_schedule(db, stylist, day, "00:00", "24:00")
+    first = datetime(2027, 11, 5, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    f.make_block(db, stylist, first, first + timedelta(minutes=30), "FREQ=DAILY;UNTIL=20271107T060000Z")
+    now, sunday, first_0130 = (
+        datetime(2027, 11, 1, tzinfo=UTC),
+        date(2027, 11, 7),
+        datetime(2027, 11, 7, 5, 30, tzinfo=UTC),
+    )
+    with UnitOfWork(tenant.id) as uow:
+        offered = {slot.start for slot in find_slots(uow, service.id, sunday, sunday, now).slots}
+    assert first_0130 - timedelta(minutes=30) in offered
+    assert first_0130 not in offered
+    with UnitOfWork(tenant.id) as uow, pytest.raises(SlotUnavailable):
+        check_slot(uow, service, first_0130, now)

@@ -1088,6 +1088,65 @@ def test_exceptions_and_extra_dates_written_in_utc_or_with_a_zone_are_read_on_th
     assert [s.astimezone(tz).strftime("%d %H:%M") for s, _ in extra] == ["01 13:00", "02 13:00", "04 16:00"]
 
 
+@pytest.mark.parametrize("excluded", ["20270301T130000", "20270301T120000Z"])
+def test_an_exdate_may_remove_the_first_occurrence(excluded):
+    # RFC 5545: "The EXDATE property can be used to exclude the value specified in DTSTART." The first
+    # occurrence was added back after dateutil's exclusions: a lunch cancelled on its first day still blocked
+    # it (found in review).
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 1, 13), at(MADRID, 2027, 3, 1, 14))
+    lunch = expand_block(*first, f"RRULE:FREQ=DAILY\nEXDATE:{excluded}", tz, *day_window(MADRID, MONDAY, 3))
+    assert [s.astimezone(tz).day for s, _ in lunch] == [2, 3]
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"), blocks=tuple(lunch))
+    assert "13:00" in local_starts(slots_on(calendar([stylist], slot_step_minutes=60), MONDAY))
+
+
+# New York falls back on 7 November 2027: 01:00-02:00 comes twice, EDT (05:xxZ) then EST (06:xxZ). A daily
+# 01:30-02:00 block's occurrence that night is at the first 01:30, 05:30Z, as every occurrence in a repeated
+# hour is. Instants in UTC were read on the naive wall clock, where the second pass reads as the first.
+NIGHT_BLOCK = (at(NEW_YORK, 2027, 11, 5, 1, 30), at(NEW_YORK, 2027, 11, 5, 2))
+FIRST_0130 = datetime(2027, 11, 7, 5, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        # UNTIL bounds inclusively, as an instant: 06:00Z (the second 01:00) is after 05:30Z.
+        ("RRULE:FREQ=DAILY;UNTIL=20271107T060000Z", [5, 6, 7]),
+        ("RRULE:UNTIL=20271107T060000Z;FREQ=DAILY", [5, 6, 7]),
+        # 06:30Z (the second 01:30) is no occurrence: nothing is removed.
+        ("RRULE:FREQ=DAILY;COUNT=4\nEXDATE:20271107T063000Z", [5, 6, 7, 8]),
+    ],
+)
+def test_utc_instants_in_the_repeated_autumn_hour_are_read_as_instants(rule, expected):
+    tz = ZoneInfo(NEW_YORK)
+    night = expand_block(*NIGHT_BLOCK, rule, tz, *day_window(NEW_YORK, date(2027, 11, 5), 5))
+    assert [s.astimezone(tz).day for s, _ in night] == expected
+    assert FIRST_0130 in [s for s, _ in night]
+    stylist = ResourceCalendar(STYLIST, windows=windows("00:00", "24:00"), blocks=tuple(night))
+    all_day = calendar(
+        [stylist], tz=NEW_YORK, duration_minutes=30, available_hours=None, slot_step_minutes=30
+    )
+    sunday = slots_on(all_day, date(2027, 11, 7))
+    assert FIRST_0130 - timedelta(minutes=30) in {slot.start for slot in sunday}  # 01:00 EDT is free
+    assert FIRST_0130 not in {slot.start for slot in sunday}
+
+
+def test_a_utc_rdate_in_the_repeated_autumn_hour_blocks_that_instant():
+    tz = ZoneInfo(NEW_YORK)
+    rule = "RRULE:FREQ=DAILY;COUNT=1\nRDATE:20271107T063000Z"  # the second 01:30
+    extra = expand_block(*NIGHT_BLOCK, rule, tz, *day_window(NEW_YORK, date(2027, 11, 5), 5))
+    assert [s for s, _ in extra] == [NIGHT_BLOCK[0], datetime(2027, 11, 7, 6, 30, tzinfo=UTC)]
+
+
+def day_window(tz: str, first: date, days: int) -> tuple[datetime, datetime]:
+    zone = ZoneInfo(tz)
+    start = datetime.combine(first, time(), tzinfo=zone)
+    return start.astimezone(UTC), datetime.combine(
+        first + timedelta(days=days), time(), tzinfo=zone
+    ).astimezone(UTC)
+
+
 @pytest.mark.parametrize(
     "rule",
     [
