@@ -157,6 +157,10 @@ def canonical_payload(payload: dict[str, Any]) -> dict[str, Any]:
     validation to refuse."""
     if payload.get("resource_ids") == []:
         payload = {name: value for name, value in payload.items() if name != "resource_ids"}
+    return _start_in_utc(payload)
+
+
+def _start_in_utc(payload: dict[str, Any]) -> dict[str, Any]:
     start = payload.get("start")
     if not isinstance(start, str):
         return payload
@@ -222,9 +226,14 @@ def submit(
 
 def replayed_job(uow: UnitOfWork, kind: str, payload: dict[str, Any], idempotency_key: str) -> JobView | None:
     """The job an earlier request with this key and body created (a conflict if the body differs), or None."""
-    # Jobs recorded before starts were stored in UTC (2026-11-27) hold the hash of the body as it was
-    # sent: the same body sent again is still the same request.
-    digests = {request_hash(kind, canonical_payload(payload)), request_hash(kind, payload)}
+    # Jobs recorded before starts were stored in UTC hold the hash of the body as it was sent, and those
+    # recorded before an empty resource_ids was dropped (both 2026-11-27) the hash with it: the same body
+    # sent again is still the same request.
+    digests = {
+        request_hash(kind, canonical_payload(payload)),
+        request_hash(kind, _start_in_utc(payload)),
+        request_hash(kind, payload),
+    }
     return _replay(uow, idempotency_key, digests)
 
 

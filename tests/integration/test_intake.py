@@ -142,7 +142,8 @@ def test_a_domain_error_is_the_jobs_outcome_and_books_nothing(db, salon):
     assert len(outcome["error"]["alternatives"]) == 3
     stored = db.get(IntakeJob, loser.job_id)
     db.refresh(stored)
-    assert stored.finished_at == NOW and stored.appointment_id is None
+    # When its outcome was written: the database's clock, never before the run's `now`.
+    assert stored.finished_at >= NOW and stored.appointment_id is None
 
 
 def test_the_sweeper_claims_jobs_the_queue_lost_once(db, salon):
@@ -255,6 +256,21 @@ def test_a_job_recorded_before_starts_were_stored_in_utc_is_replayed_by_the_same
     assert (again.job_id, created) == (recorded.job_id, False)
     with pytest.raises(Conflict):
         submit(salon, payload(salon, clock="12:00"), key="order-before-upgrade")
+
+
+def test_a_job_recorded_with_an_empty_resource_list_is_replayed_by_the_same_body(db, salon):
+    """Recorded before an empty resource_ids was dropped: its hash has the start in UTC and the empty list.
+    The same body again (its start with an offset) must get the job (found in review)."""
+    sent = {**payload(salon), "resource_ids": []}
+    recorded, _ = submit(salon, payload(salon, clock="11:00"), key="order-with-empty-list")
+    as_stored = {**sent, "start": salon.at(DAY, "10:00").astimezone(UTC).isoformat()}
+    db.execute(
+        update(IntakeJob)
+        .where(IntakeJob.id == recorded.job_id)
+        .values(payload=as_stored, request_hash=intake.request_hash("booking", as_stored))
+    )
+    again, created = submit(salon, sent, key="order-with-empty-list")
+    assert (again.job_id, created) == (recorded.job_id, False)
 
 
 @pytest.mark.parametrize(
