@@ -44,4 +44,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_constraint("services_available_hours_valid", "services", type_="check")
+    # The old pattern refuses an end of 24:00:00, which this revision lets in; the core reads both as midnight.
+    op.execute(
+        "UPDATE services SET available_hours = jsonb_set(available_hours, '{end}', '\"24:00\"')"
+        " WHERE available_hours ->> 'end' = '24:00:00'"
+    )
     op.create_check_constraint("services_available_hours_valid", "services", OLD)

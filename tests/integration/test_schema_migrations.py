@@ -19,10 +19,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from core.config import DEFAULT_DATABASE_URL
 from core.models import Base
 from ops.database import MIGRATIONS_DIR, alembic_config, create_database_if_missing, drop_database
+from tests import factories
 
 VIEWS = {"resource_availability", "appointment_stats", "tenant_dashboard"}
 SEED_TABLES = {
@@ -295,5 +297,33 @@ def test_each_revision_commits_on_its_own(tmp_path):
             at = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         engine.dispose()
         assert at == head
+    finally:
+        drop_database(url)
+
+
+def test_022_goes_down_with_a_service_closing_at_24_00_00():
+    # 022 lets an end of 24:00:00 in; the check 021 had refused it, so the downgrade stopped on such a row
+    # (found in review).
+    url = _scratch_url("schema_022")
+    create_database_if_missing(url)
+    try:
+        config = alembic_config(url)
+        command.upgrade(config, "head")
+        engine = create_engine(url)
+        with Session(engine) as session:
+            tenant = factories.make_tenant(session)
+            service = factories.make_service(
+                session, tenant, available_hours={"start": "20:00", "end": "24:00:00"}
+            )
+            session.commit()
+            service_id = service.id
+        command.downgrade(config, "021")
+        with engine.connect() as connection:
+            hours = connection.execute(
+                text("SELECT available_hours FROM services WHERE id = :id"), {"id": service_id}
+            ).scalar_one()
+        engine.dispose()
+        assert hours == {"start": "20:00", "end": "24:00"}
+        command.upgrade(config, "head")
     finally:
         drop_database(url)
