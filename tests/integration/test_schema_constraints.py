@@ -537,6 +537,29 @@ def test_an_allocation_may_not_take_more_units_than_its_resource_has(db):
         _booking(db, tenant, service, client, make_resource(db, tenant), T0, units=2)
 
 
+def test_a_capacity_lowered_makes_the_resources_allocations_exclusive_or_is_refused(db):
+    # Allocations written while the room held two stayed non-exclusive once it held one, and a new booking
+    # could overlap them (found in review, revision 024).
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 2)
+    later = _booking(db, tenant, service, client, room, T0)
+    db.execute(update(Resource).where(Resource.id == room.id).values(capacity=1))
+    assert db.scalar(
+        select(AppointmentResource.exclusive).where(AppointmentResource.appointment_id == later.id)
+    )
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, T0)
+    # Back to two: a second group fits; then down to one is refused while the two overlap.
+    db.execute(update(Resource).where(Resource.id == room.id).values(capacity=2))
+    _booking(db, tenant, service, client, room, T0)
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        db.execute(update(Resource).where(Resource.id == room.id).values(capacity=1))
+    with violates(db, "appointment_resources_units_within_capacity", CHECK_VIOLATION):
+        big = make_resource(db, tenant, "room", 4)
+        _booking(db, tenant, service, client, big, T0, units=3)
+        db.execute(update(Resource).where(Resource.id == big.id).values(capacity=2))
+
+
 def _allocate_again(db, appointment, resource, *, exclusive):
     db.add(
         AppointmentResource(
