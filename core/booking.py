@@ -676,7 +676,7 @@ def reschedule(
     """Move an appointment: the old allocation is released and the new one taken in one transaction,
     so a failed move leaves the appointment exactly where it was. The change window is judged at
     `requested_at` (see `_check_change_window`), the new time at `now`."""
-    tenant = bookable_tenant(uow)
+    tenant = _tenant(uow, uow.tenant_id)
     appointment = _locked_appointment(uow, appointment_id)
     if appointment.status not in ("scheduled", "confirmed"):
         raise IllegalTransition(
@@ -688,9 +688,10 @@ def reschedule(
     previous_resources = _resources_held_by(uow, appointment)
     if _in_utc(new_start) == previous_start and set(resource_ids) <= set(previous_resources):
         # Already there: nothing to move, and a business's confirmation of this time still stands. Before
-        # the change window, as for a cancellation: a move retried after it succeeded finds the appointment
-        # where it asked for, possibly inside the window now, and must not be told it was refused.
+        # the change window and the business's standing, as for a cancellation: a move retried after it
+        # succeeded finds the appointment where it asked for, and must not be told it was refused.
         return _booked(appointment, previous_resources, tenant)
+    _bookable_tenant(tenant)
     service = bookable_service(uow, appointment.service_id)
     _check_change_window(service, appointment, now, requested_at, "reschedule")
     linked = _eligible_resources(uow, tenant, service, new_start, now, resource_ids)

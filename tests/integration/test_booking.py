@@ -689,6 +689,14 @@ def test_a_move_repeated_once_inside_the_change_window_is_answered_as_it_is(db):
     with pytest.raises(Conflict) as refused, UnitOfWork(salon.tenant.id) as uow:
         booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "10:00"), now + timedelta(minutes=1))
     assert refused.value.code == "reschedule_window_passed"
+    # So it is once the business is suspended; a real move is refused for that first.
+    salon.tenant.subscription_status = "suspended"
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow:
+        suspended = booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "09:00"), now)
+    assert suspended.start == moved.start
+    with pytest.raises(TenantNotAllowed), UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "10:00"), now)
 
 
 def test_a_move_within_its_month_is_not_refused_by_the_plans_limit(db):
