@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import datetime
-from typing import Any, Literal
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+_ISO_DATE_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _written_in_iso_8601(value: Any) -> Any:
+    # Pydantic would also read a number, or a string of digits, as seconds since 1970: an instant the
+    # caller never wrote, and a "local date" that is a UTC one.
+    if not isinstance(value, str) or not _ISO_DATE_PREFIX.match(value):
+        raise ValueError("must be written in ISO 8601: 2027-03-30T10:00:00+02:00, or 2027-03-30 for a date")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_written_in_iso_8601)]
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_written_in_iso_8601)]
 
 
 class Strict(BaseModel):
@@ -27,7 +42,8 @@ class ClientIn(Strict):
         extra="forbid", json_schema_extra={"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}
     )
 
-    first_name: str = Field(min_length=1, max_length=100)
+    # No minimum here: an empty name is answered by the core, as one of blanks is (invalid_name).
+    first_name: str = Field(max_length=100)
     last_name: str | None = Field(None, max_length=100)
     phone: str | None = Field(None, max_length=32, description="Any common format; stored in E.164.")
     email: str | None = Field(None, max_length=255)
@@ -48,7 +64,7 @@ class BookingIn(Strict):
         },
     )
     service_id: uuid.UUID
-    start: AwareDatetime = Field(description="ISO 8601 with offset, on the slot grid")
+    start: IsoDateTime = Field(description="ISO 8601 with offset, on the slot grid")
     client: ClientIn
     resource_ids: list[uuid.UUID] | None = Field(
         None, max_length=10, description="Preferred resources (a stylist)"
@@ -60,7 +76,7 @@ class RescheduleIn(Strict):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"start": "2027-03-31T11:00:00+02:00"}]}
     )
-    start: AwareDatetime
+    start: IsoDateTime
     resource_ids: list[uuid.UUID] | None = Field(None, max_length=10)
 
 

@@ -1,6 +1,7 @@
 import uuid
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from datetime import date, datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -8,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
-from api.schemas import AppointmentOut, AppointmentsOut, AppointmentStatus
+from api.schemas import AppointmentOut, AppointmentsOut, AppointmentStatus, IsoDate
 from core import booking
 from core.db import UnitOfWork
 
@@ -49,12 +50,16 @@ async def find_appointments(
         description="As the client reads it out: any case; spaces, dashes and other separators ignored."
         " Without it, `from` and `to` are required",
     ),
-    date_from: date | None = Query(None, alias="from", description="First local date, included"),
-    date_to: date | None = Query(
-        None,
-        alias="to",
-        description="Last local date, included (62 days at most, unless the operator set otherwise)",
-    ),
+    date_from: Annotated[
+        IsoDate | None, Query(alias="from", description="First local date, included")
+    ] = None,
+    date_to: Annotated[
+        IsoDate | None,
+        Query(
+            alias="to",
+            description="Last local date, included (62 days at most, unless the operator set otherwise)",
+        ),
+    ] = None,
     status: list[AppointmentStatus] = Query(
         [], description="Only appointments in these statuses (repeat it for several); every status without it"
     ),

@@ -1,5 +1,6 @@
 import uuid
 from datetime import date
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query
@@ -7,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import authenticated_tenant, known_query_parameters
 from api.errors import documented_errors
-from api.schemas import AvailabilityOut, BusinessOut, ServicesOut
+from api.schemas import AvailabilityOut, BusinessOut, IsoDate, ServicesOut
 from core import availability, catalog
 from core.clock import utcnow
 from core.db import UnitOfWork
@@ -53,8 +54,8 @@ def _services(tenant_id: uuid.UUID) -> dict:
 )
 async def get_availability(
     service_id: uuid.UUID,
-    date_from: date = Query(alias="from", description="First local date, included"),
-    date_to: date = Query(alias="to", description="Last local date, included"),
+    date_from: Annotated[IsoDate, Query(alias="from", description="First local date, included")],
+    date_to: Annotated[IsoDate, Query(alias="to", description="Last local date, included")],
     resource_id: uuid.UUID | None = None,
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> dict:

@@ -18,8 +18,10 @@ READY_TIMEOUT_SECONDS = 3.0
 
 
 # HEAD too: some load balancers and uptime monitors probe with it (RFC 9110: wherever GET is, HEAD should be).
+# The hidden route, registered first, answers both methods, so that a 405 names both in its Allow header
+# (Starlette takes the methods of the first route of the path); the GET route only documents it.
 @router.get("/health", summary="The process is up")
-@router.head("/health", include_in_schema=False)
+@router.api_route("/health", methods=["GET", "HEAD"], include_in_schema=False)
 async def health() -> dict:
     # Answered on the event loop itself, never queued behind requests waiting for a thread: a liveness
     # probe must not fail because the process is busy.
@@ -61,12 +63,12 @@ _database = Check(_database_answers)
 _broker = Check(_broker_answers)
 
 
-@router.head("/ready", include_in_schema=False)
 @router.get(
     "/ready",
     summary="The database and the broker answer",
     responses={503: {"model": Problem, "description": "Not ready: `checks` names what does not answer"}},
 )
+@router.api_route("/ready", methods=["GET", "HEAD"], include_in_schema=False)  # as for /health
 async def ready() -> JSONResponse:
     database, broker = await asyncio.gather(_database(), _broker())
     checks = {"database": database, "broker": broker}

@@ -741,3 +741,41 @@ def test_each_request_waits_for_a_thread_twice_at_most(client, salon, monkeypatc
         response = client.request(method, path, json=body, headers={"Idempotency-Key": f"k-{path}"})
         assert response.status_code in (200, 202), (path, response.text)
         assert len(waits) == 2, (path, waits)
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/health"), ("DELETE", "/ready")])
+def test_a_405_on_a_probe_names_both_its_methods(client, method, path):
+    # Each probe had a GET and a HEAD route, and Starlette names the methods of the first one (found in review).
+    response = client.request(method, path)
+    assert_problem(response, 405, "method_not_allowed")
+    assert {name.strip() for name in response.headers["allow"].split(",")} == {"GET", "HEAD"}
+    assert client.head(path).status_code in (200, 503)
+
+
+def test_an_empty_first_name_is_invalid_name_as_a_blank_one_is(db, client, salon):
+    # The schema's minimum length answered "" with validation_error, and "  " got invalid_name.
+    for first_name in ("", "  "):
+        body = booking_body(salon, client={"first_name": first_name, "phone": "612 345 678"})
+        problem = assert_problem(client.post("/v1/bookings", json=body), 422, "invalid_name")
+        assert problem["field"] == "client.first_name"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize("written", [int, str], ids=["number", "digits"])
+def test_a_start_written_as_seconds_since_1970_is_refused(db, client, salon, written):
+    # Pydantic read it as a UTC instant the caller never wrote in ISO 8601 (found in review).
+    seconds = int(salon.at(DAY, "10:00").timestamp())
+    response = client.post("/v1/bookings", json=booking_body(salon, start=written(seconds)))
+    problem = assert_problem(response, 422, "validation_error")
+    assert [error["field"] for error in problem["errors"]] == ["start"]
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/availability", "/v1/appointments"])
+def test_local_dates_written_as_seconds_since_1970_are_refused(client, salon, path):
+    seconds = str(int(datetime.combine(DAY, datetime.min.time(), tzinfo=UTC).timestamp()))
+    params = {"from": seconds, "to": seconds}
+    if path == "/v1/availability":
+        params["service_id"] = str(salon.haircut.id)
+    problem = assert_problem(client.get(path, params=params), 422, "validation_error")
+    assert [error["field"] for error in problem["errors"]] == ["from", "to"]
