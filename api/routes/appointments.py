@@ -68,6 +68,17 @@ async def find_appointments(
     tenant_id: uuid.UUID = Depends(authenticated_tenant),
 ) -> dict:
     if reference is not None:
+        # A look-up by reference is one appointment, whatever its date or status: a filter sent with it would
+        # be ignored, and an ignored parameter is refused, as an unknown one is.
+        ignored = [name for name, value in (("from", date_from), ("to", date_to), ("after", after)) if value]
+        ignored += ["status"] if status else []
+        if ignored:
+            raise RequestValidationError(
+                [
+                    {"type": "value_error", "loc": ("query", name), "msg": "Not taken with `reference`"}
+                    for name in ignored
+                ]
+            )
         found = await run_in_threadpool(_by_reference, tenant_id, reference)
         return {"appointments": [appointment.as_dict() for appointment in found], "links": {}}
     missing = [name for name, value in (("from", date_from), ("to", date_to)) if value is None]

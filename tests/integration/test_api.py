@@ -536,6 +536,12 @@ def test_an_appointment_is_found_by_the_reference_read_out_over_the_phone(db, cl
         nothing = client.get("/v1/appointments", params={"reference": reference})
         assert (nothing.status_code, nothing.json()) == (200, {"appointments": [], "links": {}})
     assert_problem(client.get("/v1/appointments"), 422, "validation_error")
+    # A filter sent with a reference would be ignored: refused, as an unknown parameter is (found in review).
+    filtered = client.get(
+        "/v1/appointments", params={"reference": said, "status": "cancelled", "from": str(DAY)}
+    )
+    problem = assert_problem(filtered, 422, "validation_error")
+    assert sorted(error["field"] for error in problem["errors"]) == ["from", "status"]
 
 
 def imported_appointment(db, salon, booking_reference, start=None):
