@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Self
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/voiceappoint"
@@ -79,6 +79,19 @@ class Settings(BaseSettings):
     vapi_api_base: str = ""
     flower_user: str = "admin"
     flower_password: str = "admin"
+
+    @field_validator("flower_user", "flower_password")
+    @classmethod
+    def _one_flower_credential(cls, value: str, info: ValidationInfo) -> str:
+        # Flower reads FLOWER_BASIC_AUTH as a comma-separated list of user:password pairs: a comma in either
+        # made two credentials, neither of them the one set, one of them a fragment with no user name.
+        forbidden = ",:" if info.field_name == "flower_user" else ","
+        if any(character in value for character in forbidden):
+            name = f"VOICEAPPOINT_{(info.field_name or '').upper()}"
+            raise ValueError(
+                f"{name} may not contain {' or '.join(repr(c) for c in forbidden)} (Flower splits on it)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _production_has_secrets(self) -> Self:

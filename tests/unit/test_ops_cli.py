@@ -42,6 +42,9 @@ def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
             },
             "in production set VOICEAPPOINT_DB_APP_ROLE",
         ),
+        # Flower splits FLOWER_BASIC_AUTH on commas: "Xk9,p2Lq" let in "p2Lq" alone, and not itself.
+        ({"VOICEAPPOINT_FLOWER_PASSWORD": "Xk9,p2Lq"}, "VOICEAPPOINT_FLOWER_PASSWORD may not contain ','"),
+        ({"VOICEAPPOINT_FLOWER_USER": "ops:night"}, "VOICEAPPOINT_FLOWER_USER may not contain ',' or ':'"),
     ],
 )
 def test_an_operator_error_is_one_line_and_exit_status_2(env, expected):
