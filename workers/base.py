@@ -47,6 +47,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A send inside a task (a notification after its booking commits) when Redis refuses it.
+    kombu.exceptions.OperationalError,
 )
 
 

@@ -94,6 +94,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": result_backend_transport_options,
         "redis_socket_keepalive": True,
         "broker_connection_retry_on_startup": True,
+        # For good (Celery's default gives up after 100 tries, ~49 minutes, and the worker exits): a worker left
+        # alone during a long Redis outage must come back with it, as operations.md promises.
+        "broker_connection_max_retries": None,
         # JSON only: a pickle payload from anyone who can write to Redis would be code execution.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from unittest import mock
 
+import kombu.exceptions
 import pytest
 import redis.exceptions
 from celery import Celery
@@ -18,7 +19,7 @@ from core import intake
 from core import logging as core_logging
 from core.errors import NotFound, SlotUnavailable
 from workers.base import JobTask, TransientError, is_transient
-from workers.celery_app import VISIBILITY_TIMEOUT_SECONDS
+from workers.celery_app import VISIBILITY_TIMEOUT_SECONDS, celery_config
 
 app = Celery("test_base_task", set_as_current=False)
 app.conf.update(task_always_eager=True, task_eager_propagates=False, broker_url="memory://")
@@ -36,6 +37,8 @@ ERRORS: dict[str, Callable[[], Exception]] = {
     ),
     "integrity": lambda: sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key value")),
     "redis": lambda: redis.exceptions.ConnectionError("Connection refused"),
+    # What a send inside a task raises when Redis refuses it (kombu wraps redis-py's error).
+    "broker_send": lambda: kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379"),
     "transient": lambda: TransientError("provider answered 503"),
     "soft_time_limit": lambda: SoftTimeLimitExceeded(),
     "slot_taken": lambda: SlotUnavailable("10:00 is taken", code="slot_taken", alternatives=[]),
@@ -62,7 +65,8 @@ def fresh_attempts():
 
 
 @pytest.mark.parametrize(
-    "error", ["operational", "interface", "invalidated", "redis", "transient", "soft_time_limit"]
+    "error",
+    ["operational", "interface", "invalidated", "redis", "broker_send", "transient", "soft_time_limit"],
 )
 def test_a_transient_error_is_retried_until_the_task_succeeds(error):
     result = fails_then_succeeds.apply(args=(error, 2))
@@ -198,3 +202,11 @@ def test_in_production_a_failure_is_one_json_line_with_the_task_id():
 def test_a_job_may_start_more_often_than_the_worker_retries_it():
     # Each transient retry is a new start of the job; intake.run fails a job started RUN_FAILS_AFTER_STARTS times.
     assert JobTask.max_retries + 1 < intake.RUN_FAILS_AFTER_STARTS
+
+
+def test_a_worker_waits_for_the_broker_for_good():
+    # Celery gives up after 100 tries (~49 minutes without Redis) and the worker exits: nothing brought it
+    # back where no supervisor restarts it (found in the Celery review).
+    from core.config import get_settings
+
+    assert celery_config(get_settings())["broker_connection_max_retries"] is None
