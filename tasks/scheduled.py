@@ -4,6 +4,8 @@ import logging
 import uuid
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from core import intake
 from core.clock import utcnow
 from core.config import get_settings
@@ -42,5 +44,7 @@ def _send_all(jobs: list[tuple[uuid.UUID, str]]) -> None:
             send_intake_job(job_id, queue)
         except intake.EnqueueFailed as error:
             log.warning("could not re-send job %s (%s); a later sweep will", job_id, error)
+        except SoftTimeLimitExceeded:
+            raise  # the sweep has run too long (a Redis that hangs): stop, the next sweep goes on
         except Exception:
             log.exception("could not re-send job %s (a defect, not the broker); a later sweep will", job_id)

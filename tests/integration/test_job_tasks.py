@@ -66,3 +66,22 @@ def test_a_retried_job_is_sent_again_without_a_result_as_it_was_first(redis_pref
         bookings.process.pop_request()
         before_task_publish.disconnect(capture)
     assert published == [("bookings.process", True)]
+
+
+def test_the_sweeper_stops_at_its_soft_time_limit_instead_of_sending_on(monkeypatch):
+    # Sends to a Redis that hangs: the soft limit interrupts one, and the sweeper went on to the next (its
+    # `except Exception` took the limit for a defect) until the hard limit killed it (found in the Celery review).
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from tasks import scheduled
+
+    sent = []
+
+    def hangs_then_is_interrupted(job_id, queue):
+        sent.append(job_id)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(scheduled, "send_intake_job", hangs_then_is_interrupted)
+    with pytest.raises(SoftTimeLimitExceeded):
+        scheduled._send_all([(uuid.uuid4(), "bookings"), (uuid.uuid4(), "bookings")])
+    assert len(sent) == 1
