@@ -41,7 +41,12 @@ def database_url() -> str:
     base = make_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     url = base.set(database=f"va_test_{RUN_ID}_{_worker_suffix()}").render_as_string(hide_password=False)
     create_database_if_missing(url)
-    command.upgrade(alembic_config(url), "head")
+    try:
+        command.upgrade(alembic_config(url), "head")
+    except BaseException:
+        # A revision that fails (a work in progress) must not leave the run's database on the shared server.
+        drop_database(url)
+        raise
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
     get_settings.cache_clear()
