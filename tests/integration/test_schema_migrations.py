@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from alembic import command
@@ -36,9 +38,16 @@ SEED_TABLES = {
 ADDED_TABLES = {"api_keys", "intake_jobs"}
 
 
-def _scratch_url(purpose: str) -> str:
+@contextmanager
+def _scratch_database(purpose: str) -> Iterator[str]:
+    """A new empty database of its own (its URL), dropped afterwards whatever happens in it."""
     base = make_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
-    return base.set(database=f"va_{purpose}_{uuid.uuid4().hex[:12]}").render_as_string(hide_password=False)
+    url = base.set(database=f"va_{purpose}_{uuid.uuid4().hex[:12]}").render_as_string(hide_password=False)
+    create_database_if_missing(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def _tables(url: str) -> set[str]:
@@ -57,9 +66,7 @@ def _tables(url: str) -> set[str]:
 @pytest.fixture(scope="module")
 def cycled():
     """A fresh database taken through upgrade head -> downgrade base -> upgrade head."""
-    url = _scratch_url("schema_mig")
-    create_database_if_missing(url)
-    try:
+    with _scratch_database("schema_mig") as url:
         config = alembic_config(url)
         command.upgrade(config, "head")
         after_first_upgrade = _tables(url)
@@ -95,8 +102,6 @@ def cycled():
             "after_first_upgrade": after_first_upgrade,
             "leftovers": leftovers,
         }
-    finally:
-        drop_database(url)
 
 
 def test_upgrade_creates_every_table_and_downgrade_removes_everything(cycled):
@@ -170,17 +175,13 @@ def _definitions(url: str) -> dict[str, dict[str, str]]:
 
 
 def test_indexes_and_constraints_match_the_models_exactly(cycled):
-    from_models = _scratch_url("schema_models")
-    create_database_if_missing(from_models)
-    try:
+    with _scratch_database("schema_models") as from_models:
         engine = create_engine(from_models)
         with engine.begin() as connection:
             connection.execute(text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
             Base.metadata.create_all(connection)
         engine.dispose()
         expected = _definitions(from_models)
-    finally:
-        drop_database(from_models)
 
     migrated = _definitions(cycled["url"])
     assert migrated["indexes"] == expected["indexes"]
@@ -269,9 +270,7 @@ def test_triggers_and_views_exist(cycled):
 def test_each_revision_commits_on_its_own(tmp_path):
     """A failing revision leaves the database at the last revision that succeeded, as docs/operations.md
     says, and the locks of one revision are not held through the next ones."""
-    url = _scratch_url("schema_txn")
-    create_database_if_missing(url)
-    try:
+    with _scratch_database("schema_txn") as url:
         config = alembic_config(url)
         head = ScriptDirectory.from_config(config).get_current_head()
         (tmp_path / "failing_after_head.py").write_text(
@@ -298,16 +297,12 @@ def test_each_revision_commits_on_its_own(tmp_path):
             at = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         engine.dispose()
         assert at == head
-    finally:
-        drop_database(url)
 
 
 def test_022_goes_down_with_a_service_closing_at_24_00_00():
     # 022 lets an end of 24:00:00 in; the check 021 had refused it, so the downgrade stopped on such a row
     # (found in review).
-    url = _scratch_url("schema_022")
-    create_database_if_missing(url)
-    try:
+    with _scratch_database("schema_022") as url:
         config = alembic_config(url)
         command.upgrade(config, "head")
         engine = create_engine(url)
@@ -326,5 +321,3 @@ def test_022_goes_down_with_a_service_closing_at_24_00_00():
         engine.dispose()
         assert hours == {"start": "20:00", "end": "24:00"}
         command.upgrade(config, "head")
-    finally:
-        drop_database(url)
