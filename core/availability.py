@@ -328,8 +328,7 @@ def _instants_apart(rule: str, tz: ZoneInfo) -> tuple[str, datetime | None, set[
         if not colon or name.upper() not in ("EXDATE", "RDATE"):
             lines.append(line)
             continue
-        zone_names = [param.split("=", 1)[1] for param in params if param.upper().startswith("TZID=")]
-        zone = ZoneInfo(zone_names[0]) if zone_names else tz
+        zone = _named_zone(params) or tz
         dates = []
         for value in values.split(","):
             match = _DATE_TIME.fullmatch(value.strip())
@@ -358,13 +357,18 @@ def _on_local_wall_clock(rule: str, tz: ZoneInfo) -> str:
         head, colon, values = line.strip().partition(":")
         name, *params = head.split(";")
         if colon and name.upper() in _DATE_PROPERTIES:
-            zone_names = [param.split("=", 1)[1] for param in params if param.upper().startswith("TZID=")]
-            zone = ZoneInfo(zone_names[0]) if zone_names else None
+            zone = _named_zone(params)
             params = [param for param in params if not param.upper().startswith("TZID=")]
             values = ",".join(_local_value(value, zone, tz) for value in values.split(","))
             line = ";".join([name, *params]) + ":" + values
         lines.append(line)
     return _UNTIL_UTC.sub(lambda match: "UNTIL=" + _local_value(match[0][6:], None, tz), "\n".join(lines))
+
+
+def _named_zone(params: list[str]) -> ZoneInfo | None:
+    """The zone a property's TZID parameter names, if it has one."""
+    names = [param.split("=", 1)[1] for param in params if param.upper().startswith("TZID=")]
+    return ZoneInfo(names[0]) if names else None
 
 
 def _local_value(value: str, zone: ZoneInfo | None, tz: ZoneInfo) -> str:
