@@ -10,7 +10,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import null, select, text, update
 from sqlalchemy.dialects.postgresql import Range
+from sqlalchemy.exc import OperationalError
 
+from core.booking import SHARED_RESOURCE_LOCKS, resource_day_keys
 from core.models import (
     ApiKey,
     Appointment,
@@ -558,6 +560,61 @@ def test_a_capacity_lowered_makes_the_resources_allocations_exclusive_or_is_refu
         big = make_resource(db, tenant, "room", 4)
         _booking(db, tenant, service, client, big, T0, units=3)
         db.execute(update(Resource).where(Resource.id == big.id).values(capacity=2))
+
+
+def test_a_shared_resource_never_holds_more_units_at_once_than_its_capacity(db):
+    # Only the core counted a shared room's units: any other writer could put a third group in a room of
+    # two (revision 025).
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 2)
+    _booking(db, tenant, service, client, room, T0)
+    _booking(db, tenant, service, client, room, T0 + timedelta(minutes=15))
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, T0 + timedelta(minutes=20))
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, T0 - timedelta(minutes=10), minutes=30)
+    # Full only while both overlap: from the first one's end, and before the second one's start, a unit is free.
+    _booking(db, tenant, service, client, room, T0 + timedelta(minutes=30))
+    _booking(db, tenant, service, client, room, T0 - timedelta(minutes=30), minutes=45)
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, T0 - timedelta(minutes=30), minutes=50)
+    cancelled = _booking(db, tenant, service, client, room, T0, status="cancelled")
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        db.execute(
+            update(AppointmentResource)
+            .where(AppointmentResource.appointment_id == cancelled.id)
+            .values(active=True)
+        )
+
+
+def test_a_shared_capacity_lowered_below_what_overlapping_allocations_hold_is_refused(db):
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 4)
+    for minutes in (0, 10, 20):
+        _booking(db, tenant, service, client, room, T0 + timedelta(minutes=minutes))
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        db.execute(update(Resource).where(Resource.id == room.id).values(capacity=2))
+    db.execute(update(Resource).where(Resource.id == room.id).values(capacity=3))
+    assert db.scalar(select(Resource.capacity).where(Resource.id == room.id)) == 3
+
+
+def test_the_shared_capacity_check_waits_for_the_cores_count_of_the_same_resource_and_day(db, engine):
+    # The check counts under the core's own advisory lock (core.booking._lock_shared_resources): a writer
+    # that counted before a booking being made committed would let both in.
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 2)
+    start = datetime(2030, 3, 4, 23, 30, tzinfo=UTC)
+    with engine.connect() as holder, holder.begin():
+        keys = resource_day_keys([room.id], start + timedelta(hours=1), start + timedelta(hours=2))
+        holder.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+            {"namespace": SHARED_RESOURCE_LOCKS, "key": keys[0]},
+        )
+        db.execute(text("SET LOCAL lock_timeout = '300ms'"))
+        _booking(db, tenant, service, client, room, start - timedelta(hours=2))  # another day: no wait
+        with pytest.raises(OperationalError) as waited, db.begin_nested():
+            _booking(db, tenant, service, client, room, start, minutes=60)  # 23:30 to 00:30 UTC
+        assert waited.value.orig.sqlstate == "55P03"
 
 
 def _allocate_again(db, appointment, resource, *, exclusive):

@@ -252,6 +252,10 @@ def test_triggers_and_views_exist(cycled):
         | {"appointment_resources.set_appointment_resources_tenant.appointment_resources_set_tenant"}
         | {"appointment_resources.set_appointment_resources_exclusive.appointment_resources_set_exclusive"}
         | {"resources.recheck_resources_allocations.resources_recheck_allocations"}
+        | {
+            "appointment_resources.check_appointment_resources_shared_capacity"
+            ".appointment_resources_check_shared_capacity"
+        }
         | {"service_resources.check_service_resources_tenant.service_resources_check_tenant"}
         | {"notifications.check_notifications_template.notifications_check_template"}
         | {"tenant_users.keep_tenant_users_user.tenant_users_keep_user"}
