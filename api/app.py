@@ -80,6 +80,26 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
+class NoStore:
+    """Marks every response `Cache-Control: no-store`: answers carry clients' names and phones and depend on
+    the API key, so no browser, proxy or CDN may keep one and hand it to the next caller."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"cache-control", b"no-store"))
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
 class RequestId:
     """Gives every request an id (the caller's X-Request-ID, or a new one), echoed back and logged.
 
@@ -272,6 +292,7 @@ def create_app() -> FastAPI:
     # Outside the shedding: a key over its share is refused before it counts against everyone's queue.
     app.add_middleware(FairShare, max_per_key=settings.api_max_requests_per_key)
     app.add_middleware(RequestId)
+    app.add_middleware(NoStore)
     app.add_middleware(ArrivalTime)  # the outermost: it sees the request first
     # The application's long-lived objects leave the collector's generations: collections during
     # requests then walk only what requests allocate (see bench/availability.py).

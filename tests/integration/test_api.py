@@ -310,6 +310,23 @@ def test_another_tenants_rows_are_not_found(db, client, salon):
         assert_problem(other_client.post("/v1/bookings", json=booking_body(salon)), 404, "service_not_found")
 
 
+def test_no_answer_may_be_kept_by_a_cache(client, salon):
+    # Answers hold clients' names and phones and depend on the key: a shared cache must not serve them again.
+    answers = {
+        "services": client.get("/v1/services"),
+        "job": client.post(
+            "/v1/bookings", json=booking_body(salon), headers={"Idempotency-Key": "no-store-1"}
+        ),
+        "wrong key": client.get("/v1/services", headers={"Authorization": "Bearer va_live_abc_def"}),
+        "too large": client.post("/v1/bookings", content=b"x" * (65 * 1024)),
+        "health": client.get("/health"),
+    }
+    assert {name: answer.headers.get("cache-control") for name, answer in answers.items()} == {
+        name: "no-store" for name in answers
+    }
+    assert [answer.status_code for answer in answers.values()] == [200, 202, 401, 413, 200]
+
+
 def test_unknown_routes_are_problems_too(client):
     assert_problem(client.get("/v1/nothing-here"), 404, "not_found")
 
