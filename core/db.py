@@ -210,9 +210,24 @@ class UnitOfWork:
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
+            self._drop_connection_if_busy()
             self.session.rollback()  # whatever was not committed is dropped
         finally:
             self.session.close()
+
+    def _drop_connection_if_busy(self) -> None:
+        """An exception from outside (a task's soft time limit) can stop a statement half way, while it
+        waits for a lock: the connection still has that statement in progress and can neither roll back
+        nor go back to the pool (whose reset would fail and log an ERROR). It is closed instead; the server
+        ends the statement and its transaction when it notices (`client_connection_check_interval`)."""
+        if not self.session.in_transaction():
+            return
+        connection = self.session.connection()
+        if connection.invalidated:
+            return
+        driver_connection = connection.connection.driver_connection
+        if driver_connection.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+            connection.invalidate()
 
     def _apply_context(self, session: Session, transaction: Any, connection: Connection) -> None:
         if transaction is not None and transaction.nested:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import sessionmaker
 
 from core.db import UnitOfWork
 from tests.scenarios import build_emailing_salon
@@ -71,6 +72,49 @@ def test_a_process_killed_while_waiting_for_a_lock_leaves_nothing_running_behind
                 time.sleep(0.1)
             holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     finally:
+        owner.dispose()
+
+
+def test_a_soft_time_limit_in_a_lock_wait_gives_back_a_clean_pool_and_the_locks(database_url, caplog):
+    """The soft time limit's exception arrives in the middle of a lock wait: the unit of work could not roll
+    the connection back (a statement is still in progress), and the pool's reset failed with an ERROR in
+    the log and an OperationalError in place of the task's own exception. The connection is dropped
+    instead, and PostgreSQL ends the waiting transaction, with the locks it held, within about a second."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from core.db import make_engine
+
+    key, held_by_waiter = (uuid.uuid4().int % 2**62 for _ in range(2))
+    owner = create_engine(database_url)
+    engine = make_engine(database_url)
+    factory = sessionmaker(engine)
+
+    def interrupt(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with owner.connect() as holder, holder.begin():
+            holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            with (
+                caplog.at_level("WARNING"),
+                pytest.raises(SoftTimeLimitExceeded),
+                UnitOfWork(factory=factory, system=True) as uow,
+            ):
+                uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": held_by_waiter})
+                uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == []
+            deadline = time.monotonic() + 5
+            while not holder.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": held_by_waiter}):
+                assert time.monotonic() < deadline, "the interrupted transaction still holds its lock"
+                time.sleep(0.1)
+        with UnitOfWork(factory=factory, system=True) as uow:
+            assert uow.session.scalar(text("SELECT 1")) == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        engine.dispose()
         owner.dispose()
 
 
