@@ -63,12 +63,22 @@ def database_url() -> str:
         drop_database(url)
 
 
+def _redis_prefix() -> str:
+    return f"va_test_{RUN_ID}_{_worker_suffix()}:"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test runs: the Celery app reads its settings once, the first time anything touches its
+    # configuration (a schedule asking the app for the time zone does), and must read this run's prefix.
+    os.environ["VOICEAPPOINT_REDIS_KEY_PREFIX"] = _redis_prefix()
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def redis_prefix() -> str:
     """A key prefix of this run's own, so parallel runs on the shared Redis never see each other's queues."""
-    prefix = f"va_test_{RUN_ID}_{_worker_suffix()}:"
-    os.environ["VOICEAPPOINT_REDIS_KEY_PREFIX"] = prefix
-    get_settings.cache_clear()
+    prefix = _redis_prefix()
+    assert os.environ["VOICEAPPOINT_REDIS_KEY_PREFIX"] == prefix
     yield prefix
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
