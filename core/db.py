@@ -66,11 +66,27 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     engine = create_engine(url or settings.database_url, **kwargs)
     event.listen(engine, "connect", _session_in_utc)
     event.listen(engine, "checkin", _release_session_locks)
+    event.listen(engine, "rollback", _drop_if_a_statement_is_running)
+    event.listen(engine, "rollback_savepoint", _drop_if_a_statement_is_running)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)
     if settings.is_production:
         event.listen(engine, "connect", _refuse_a_login_above_the_policies)
     return engine
+
+
+def _drop_if_a_statement_is_running(connection: Connection, *savepoint: Any) -> None:
+    """An exception from outside (a task's soft time limit) can stop a statement half way, while it waits for
+    a lock: its connection still has that statement in progress and can neither roll back (psycopg: "another
+    command is already in progress", raised in place of the exception that stopped it) nor go back to the
+    pool (whose reset fails the same way and logs an ERROR). It is closed instead, before the rollback, which
+    SQLAlchemy then skips; the server ends the statement and its transaction when it notices the client gone
+    (`client_connection_check_interval`)."""
+    if connection.invalidated:
+        return
+    driver_connection = connection.connection.driver_connection
+    if driver_connection.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+        connection.invalidate()
 
 
 # `RESET ROLE` takes a session back to its login, so the login decides what SQL run in the application's
@@ -210,24 +226,9 @@ class UnitOfWork:
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
-            self._drop_connection_if_busy()
             self.session.rollback()  # whatever was not committed is dropped
         finally:
             self.session.close()
-
-    def _drop_connection_if_busy(self) -> None:
-        """An exception from outside (a task's soft time limit) can stop a statement half way, while it
-        waits for a lock: the connection still has that statement in progress and can neither roll back
-        nor go back to the pool (whose reset would fail and log an ERROR). It is closed instead; the server
-        ends the statement and its transaction when it notices (`client_connection_check_interval`)."""
-        if not self.session.in_transaction():
-            return
-        connection = self.session.connection()
-        if connection.invalidated:
-            return
-        driver_connection = connection.connection.driver_connection
-        if driver_connection.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-            connection.invalidate()
 
     def _apply_context(self, session: Session, transaction: Any, connection: Connection) -> None:
         if transaction is not None and transaction.nested:

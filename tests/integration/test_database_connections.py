@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import UnitOfWork
+from tests.factories import make_tenant
 from tests.scenarios import build_emailing_salon
 
 
@@ -75,16 +76,34 @@ def test_a_process_killed_while_waiting_for_a_lock_leaves_nothing_running_behind
         owner.dispose()
 
 
-def test_a_soft_time_limit_in_a_lock_wait_gives_back_a_clean_pool_and_the_locks(database_url, caplog):
-    """The soft time limit's exception arrives in the middle of a lock wait: the unit of work could not roll
-    the connection back (a statement is still in progress), and the pool's reset failed with an ERROR in
-    the log and an OperationalError in place of the task's own exception. The connection is dropped
+def _wait_in_a_statement(uow, key, slug):
+    uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _wait_in_a_savepoint(uow, key, slug):
+    with uow.session.begin_nested():
+        uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _wait_in_a_flush(uow, key, slug):
+    # The holder has inserted a tenant with this slug and not committed: the unique index makes this wait.
+    make_tenant(uow.session, slug=slug)
+
+
+@pytest.mark.parametrize("waiting", [_wait_in_a_statement, _wait_in_a_savepoint, _wait_in_a_flush])
+def test_a_soft_time_limit_in_a_lock_wait_gives_back_a_clean_pool_and_the_locks(
+    database_url, caplog, waiting
+):
+    """The soft time limit's exception arrives in the middle of a lock wait: the connection could not be
+    rolled back (a statement is still in progress). The task's exception became an OperationalError ("another
+    command is already in progress"), and the pool's reset logged an ERROR. The connection is dropped
     instead, and PostgreSQL ends the waiting transaction, with the locks it held, within about a second."""
     from celery.exceptions import SoftTimeLimitExceeded
 
     from core.db import make_engine
 
     key, held_by_waiter = (uuid.uuid4().int % 2**62 for _ in range(2))
+    slug = f"soft-limit-{uuid.uuid4().hex[:8]}"
     owner = create_engine(database_url)
     engine = make_engine(database_url)
     factory = sessionmaker(engine)
@@ -96,6 +115,7 @@ def test_a_soft_time_limit_in_a_lock_wait_gives_back_a_clean_pool_and_the_locks(
     try:
         with owner.connect() as holder, holder.begin():
             holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            make_tenant(Session(bind=holder, join_transaction_mode="create_savepoint"), slug=slug)
             signal.setitimer(signal.ITIMER_REAL, 0.5)
             with (
                 caplog.at_level("WARNING"),
@@ -103,7 +123,7 @@ def test_a_soft_time_limit_in_a_lock_wait_gives_back_a_clean_pool_and_the_locks(
                 UnitOfWork(factory=factory, system=True) as uow,
             ):
                 uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": held_by_waiter})
-                uow.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                waiting(uow, key, slug)
             assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == []
             deadline = time.monotonic() + 5
             while not holder.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": held_by_waiter}):
