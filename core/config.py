@@ -1,7 +1,7 @@
 """Settings read from the environment (and a .env file), one place for every knob."""
 
 from functools import lru_cache
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,19 +35,26 @@ class Settings(BaseSettings):
     db_max_overflow: int = 5
     db_pool_timeout_seconds: float = 30.0
     db_connect_timeout_seconds: int = 5
-    db_statement_timeout_ms: int = 30_000
+    # PostgreSQL refuses a negative value in the connection's options: every connection would fail, which
+    # the API answers as 503 database_unavailable, so it is refused here, at start. 0 is PostgreSQL's "off".
+    db_statement_timeout_ms: int = Field(30_000, ge=0)
     # How often PostgreSQL checks, while a statement runs, that its client is still there (0: never).
-    db_client_check_interval_ms: int = 1_000
+    db_client_check_interval_ms: int = Field(1_000, ge=0)
 
-    env: str = "development"
+    # Anything else, a typo such as "Production" included, would run with the development secrets and
+    # without the production checks of the database login.
+    env: Literal["development", "production"] = "development"
     # Not read yet: the accounts' tokens will be signed with it. Production already refuses the default.
     secret_key: str = "dev-secret-change-me"
     public_url: str = "http://127.0.0.1:8000"
-    log_level: str = "INFO"
+    # The names uvicorn and Celery both accept (upper case for Celery, lower case for uvicorn).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # Booking
-    default_slot_step_minutes: int = 15
-    max_availability_days: int = 62
+    # Out of range, every availability query of a business without its own step answered 500.
+    default_slot_step_minutes: int = Field(15, ge=1, le=1440)
+    # Below 1, every availability query and appointments listing answered 422 range_too_long.
+    max_availability_days: int = Field(62, ge=1)
     # Holds `?wait=` requests for less than the contract's limit (behind a proxy that gives up sooner).
     booking_wait_max_seconds: float = Field(WAIT_LIMIT_SECONDS, gt=0, le=WAIT_LIMIT_SECONDS)
     # Requests held by ?wait= share one poll of their jobs per API process, this often; past this many
@@ -56,7 +63,8 @@ class Settings(BaseSettings):
     booking_wait_max_requests: int = 1000
     # Requests queued for one of the API process's worker threads (database work runs there); past this
     # many, a new request is answered 503 at once instead of queueing behind them.
-    api_max_queued_requests: int = 1000
+    # Below 1, every request of an idle process was answered 503 overloaded.
+    api_max_queued_requests: int = Field(1000, gt=0)
     # Requests one API key may have in progress in one API process; past it, 429 too_many_requests.
     api_max_requests_per_key: int = Field(200, gt=0)
     # Bookings, moves and cancellations one business may submit a minute (all API processes together).
@@ -79,6 +87,11 @@ class Settings(BaseSettings):
     vapi_api_base: str = ""
     flower_user: str = "admin"
     flower_password: str = "admin"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_capitals(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("flower_user", "flower_password")
     @classmethod

@@ -470,6 +470,8 @@ def seed_demo(uow: UnitOfWork, now: datetime | None = None) -> SeedCount:
             "country": "ES",
             "settings": {"slot_step_minutes": 15},
             "subscription_status": "trial",
+            # A demo deleted by hand comes back: `up` would otherwise show a key that only ever gets 401.
+            "deleted_at": None,
         },
         on_create={"trial_ends_at": now + timedelta(days=TRIAL_DAYS)},
     )

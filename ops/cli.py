@@ -75,7 +75,9 @@ def main() -> None:
         # Operational (no server), programming (no table) or data errors (`SET ROLE` to a role that does
         # not exist yet): an operator's fix, told in one line.
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
-        hint = " (has `voiceappoint migrate` run?)" if not isinstance(exc, OperationalError) else ""
+        # A missing table or role is what an unmigrated database looks like; a value too long is not.
+        missing = not isinstance(exc, OperationalError) and "does not exist" in detail
+        hint = " (has `voiceappoint migrate` run?)" if missing else ""
         _fail(f"database error: {detail}{hint}")
 
 
@@ -165,6 +167,7 @@ def _release(stop, data_dir: Path, name: str) -> None:
 def _migrate(database_url: str, downgrade_to: str | None = None) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
+    from alembic.util import CommandError as AlembicCommandError
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
@@ -174,10 +177,17 @@ def _migrate(database_url: str, downgrade_to: str | None = None) -> None:
     if create_database_if_missing(database_url):
         click.echo(f"created database {database}", err=True)
     config = alembic_config(database_url)
-    if downgrade_to:
-        command.downgrade(config, downgrade_to)
-    else:
-        command.upgrade(config, "head")
+    try:
+        if downgrade_to:
+            command.downgrade(config, downgrade_to)
+        else:
+            command.upgrade(config, "head")
+    except AlembicCommandError as exc:
+        # Most often the database is at a revision this code does not have: newer code migrated it.
+        raise CommandError(
+            f"cannot migrate database {database}: {exc} (`alembic_version` names a revision of newer code,"
+            " or --downgrade names none of migrations/versions)"
+        ) from None
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
@@ -210,11 +220,27 @@ def _tenant_id(slug: str):
     return tenant_id
 
 
+INACTIVE_SUBSCRIPTIONS = ("suspended", "cancelled")
+
+
 def _create_api_key(slug: str, name: str) -> str:
     from core.auth import create_api_key
     from core.db import UnitOfWork
 
     tenant_id = _tenant_id(slug)
+    with UnitOfWork(system=True) as uow:
+        deleted_at, subscription_status = uow.session.execute(
+            text("SELECT deleted_at, subscription_status FROM tenants WHERE id = :id"), {"id": tenant_id}
+        ).one()
+    if deleted_at is not None:
+        # tenant_for_api_key refuses every key of a deleted tenant: the key printed would only ever get 401.
+        raise CommandError(f"the tenant '{slug}' was deleted on {deleted_at:%Y-%m-%d}; its keys are refused")
+    if subscription_status in INACTIVE_SUBSCRIPTIONS:
+        click.echo(
+            f"warning: the tenant '{slug}' is {subscription_status}: until it is reactivated its requests"
+            " get 403 tenant_inactive",
+            err=True,
+        )
     with UnitOfWork(tenant_id=tenant_id) as uow:
         key = create_api_key(uow, tenant_id, name)
         uow.commit()
@@ -585,6 +611,8 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
     previous_handlers = {
         sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
+    if port == flower_port:
+        raise CommandError(f"--port and --flower-port are both {port}; give Flower another port")
     _check_port_free(host, port, "--port")
     _check_port_free(host, flower_port, "--flower-port")
     supervisor = Supervisor()
