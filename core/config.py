@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(30_000, ge=0)
     # How often PostgreSQL checks, while a statement runs, that its client is still there (0: never).
     db_client_check_interval_ms: int = Field(1_000, ge=0)
+    # How long PostgreSQL keeps a transaction whose client has sent nothing since its last statement (0: for
+    # good). A worker node that stops answering mid-booking (a paused VM, a partition, a host gone without a
+    # reset) otherwise keeps the job's row, the allocation and the insert locks for hours. Above the longest
+    # pause of a live task between two statements (JobTask.time_limit, 40 s).
+    db_idle_in_transaction_timeout_ms: int = Field(60_000, ge=0)
 
     # Anything else, a typo such as "Production" included, would run with the development secrets and
     # without the production checks of the database login.

@@ -60,6 +60,12 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         # killer, a deploy) leaves that statement running, with its transaction's locks, until the wait
         # ends: PostgreSQL notices a vanished client only when it next talks to it, unless it checks.
         options += f" -c client_connection_check_interval={settings.db_client_check_interval_ms}"
+    if settings.db_idle_in_transaction_timeout_ms:
+        # A worker node that stops answering between two statements of a booking (a paused VM, a network
+        # partition, a host gone without resetting its connections) leaves its transaction idle with the job's
+        # row, the allocation and the locks others wait for: the stylist's whole day, the business's count.
+        # The server ends it; a live unit of work never waits that long between two statements.
+        options += f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
     kwargs.setdefault(
         "connect_args", {"connect_timeout": settings.db_connect_timeout_seconds, "options": options}
     )

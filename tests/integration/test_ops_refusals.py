@@ -167,6 +167,7 @@ def test_up_refuses_one_port_for_the_api_and_flower(tmp_path):
         ("VOICEAPPOINT_API_MAX_QUEUED_REQUESTS", "0"),  # every request 503 overloaded
         ("VOICEAPPOINT_DB_STATEMENT_TIMEOUT_MS", "-1"),  # every connection refused: 503
         ("VOICEAPPOINT_DB_CLIENT_CHECK_INTERVAL_MS", "-5"),  # the same
+        ("VOICEAPPOINT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "-1"),  # the same
     ],
 )
 def test_a_setting_that_would_break_every_request_stops_the_command(variable, value):
