@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import booking, clients, intake
@@ -421,6 +421,45 @@ def test_staggered_bookings_racing_for_a_shared_room_never_exceed_it_at_any_inst
     assert set(outcomes) == {"booked", "slot_taken"}
     assert places_taken(committed_engine, room) == outcomes.count("booked") >= 3
     assert most_places_in_use(committed_engine, room) == 3
+
+
+def test_two_writers_other_than_the_core_cannot_overfill_a_shared_room_between_them(committed_engine):
+    """An import and a script each put a group in the last place of a room for three at the same time. Each
+    counted its own row and the two already there (three, allowed), and both went in: four. The database's
+    count (revision 025) waits for the other writer's commit and then sees its row."""
+    salon, room = yoga_room(committed_engine)
+    start = salon.at(DAY, "10:00")
+    with Session(committed_engine, expire_on_commit=False) as session:
+        tenant, haircut = session.merge(salon.tenant), session.merge(salon.haircut)
+        client = factories.make_client(session, tenant)
+        appointments = [
+            factories.make_appointment(
+                session, tenant, haircut, client, start, resources=[session.merge(room)], status=status
+            )
+            for status in ("scheduled", "scheduled", "cancelled", "cancelled")  # cancelled: inactive
+        ]
+        session.commit()
+    revive = (
+        update(AppointmentResource)
+        .where(AppointmentResource.appointment_id == appointments[2].id)
+        .values(active=True)
+    )
+    other = (
+        update(AppointmentResource)
+        .where(AppointmentResource.appointment_id == appointments[3].id)
+        .values(active=True)
+    )
+    with Session(committed_engine) as first, Session(committed_engine) as second:
+        first.execute(revive)  # not committed yet
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(lambda: (second.execute(other), second.commit()))
+            time.sleep(0.5)
+            assert not waiting.done(), "the second writer did not wait for the first"
+            first.commit()
+            with pytest.raises(IntegrityError) as refused:
+                waiting.result(timeout=10)
+    assert refused.value.orig.diag.constraint_name == "appointment_resources_within_shared_capacity"
+    assert places_taken(committed_engine, room) == 3
 
 
 def test_a_shared_rooms_bookings_wait_for_each_other_only_on_the_same_day(committed_engine):
