@@ -106,6 +106,26 @@ def test_a_shift_past_midnight_is_two_rows_across_the_spring_forward_night(db):
     assert slots[3].end == midnight_after(saturday) == slots[4].start
 
 
+def test_a_booking_after_midnight_keeps_off_the_evening_starts_whose_buffer_reaches_it(db):
+    # The calendar of the last date is read up to its midnight plus duration plus buffer: a booking starting
+    # after midnight + duration still lies in the buffer of the latest evening starts, and rules them out.
+    restaurant = Restaurant(db)
+    restaurant.tenant.settings = {"slot_step_minutes": 15}
+    restaurant.dinner.buffer_time_minutes = 60
+    db.flush()
+    restaurant.schedule(1, "20:00", "24:00")  # Monday night...
+    restaurant.schedule(2, "00:00", "03:00")  # ...into Tuesday
+    tuesday = MONDAY + timedelta(days=1)
+    restaurant.book(at(tuesday, "01:00"))  # occupies the table 01:00-03:00
+
+    slots = restaurant.slots(MONDAY, MONDAY)
+    # 23:00 is occupied until 01:00 (touching); 23:15 would be occupied until 01:15, over the booking.
+    assert local(slots)[-1] == "Mon 23:00"
+    with UnitOfWork(restaurant.tenant.id) as uow, pytest.raises(SlotUnavailable) as refused:
+        check_slot(uow, restaurant.dinner, at(MONDAY, "23:45"), NOW)
+    assert refused.value.code == "slot_taken"
+
+
 FRIDAY, SATURDAY = date(2027, 3, 5), date(2027, 3, 6)
 
 

@@ -109,6 +109,16 @@ def test_an_existing_client_is_matched_not_duplicated(db, salon):
     assert db.scalar(select(func.count()).select_from(Client).where(Client.tenant_id == salon.tenant.id)) == 2
 
 
+def test_a_deleted_client_is_not_matched_and_their_phone_books_as_a_new_client(db, salon):
+    gone = factories.make_client(
+        db, salon.tenant, phone="+34612345678", email="old@example.com", deleted_at=NOW
+    )
+    booked = book(salon, request(salon))  # the same phone
+    client = db.get(Client, db.get(Appointment, booked.appointment_id).client_id)
+    assert client.id != gone.id
+    assert (client.phone, client.deleted_at) == ("+34612345678", None)
+
+
 def test_a_clients_bookings_are_counted_and_the_phone_wins_over_the_email(db, salon):
     by_email = book(salon, request(salon, "10:00", phone=None, email="ana@example.com"))
     by_phone = book(salon, request(salon, "16:00", phone="611 111 111"))
@@ -249,6 +259,17 @@ def test_a_suspended_or_cancelled_business_cannot_book(db, salon, status):
     assert refused.value.code == "tenant_inactive"
 
 
+@pytest.mark.parametrize("status", ["trial", "active", "past_due"])
+def test_a_business_on_trial_active_or_past_due_books_and_offers_its_slots(db, salon, status):
+    # Only a suspended or cancelled subscription stops bookings (api.md, tenant_inactive): a payment that
+    # is late (past_due) must not turn the business's clients away.
+    salon.tenant.subscription_status = status
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow:
+        assert availability.find_slots(uow, salon.haircut.id, DAY, DAY, NOW).slots
+    assert book(salon, request(salon)).status == "confirmed"
+
+
 def test_the_clients_of_a_suspended_business_can_still_cancel(db, salon):
     # Their appointments stand, and a client who cannot come must be able to free the time.
     booked = book(salon, request(salon, "10:00"))
@@ -290,6 +311,14 @@ def test_a_plan_with_a_limit_of_minus_one_is_unlimited(db, salon):
     )
 
 
+def test_a_plan_with_a_limit_of_zero_takes_no_appointments(db, salon):
+    # Only -1 means unlimited (plans.allowance); 0 is a limit like any other.
+    factories.make_subscription(db, salon.tenant, factories.make_plan(db, max_appointments_per_month=0))
+    with pytest.raises(LimitReached) as full:
+        book(salon, request(salon))
+    assert full.value.code == "plan_limit_reached"
+
+
 def test_the_plans_monthly_limit_counts_the_tenants_local_month(db):
     salon = build_salon(db, opens="00:00", closes="23:45")
     plan = factories.make_plan(db, max_appointments_per_month=1)
@@ -303,6 +332,32 @@ def test_the_plans_monthly_limit_counts_the_tenants_local_month(db):
         salon.haircut.id, salon.at(date(2027, 4, 1), "00:30"), ClientDetails("A", phone="612345678")
     )
     assert book(salon, april).appointment_id
+
+
+@pytest.mark.parametrize("status", ["active", "trialing", "past_due"])
+def test_the_plan_of_a_live_subscription_limits_the_month(db, salon, status):
+    # A plan on trial (Stripe's `trialing`) or with a late payment limits the month as an active one does.
+    factories.make_subscription(
+        db, salon.tenant, factories.make_plan(db, max_appointments_per_month=1), status=status
+    )
+    book(salon, request(salon, "10:00"))
+    with pytest.raises(LimitReached) as full:
+        book(salon, request(salon, "12:00", phone="612 345 679"))
+    assert full.value.code == "plan_limit_reached"
+
+
+def test_the_plans_monthly_limit_holds_in_december(db):
+    # The month after December is January of the next year: December's count must not come out empty.
+    salon = build_salon(db, max_advance_booking_days=365)
+    factories.make_subscription(db, salon.tenant, factories.make_plan(db, max_appointments_per_month=1))
+
+    def at(day: date, phone: str) -> BookingRequest:
+        return BookingRequest(salon.haircut.id, salon.at(day, "10:00"), ClientDetails("A", phone=phone))
+
+    book(salon, at(date(2027, 12, 10), "612000001"))
+    with pytest.raises(LimitReached):
+        book(salon, at(date(2027, 12, 20), "612000002"))
+    assert book(salon, at(date(2028, 1, 10), "612000003")).appointment_id  # January is another month
 
 
 def test_no_alternative_is_offered_in_a_month_the_plan_has_filled(db):
@@ -442,6 +497,14 @@ def test_cancel_honours_the_services_policy(db, salon):
     )
 
 
+def test_a_cancellation_exactly_at_the_policys_limit_is_honoured(db, salon):
+    # "Up to 24 hours before they start": 24 hours before is still in time.
+    booked = book(salon, request(salon, "10:00"))
+    limit = salon.at(DAY, "10:00") - timedelta(hours=24)
+    with UnitOfWork(salon.tenant.id) as uow:
+        assert booking.cancel(uow, booked.appointment_id, None, limit).status == "cancelled"
+
+
 def test_a_cancellation_or_move_asked_in_time_is_honoured_when_its_job_runs_late(db, salon):
     """The client asked 24 h 30 s before the start (the policy: 24 h); the job ran a minute later (a
     backlog, a broker outage the sweeper made up for). The window is judged when the client asked."""
@@ -511,6 +574,16 @@ def test_an_appointment_to_come_is_not_written_off_as_a_no_show_or_completed(db,
     with UnitOfWork(salon.tenant.id) as uow:
         booking.start(uow, booked.appointment_id, salon.at(DAY, "09:50"))
         assert booking.complete(uow, booked.appointment_id, salon.at(DAY, "09:58")).status == "completed"
+
+
+def test_an_appointment_is_written_off_from_the_minute_it_is_due(db, salon):
+    # Only ahead of time is a no-show or a completion refused: at the start time itself it is recorded.
+    for change, status in ((booking.mark_no_show, "no_show"), (booking.complete, "completed")):
+        booked = book(salon, request(salon, "10:00"))
+        with UnitOfWork(salon.tenant.id) as uow:
+            assert change(uow, booked.appointment_id, salon.at(DAY, "10:00")).status == status
+            uow.commit()
+        assert not allocations(db, booked.appointment_id, active=True)
 
 
 def test_an_appointment_is_started_from_an_hour_before_it_is_due(db, salon):

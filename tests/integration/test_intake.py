@@ -106,6 +106,28 @@ def test_running_a_job_twice_books_once(db, salon):
     assert count == 1
 
 
+def test_a_delivery_that_marked_the_job_while_another_ran_it_does_not_book_again(db, monkeypatch):
+    """Two deliveries of one job (a redelivery while the first still runs) both mark it running; the one
+    that gets the job's lock second finds it finished and answers its outcome: it must not book again."""
+    salon = build_salon(db, chairs=0)  # two interchangeable stylists: a second booking would find one free
+    job, _ = submit(salon, payload(salon))
+    bind, other = intake.app_logging.bind, []
+
+    def the_other_delivery_runs_meanwhile(**fields):
+        # Called by `run` right after its `running` mark commits, before it locks the job.
+        bind(**fields)
+        if not other:
+            other.append(None)
+            other[0] = run(job.job_id)
+
+    monkeypatch.setattr(intake.app_logging, "bind", the_other_delivery_runs_meanwhile)
+    second = run(job.job_id)
+    first = other[0]
+    assert first["status"] == second["status"] == "succeeded"
+    assert second["result"] == first["result"]
+    assert rows(db, Appointment, salon) == 1
+
+
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 def test_a_job_ends_when_its_outcome_is_written_not_when_its_run_began(db, salon, monkeypatch, outcome):
     # A run may wait seconds for a busy resource's lock after `now` was read: finished_at was `now`, the
@@ -144,6 +166,12 @@ def test_a_domain_error_is_the_jobs_outcome_and_books_nothing(db, salon):
     db.refresh(stored)
     # When its outcome was written: the database's clock, never before the run's `now`.
     assert stored.finished_at >= NOW and stored.appointment_id is None
+    # The HTTP status is kept for ?wait= answers, and is not part of the job as shown.
+    with UnitOfWork(salon.tenant.id) as uow:
+        shown = intake.get_job(uow, loser.job_id)
+    assert shown.http_status == 409
+    assert set(shown.as_dict()["error"]) == {"code", "message", "alternatives"}
+    assert "http_status" not in outcome["error"]
 
 
 def test_the_sweeper_claims_jobs_the_queue_lost_once(db, salon):
@@ -336,6 +364,20 @@ def test_the_sweeper_fails_a_stale_running_job_only_once_its_next_start_would(
     db.refresh(stored)
     assert stored.status == outcome
     assert (job.job_id in claimed) == (outcome == "running")
+
+
+def test_a_stale_running_job_is_sent_again_once_per_period_not_on_every_sweep(db, emailing_salon):
+    # Running since it was last started or last re-sent: the copy the sweeper sent is given as long as a
+    # start is, or every sweep (each minute) would add one more copy to the queue.
+    job = submit_job(emailing_salon)
+    stored = db.get(IntakeJob, job.job_id)
+    stored.status, stored.attempts = "running", 1
+    stored.started_at = stored.enqueued_at = NOW - RUNNING_TOO_LONG - timedelta(seconds=1)
+    db.flush()
+    assert job.job_id in claim(NOW)
+    assert job.job_id not in claim(NOW + timedelta(minutes=1))
+    assert job.job_id not in claim(NOW + RUNNING_TOO_LONG)
+    assert job.job_id in claim(NOW + RUNNING_TOO_LONG + timedelta(seconds=1))
 
 
 def test_a_job_re_run_as_the_runbook_says_is_sent_by_the_next_sweep_and_runs(db, emailing_salon):

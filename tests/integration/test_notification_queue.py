@@ -225,6 +225,9 @@ def test_a_template_in_the_clients_language_wins_whatever_region_it_is_written_f
         # Turned down both: nothing, whichever contacts we have.
         ("lucia@example.com", {"email": False, "sms": False}, []),
         (None, {"email": False, "sms": False}, []),
+        # Preferences that do not mention email (an import, a business's edit): email is on unless turned down.
+        ("lucia@example.com", {}, ["email"]),
+        ("lucia@example.com", {"sms": True}, ["email", "sms"]),
     ],
 )
 def test_the_clients_preferences_choose_the_channels(db, email, preferences, channels):
@@ -237,6 +240,23 @@ def test_the_clients_preferences_choose_the_channels(db, email, preferences, cha
         )
     _queue(salon, client, appointment)
     assert sorted(n.channel for n in _queued(db, appointment)) == channels
+
+
+def test_withdrawing_one_kind_of_message_leaves_the_others_pending(db):
+    # The business's confirmation withdraws the unsent "request received" message only (booking.confirm):
+    # a pending reminder of the same appointment still goes out.
+    salon, client, appointment = _event(db)
+    for kind in ("appointment_confirmed", "appointment_reminder"):
+        factories.make_notification_template(
+            db, salon.tenant, type=kind, channel="email", locale="es", body_template="{{ booking_reference }}"
+        )
+    with UnitOfWork(salon.tenant.id) as uow:
+        for kind in ("appointment_confirmed", "appointment_reminder"):
+            notifications.queue_for_appointment(uow, salon.tenant, client, salon.haircut, appointment, kind)
+        assert notifications.withdraw_pending(uow, appointment.id, "appointment_confirmed") == 1
+        uow.commit()
+    statuses = {n.notification_type: n.status for n in _queued(db, appointment)}
+    assert statuses == {"appointment_confirmed": "cancelled", "appointment_reminder": "pending"}
 
 
 # GSM 03.38: the SMS alphabet with its extension table.

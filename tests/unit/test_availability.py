@@ -644,6 +644,15 @@ def test_recurrence_rules_until_count_and_a_first_occurrence_off_the_rule():
     assert expand_block(*first, None, tz, at(MADRID, 2027, 3, 2, 0), at(MADRID, 2027, 3, 3, 0)) == []
 
 
+def test_an_until_falling_on_an_occurrence_keeps_that_occurrence():
+    # RFC 5545: UNTIL is inclusive; an occurrence exactly at UNTIL is the last one, not dropped.
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 1, 13), at(MADRID, 2027, 3, 1, 14))  # 12:00Z (CET)
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 10, 0))
+    lunches = expand_block(*first, "FREQ=DAILY;UNTIL=20270303T120000Z", tz, *window)
+    assert [s.astimezone(tz).day for s, _ in lunches] == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     "rule",
     [
@@ -861,6 +870,19 @@ def test_min_and_max_advance():
     assert evaluate_slot(exactly, at(MADRID, 2027, 3, 2, 9), at(MADRID, 2027, 3, 1, 9)).start == at(
         MADRID, 2027, 3, 2, 9
     )
+
+
+def test_a_slot_exactly_at_the_notice_or_at_the_horizon_is_offered_and_bookable():
+    # Both limits are inclusive: a start exactly min_advance_booking_hours after now, or exactly
+    # max_advance_booking_days after it, is in the list and the booking accepts it.
+    stylist = ResourceCalendar(STYLIST, windows=windows("09:00", "18:00"))
+    now = at(MADRID, 2027, 3, 1, 9)
+    cal = calendar([stylist], min_advance_booking_hours=2, max_advance_booking_days=1)
+    slots = compute_slots(cal, now, MONDAY, MONDAY + timedelta(days=1))
+    assert slots[0].start == now + timedelta(hours=2)  # Monday 11:00
+    assert slots[-1].start == now + timedelta(days=1)  # Tuesday 09:00
+    assert evaluate_slot(cal, now + timedelta(hours=2), now).start == now + timedelta(hours=2)
+    assert evaluate_slot(cal, now + timedelta(days=1), now).start == now + timedelta(days=1)
 
 
 def test_without_notice_a_slot_starting_now_is_not_offered():
