@@ -365,6 +365,16 @@ class AppointmentResource(Base):
             "occupied_until",
             postgresql_where=text("active"),
         ),
+        # Revision 025: the shared-capacity trigger finds the shared allocations overlapping a new one by both
+        # bounds; capacity-1 rows (most of them) are not in it and cost their inserts nothing here.
+        Index(
+            "idx_appointment_resources_overlap",
+            "resource_id",
+            "allocated_start",
+            "occupied_until",
+            postgresql_using="gist",
+            postgresql_where=text("active AND NOT exclusive"),
+        ),
         # Revision 015: the appointment and the resource are the allocation's tenant's. tenant_id is set
         # by a BEFORE INSERT trigger, which runs before these checks.
         same_tenant("appointment_id", "appointments", ondelete="CASCADE"),

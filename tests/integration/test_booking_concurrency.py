@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, func, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import booking, clients, intake
@@ -423,10 +423,9 @@ def test_staggered_bookings_racing_for_a_shared_room_never_exceed_it_at_any_inst
     assert most_places_in_use(committed_engine, room) == 3
 
 
-def test_two_writers_other_than_the_core_cannot_overfill_a_shared_room_between_them(committed_engine):
-    """An import and a script each put a group in the last place of a room for three at the same time. Each
-    counted its own row and the two already there (three, allowed), and both went in: four. The database's
-    count (revision 025) waits for the other writer's commit and then sees its row."""
+def room_with_one_place_left(committed_engine):
+    """A room for three with two groups at 10:00, and two cancelled groups at 10:00 that a writer other than
+    the core (an import, a script) might revive: the statements that would."""
     salon, room = yoga_room(committed_engine)
     start = salon.at(DAY, "10:00")
     with Session(committed_engine, expire_on_commit=False) as session:
@@ -439,16 +438,20 @@ def test_two_writers_other_than_the_core_cannot_overfill_a_shared_room_between_t
             for status in ("scheduled", "scheduled", "cancelled", "cancelled")  # cancelled: inactive
         ]
         session.commit()
-    revive = (
+    revivals = [
         update(AppointmentResource)
-        .where(AppointmentResource.appointment_id == appointments[2].id)
+        .where(AppointmentResource.appointment_id == appointment.id)
         .values(active=True)
-    )
-    other = (
-        update(AppointmentResource)
-        .where(AppointmentResource.appointment_id == appointments[3].id)
-        .values(active=True)
-    )
+        for appointment in appointments[2:]
+    ]
+    return room, revivals
+
+
+def test_two_writers_other_than_the_core_cannot_overfill_a_shared_room_between_them(committed_engine):
+    """An import and a script each put a group in the last place of a room for three at the same time. Each
+    counted its own row and the two already there (three, allowed), and both went in: four. The database's
+    count (revision 025) waits for the other writer's commit and then sees its row."""
+    room, (revive, other) = room_with_one_place_left(committed_engine)
     with Session(committed_engine) as first, Session(committed_engine) as second:
         first.execute(revive)  # not committed yet
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -460,6 +463,42 @@ def test_two_writers_other_than_the_core_cannot_overfill_a_shared_room_between_t
                 waiting.result(timeout=10)
     assert refused.value.orig.diag.constraint_name == "appointment_resources_within_shared_capacity"
     assert places_taken(committed_engine, room) == 3
+
+
+def test_a_repeatable_read_writer_cannot_overfill_a_shared_room(committed_engine):
+    """Two writers other than the core (an import and a script) in REPEATABLE READ each put a group in the
+    last place of a room for three. The second waits for the first's advisory lock, as in READ COMMITTED,
+    but then counts with its transaction's snapshot, taken before the first committed: it does not see the
+    first's row and lets a fourth group in. (SERIALIZABLE is caught by PostgreSQL: 40001.)"""
+    room, revivals = room_with_one_place_left(committed_engine)
+
+    repeatable = committed_engine.execution_options(isolation_level="REPEATABLE READ")
+    outcomes = []
+
+    def write(session, revival):
+        try:
+            session.execute(revival)
+            return True
+        except DBAPIError as refused:
+            outcomes.append(refused.orig.sqlstate)
+            session.rollback()
+            return False
+
+    with Session(repeatable) as first, Session(repeatable) as second:
+        first.execute(text("SELECT 1"))  # both snapshots are taken before either writes
+        second.execute(text("SELECT 1"))
+        first_wrote = write(first, revivals[0])  # not committed yet
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(lambda: write(second, revivals[1]) and second.commit())
+            time.sleep(0.5)
+            if first_wrote:
+                first.commit()
+            try:
+                waiting.result(timeout=10)
+            except DBAPIError as refused:
+                outcomes.append(refused.orig.sqlstate)
+    assert places_taken(committed_engine, room) <= 3, outcomes  # a room for three
+    assert set(outcomes) <= {"40001", "23P01"}
 
 
 def test_a_shared_rooms_bookings_wait_for_each_other_only_on_the_same_day(committed_engine):

@@ -598,6 +598,61 @@ def test_a_shared_capacity_lowered_below_what_overlapping_allocations_hold_is_re
     assert db.scalar(select(Resource.capacity).where(Resource.id == room.id)) == 3
 
 
+_ALLOCATIONS_READ = text(
+    "SELECT coalesce(sum(seq_tup_read + idx_tup_fetch), 0) FROM pg_stat_xact_user_tables"
+    " WHERE relname = 'appointment_resources'"
+)
+
+
+def _fill_room(db, tenant, service, client, room, first: datetime, count: int) -> None:
+    """`count` one-hour allocations of `room`, one starting every 15 minutes from `first` (4 overlap)."""
+    db.execute(
+        text(
+            "WITH booked AS ("
+            " INSERT INTO appointments (tenant_id, service_id, client_id, scheduled_start, scheduled_end)"
+            " SELECT :tenant, :service, :client, :first + n * interval '15 minutes',"
+            "        :first + n * interval '15 minutes' + interval '1 hour'"
+            " FROM generate_series(0, :count - 1) AS n RETURNING id, scheduled_start, scheduled_end)"
+            " INSERT INTO appointment_resources (appointment_id, resource_id, allocated_start, allocated_end,"
+            "  allocated_during)"
+            " SELECT id, :room, scheduled_start, scheduled_end, tstzrange(scheduled_start, scheduled_end, '[)')"
+            " FROM booked"
+        ),
+        {
+            "tenant": tenant.id,
+            "service": service.id,
+            "client": client.id,
+            "room": room.id,
+            "first": first,
+            "count": count,
+        },
+    )
+
+
+def test_counting_a_new_allocation_reads_only_the_allocations_it_overlaps(db):
+    """One more group at the start of a busy room's calendar: at most 4 others overlap it, yet the trigger
+    reads every later allocation of the room once per instant (sum over `occupied_until > instant`):
+    ~1,000 rows here, 240 ms a booking on a room with 100,000, and a capacity change, which checks every
+    future allocation, grows with their square (30 s, the statement timeout, on that room)."""
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 50)
+    _fill_room(db, tenant, service, client, room, T0, 1000)
+    before = db.scalar(_ALLOCATIONS_READ)
+    _booking(db, tenant, service, client, room, T0 + timedelta(minutes=5), minutes=60)
+    read = db.scalar(_ALLOCATIONS_READ) - before
+    assert read < 100, f"one booking read {read} allocations of the room"
+
+
+def test_a_capacity_change_reads_the_allocations_in_proportion_to_their_number(db):
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 50)
+    _fill_room(db, tenant, service, client, room, T0, 1000)
+    before = db.scalar(_ALLOCATIONS_READ)
+    db.execute(update(Resource).where(Resource.id == room.id).values(capacity=51))
+    read = db.scalar(_ALLOCATIONS_READ) - before
+    assert read < 20 * 1000, f"a capacity change over 1,000 allocations read {read} rows"
+
+
 def test_the_shared_capacity_check_waits_for_the_cores_count_of_the_same_resource_and_day(db, engine):
     # The check counts under the core's own advisory lock (core.booking._lock_shared_resources): a writer
     # that counted before a booking being made committed would let both in.
