@@ -220,12 +220,10 @@ def _tenant_id(slug: str):
     return tenant_id
 
 
-INACTIVE_SUBSCRIPTIONS = ("suspended", "cancelled")
-
-
 def _create_api_key(slug: str, name: str) -> str:
     from core.auth import create_api_key
     from core.db import UnitOfWork
+    from core.plans import BOOKABLE_TENANT_STATUSES
 
     tenant_id = _tenant_id(slug)
     with UnitOfWork(system=True) as uow:
@@ -235,7 +233,7 @@ def _create_api_key(slug: str, name: str) -> str:
     if deleted_at is not None:
         # tenant_for_api_key refuses every key of a deleted tenant: the key printed would only ever get 401.
         raise CommandError(f"the tenant '{slug}' was deleted on {deleted_at:%Y-%m-%d}; its keys are refused")
-    if subscription_status in INACTIVE_SUBSCRIPTIONS:
+    if subscription_status not in BOOKABLE_TENANT_STATUSES:
         click.echo(
             f"warning: the tenant '{slug}' is {subscription_status}: until it is reactivated its requests"
             " get 403 tenant_inactive",
