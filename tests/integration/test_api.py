@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select, text, update
 
 from api import schemas as api_schemas
 from api.app import create_app
@@ -25,7 +25,7 @@ from core import availability, intake
 from core import db as core_db
 from core import errors as core_errors
 from core import logging as app_logging
-from core.models import Client, IntakeJob
+from core.models import ApiKey, Client, IntakeJob, ServiceResource
 from tests import factories
 from tests.scenarios import book, build_salon, request, rows
 from workers.celery_app import app as celery_app
@@ -146,6 +146,41 @@ def test_services_lists_the_tenants_active_services(client, salon):
     assert services[0]["requires_confirmation"] is False
 
 
+def test_services_lists_only_whats_offered_in_the_businesss_order_with_its_own_rules(db, client, salon):
+    # What the booking page shows: switched-off or deleted services and resources are not offered; services
+    # in the business's order (sort_order, then name); stylists in their order of preference; each service
+    # with its own rules.
+    now = datetime.now(UTC)
+    colour = factories.make_service(
+        db, salon.tenant, name="Colour", sort_order=-1, requires_confirmation=True, allows_cancellation=False
+    )
+    factories.make_service(db, salon.tenant, name="Beard", sort_order=-1)
+    factories.make_service(db, salon.tenant, name="Old perm", is_active=False)
+    factories.make_service(db, salon.tenant, name="Gone", deleted_at=now)
+    away = factories.make_resource(db, salon.tenant, "staff", name="On leave", is_active=False)
+    gone = factories.make_resource(db, salon.tenant, "staff", name="Left us", deleted_at=now)
+    for resource in (away, gone):
+        factories.link_service_resource(db, salon.haircut, resource, is_required=False)
+    salon.haircut.sort_order = -2  # first, whatever its name
+    first, second = salon.stylists
+    db.execute(
+        update(ServiceResource)
+        .where(ServiceResource.service_id == salon.haircut.id, ServiceResource.resource_id == first.id)
+        .values(preference_order=5)
+    )
+    db.flush()
+
+    services = {s["name"]: s for s in client.get("/v1/services").json()["services"]}
+    assert list(services) == ["Haircut", "Beard", "Colour"]
+    haircut_stylists = [r["name"] for r in services["Haircut"]["resources"] if r["choosable"]]
+    assert haircut_stylists == [second.name, first.name]
+    assert (services["Colour"]["requires_confirmation"], services["Colour"]["allows_cancellation"]) == (
+        True,
+        False,
+    )
+    assert services["Colour"]["service_id"] == str(colour.id)
+
+
 def test_availability_answers_in_the_tenants_time_zone(client, salon):
     day = (NOW + timedelta(days=2)).date()
     response = client.get(
@@ -210,6 +245,49 @@ def test_a_booking_is_accepted_as_a_queued_job(db, client, salon):
     assert (replayed.status_code, replayed.json()) == (202, job)
     stored = db.scalar(select(IntakeJob).where(IntakeJob.id == job["job_id"]))
     assert stored.payload["client"]["phone"] == "612 345 678" and stored.idempotency_key == "k-1"
+
+
+def test_a_replay_without_wait_answers_202_with_the_job_however_it_ended(db, client, salon):
+    # docs/api.md: a repeated Idempotency-Key returns the first job (202, same job_id), even if that job
+    # failed; 201 and the job's problem are what `?wait=` answers.
+    def run(job_id):
+        with core_db.UnitOfWork(system=True) as uow:
+            intake.run(uow, job_id, datetime.now(UTC))
+
+    outcomes = {}
+    for key, phone in (("won", "612 345 678"), ("lost", "612 345 679")):  # the second finds 10:00 taken
+        body = booking_body(salon, client={"first_name": "Lucía", "phone": phone})
+        first = client.post("/v1/bookings", json=body, headers={"Idempotency-Key": key})
+        assert first.status_code == 202, first.text
+        run(first.json()["job_id"])
+        replayed = client.post("/v1/bookings", json=body, headers={"Idempotency-Key": key})
+        assert replayed.status_code == 202, replayed.text
+        assert replayed.headers["content-type"] == "application/json"
+        assert replayed.headers["location"] == f"/v1/jobs/{first.json()['job_id']}"
+        assert replayed.json()["job_id"] == first.json()["job_id"]
+        outcomes[key] = replayed.json()["status"], (replayed.json()["error"] or {}).get("code")
+    assert outcomes == {"won": ("succeeded", None), "lost": ("failed", "slot_taken")}
+
+
+@pytest.mark.parametrize(
+    ("action", "body"), [("reschedule", {"start": "{later}"}), ("cancel", {"reason": "Client is ill"})]
+)
+def test_a_move_or_cancellation_seen_to_succeed_with_wait_is_200_not_201(db, client, salon, action, body):
+    # docs/api.md: `200` with `wait` when moved or cancelled; nothing new was created, so the Location is the job.
+    booked = book(salon, request(salon, day=DAY, clock="11:00"), now=NOW)
+    body = {name: value.format(later=salon.at(DAY, "15:00").isoformat()) for name, value in body.items()}
+    path = f"/v1/appointments/{booked.appointment_id}/{action}"
+    accepted = client.post(path, json=body, headers={"Idempotency-Key": f"{action}-1"})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    with core_db.UnitOfWork(system=True) as uow:
+        intake.run(uow, job_id, datetime.now(UTC))
+    # The same request again, waiting: its job has ended, so it is answered at once with the outcome.
+    waited = client.post(f"{path}?wait=5", json=body, headers={"Idempotency-Key": f"{action}-1"})
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["status"] == "succeeded"
+    assert waited.headers["location"] == f"/v1/jobs/{job_id}"
+    assert "content-location" not in waited.headers
 
 
 def test_a_retry_giving_the_same_start_with_another_offset_is_the_same_request(db, client, salon):
@@ -299,6 +377,39 @@ def test_a_missing_or_wrong_key_is_refused(db, client, salon):
     assert_problem(
         client.get("/v1/services", headers={"Authorization": "Basic Zm9vOmJhcg=="}), 401, "invalid_api_key"
     )
+    assert rows(db, IntakeJob, salon) == 0
+
+
+def test_a_keys_use_is_recorded_once_a_minute_for_apikey_list(db, client, salon):
+    # `voiceappoint apikey list` shows each key's last use to the minute (docs/operations.md).
+    def last_used():
+        db.expire_all()
+        return db.scalars(select(ApiKey.last_used_at).where(ApiKey.tenant_id == salon.tenant.id)).one()
+
+    assert last_used() is None
+    before = datetime.now(UTC)
+    assert client.get("/v1/services").status_code == 200
+    first = last_used()
+    assert first is not None and before - timedelta(seconds=5) <= first <= datetime.now(UTC)
+    assert client.get("/v1/services").status_code == 200
+    assert last_used() == first  # within the minute: not written again
+    db.execute(
+        update(ApiKey)
+        .where(ApiKey.tenant_id == salon.tenant.id)
+        .values(last_used_at=first - timedelta(minutes=5))
+    )
+    assert client.get("/v1/services").status_code == 200
+    assert last_used() >= before
+
+
+def test_the_keys_of_a_deleted_business_no_longer_authenticate(db, client, salon):
+    # A business deleted (soft-deleted: its rows stay) keeps no access through its keys: 401, as any key
+    # that is not live.
+    assert client.get("/v1/services").status_code == 200
+    salon.tenant.deleted_at = datetime.now(UTC)
+    db.flush()
+    assert_problem(client.get("/v1/services"), 401, "invalid_api_key")
+    assert_problem(client.post("/v1/bookings", json=booking_body(salon)), 401, "invalid_api_key")
     assert rows(db, IntakeJob, salon) == 0
 
 
@@ -656,6 +767,33 @@ def test_appointments_are_listed_by_local_date_a_page_at_a_time(db, client, salo
     assert [a["appointment_id"] for a in only.json()["appointments"]] == [str(booked[1].appointment_id)]
 
 
+def test_a_listing_gives_50_a_page_by_default_and_a_next_link_relative_to_the_api(db, client, salon):
+    # docs/api.md: `limit` 50 by default; links are paths (as links.self of a job is), never an address built
+    # from the Host header, which behind a TLS proxy would be the internal http:// one.
+    for number in range(51):
+        imported_appointment(
+            db, salon, f"P{number:04d}", start=salon.at(DAY + timedelta(days=number), "10:00")
+        )
+    first = client.get("/v1/appointments", params={"from": str(DAY), "to": str(DAY + timedelta(days=61))})
+    assert first.status_code == 200, first.text
+    assert len(first.json()["appointments"]) == 50
+    following = first.json()["links"]["next"]
+    assert following.startswith("/v1/appointments?"), following
+    rest = client.get(following)
+    assert [a["booking_reference"] for a in rest.json()["appointments"]] == ["P0050"]
+    assert rest.json()["links"] == {}
+
+
+def test_a_look_up_by_reference_takes_no_cursor_either(client, salon):
+    booked = book(salon, request(salon, day=DAY, clock="12:00"), now=NOW)
+    problem = assert_problem(
+        client.get("/v1/appointments", params={"reference": booked.booking_reference, "after": "abc"}),
+        422,
+        "validation_error",
+    )
+    assert [error["field"] for error in problem["errors"]] == ["after"]
+
+
 @pytest.mark.parametrize(
     ("query", "code", "fields"),
     [
@@ -730,6 +868,16 @@ def test_the_business_endpoint_answers_for_the_keys_own_business(db, client, sal
     with TestClient(create_app(), headers={"Authorization": f"Bearer {other.api_key}"}) as theirs:
         assert theirs.get("/v1/business").json()["timezone"] == "America/New_York"
     assert client.get("/v1/business", headers={"Authorization": "Bearer va_live_nope"}).status_code == 401
+
+
+def test_a_business_without_an_address_answers_null_not_an_empty_line(db, client, salon):
+    salon.tenant.address_line1 = salon.tenant.address_line2 = salon.tenant.postal_code = salon.tenant.city = (
+        None
+    )
+    db.flush()
+    answer = client.get("/v1/business")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["address"] is None
 
 
 def test_each_request_waits_for_a_thread_twice_at_most(client, salon, monkeypatch):

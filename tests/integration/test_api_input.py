@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -135,6 +137,93 @@ def test_a_request_id_that_is_not_utf8_does_not_break_the_request():
     assert sent[0]["status"] == 200
 
 
+def _asgi_post(app, headers, receive, timeout=5.0):
+    """POST /v1/bookings straight to the ASGI app with the messages `receive` gives: the answer's start message."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/bookings",
+        "raw_path": b"/v1/bookings",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        with contextlib.suppress(Exception):  # the server error middleware re-raises after answering
+            await asyncio.wait_for(app(scope, receive, send), timeout)
+
+    asyncio.run(run())
+    return sent[0] if sent else None
+
+
+def test_a_body_sent_in_many_small_pieces_is_counted_whole(db, salon):
+    # A server hands the body on as it arrives (h11: one message per chunk): each piece is under the limit,
+    # together they are over it.
+    pieces = [b'{"notes": "', *[b"x" * (16 * 1024)] * 5, b'"}']
+
+    async def receive():
+        body = pieces.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(pieces)}
+
+    started = _asgi_post(create_app(), [(b"authorization", f"Bearer {salon.api_key}".encode())], receive)
+    assert started is not None and started["status"] == 413
+
+
+def test_a_body_announced_over_the_limit_is_refused_without_waiting_for_it(db, salon):
+    # A client that announces more than 64 KiB is answered at once, not after the server has read (or waited
+    # for) 64 KiB of it.
+    never = asyncio.Event()
+
+    async def receive():
+        await never.wait()  # the body never comes
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    started = _asgi_post(
+        create_app(),
+        [
+            (b"content-length", str(64 * 1024 + 1).encode()),
+            (b"authorization", f"Bearer {salon.api_key}".encode()),
+        ],
+        receive,
+        timeout=3.0,
+    )
+    assert started is not None and started["status"] == 413
+
+
+def test_a_body_of_exactly_64_kib_is_not_too_large(db, api, salon):
+    # "over 64 KiB" (docs/api.md): the limit itself is allowed. A body that size is read and judged: a 422, not a 413.
+    padding = 64 * 1024 - len(b'{"padding": ""}')
+    content = b'{"padding": "' + b"x" * padding + b'"}'
+    assert len(content) == 64 * 1024
+    response = api.post("/v1/bookings", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize("offered", ["order 4711", "<script>", "a,b", "id/1"])
+def test_a_request_id_with_other_characters_is_replaced_not_echoed(api, offered):
+    # Only a plain token of letters, digits and ._:- is taken (docs/api.md): anything else gets a new id.
+    response = api.get("/health", headers={"X-Request-ID": offered})
+    echoed = response.headers["x-request-id"]
+    assert echoed != offered and re.fullmatch(r"[0-9a-f]{32}", echoed), echoed
+
+
+def test_a_request_without_an_id_gets_a_new_one_each_time(api):
+    ids = {api.get("/health").headers["x-request-id"] for _ in range(2)}
+    assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", found) for found in ids), ids
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [
@@ -212,6 +301,59 @@ def test_a_401_names_the_scheme_it_expects(api, authorization, challenge):
     assert response.headers["www-authenticate"] == challenge
 
 
+def test_an_unknown_field_beside_a_missing_one_is_a_validation_error_naming_both(db, api, salon):
+    # unknown_field is for a body whose only fault is a field the operation does not take; anything else
+    # wrong makes it a validation_error, and `errors` still names every field.
+    body = api_body(salon, salon.at(DAY, "10:00").isoformat())
+    del body["client"]
+    response = api.post("/v1/bookings", json={**body, "wiat": 10})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert sorted((error["field"], error["type"]) for error in problem["errors"]) == [
+        ("client", "missing"),
+        ("wiat", "extra_forbidden"),
+    ]
+    assert rows(db, IntakeJob, salon) == 0
+
+
+@pytest.mark.parametrize("written", ["Bearer {key}", "bearer {key}", "BEARER  {key}"])
+def test_the_key_is_taken_with_the_scheme_in_any_case_and_any_spaces_after_it(api, salon, written):
+    # RFC 9110 §11.4: the scheme is case-insensitive and one or more spaces may follow it (FairShare reads it so).
+    response = api.get("/v1/services", headers={"Authorization": written.format(key=salon.api_key)})
+    assert response.status_code == 200, response.text
+
+
+def test_a_wait_counts_from_the_requests_arrival_not_from_when_it_got_a_thread(
+    db, redis_prefix, salon, monkeypatch
+):
+    # docs/api.md: the answer comes at most about N seconds after the request arrived, time queued included.
+    app = _submitting_app(monkeypatch, VOICEAPPOINT_BOOKING_WAIT_POLL_SECONDS="30")  # nothing ends the job
+
+    async def scenario():
+        from anyio import to_thread
+
+        threads = to_thread.current_default_thread_limiter()
+        threads.total_tokens = 1
+        await threads.acquire()  # the one thread is busy for the request's first 3 s, past its wait
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {salon.api_key}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as client:
+            started = time.monotonic()
+            sent = asyncio.create_task(
+                client.post("/v1/bookings?wait=2", json=api_body(salon, salon.at(DAY, "10:00").isoformat()))
+            )
+            await asyncio.sleep(3.0)
+            threads.release()
+            answer = await sent
+            return answer, time.monotonic() - started
+
+    answer, took = asyncio.run(scenario())
+    assert answer.status_code == 202, answer.text
+    # Answered as soon as it is recorded (its 2 s ran out while it queued); 5 s if counted from its thread.
+    assert took < 4.2, took
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/v1/services?wiat=10"), ("POST", "/v1/bookings?wiat=10"), ("GET", "/v1/jobs/{job}?x=1")],
@@ -259,17 +401,20 @@ def test_requests_are_refused_at_once_while_too_many_wait_for_a_thread(db, redis
                 # Without the cap it would queue behind the other two, for as long as the thread is held.
                 refused = await asyncio.wait_for(client.get("/v1/services"), 5)
                 health = await client.get("/health")
+                ready = await asyncio.wait_for(client.get("/ready"), 5)
             finally:
                 threads.release()
                 served = await asyncio.gather(*queued)
-        return refused, health, served
+        return refused, health, ready, served
 
-    refused, health, served = asyncio.run(burst())
+    refused, health, ready, served = asyncio.run(burst())
     assert refused.status_code == 503, refused.text
     assert refused.headers["retry-after"] == "1"
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "overloaded"
     assert health.status_code == 200
+    # /ready checks on threads of its own: never refused as overloaded (docs/operations.md).
+    assert ready.status_code == 200, ready.text
     assert [response.status_code for response in served] == [200, 200]
     assert served[0].json()["services"]
 
@@ -343,6 +488,51 @@ def test_a_key_is_held_to_its_share_whatever_the_case_of_its_scheme_and_probes_a
     at_once, answers = asyncio.run(_while_the_one_thread_is_busy(app, [*flood, probe]))
     assert sorted(at_once) == [200, 429, 429]
     assert answers == [200, 200, 429, 429, 200]
+
+
+def test_requests_held_by_wait_are_not_counted_as_waiting_for_a_thread(db, redis_prefix, salon, monkeypatch):
+    # Held requests hold no thread (docs/operations.md): three of them, with room for two waiting, must not
+    # make the API refuse the next request as overloaded.
+    app = _submitting_app(
+        monkeypatch,
+        VOICEAPPOINT_API_MAX_QUEUED_REQUESTS="2",
+        VOICEAPPOINT_BOOKING_WAIT_MAX_SECONDS="3",
+        VOICEAPPOINT_BOOKING_WAIT_POLL_SECONDS="30",  # nothing ends the jobs: no poll needed
+    )
+
+    async def scenario():
+        from anyio import to_thread
+
+        # One request thread: the test's one database connection is used by one request at a time.
+        to_thread.current_default_thread_limiter().total_tokens = 1
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {salon.api_key}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as client:
+            held = []
+            for clock in ("10:00", "11:00", "12:00"):  # one after the other, each held before the next
+                body = api_body(salon, salon.at(DAY, clock).isoformat())
+                held.append(asyncio.create_task(client.post("/v1/bookings?wait=3", json=body)))
+                deadline = asyncio.get_running_loop().time() + 2
+                while (
+                    app.state.job_waiter.waiting < len(held) and asyncio.get_running_loop().time() < deadline
+                ):
+                    await asyncio.sleep(0.01)
+            holding = app.state.job_waiter.waiting
+            answer = await client.get("/v1/services")
+            return holding, answer, await asyncio.gather(*held)
+
+    holding, answer, held = asyncio.run(scenario())
+    assert holding == 3, [response.text for response in held]
+    assert answer.status_code == 200, answer.text
+    assert [response.status_code for response in held] == [202] * 3
+
+
+def test_a_keys_share_is_given_back_when_its_requests_end(db, redis_prefix, salon, monkeypatch):
+    # One request at a time, more of them than the share: each ends before the next, so none is refused.
+    app = _app_with(monkeypatch, VOICEAPPOINT_API_MAX_REQUESTS_PER_KEY="2")
+    with TestClient(app, headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        answers = [client.get("/v1/services").status_code for _ in range(4)]
+    assert answers == [200] * 4
 
 
 async def _while_slow_bodies_arrive(app, slow_headers, count, then_headers):
@@ -420,6 +610,42 @@ def test_a_business_past_its_submissions_for_the_minute_is_told_when_to_retry(
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert rows(db, IntakeJob, salon) == 3  # the refused request left nothing behind
     assert others.status_code == 202  # another business has its own minute
+
+
+def test_a_businesss_minute_is_counted_in_one_key_under_the_prefix_that_expires(
+    db, redis_prefix, salon, monkeypatch
+):
+    # docs/operations.md: counted in Redis as `<prefix>submissions:<tenant>:<minute>`; a minute's key must not
+    # stay behind in Redis for good (one per business and minute).
+    import redis
+
+    from core.config import get_settings
+
+    app = _submitting_app(monkeypatch, VOICEAPPOINT_API_MAX_JOBS_PER_MINUTE="3")
+    with TestClient(app, headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        minute = int(time.time() // 60)
+        answer = client.post("/v1/bookings", json=api_body(salon, salon.at(DAY, "10:00").isoformat()))
+    assert answer.status_code == 202, answer.text
+    store = redis.Redis.from_url(get_settings().redis_url)
+    try:
+        pattern = f"{redis_prefix}submissions:{salon.tenant.id}:*"
+        keys = [key.decode() for key in store.scan_iter(match=pattern)]
+        expected = f"{redis_prefix}submissions:{salon.tenant.id}:"
+        assert keys in ([expected + str(minute)], [expected + str(minute + 1)]), keys
+        assert store.get(keys[0]) == b"1"
+        assert 0 < store.ttl(keys[0]) <= 120
+    finally:
+        store.close()
+
+
+def test_a_business_past_its_limit_is_told_to_retry_when_the_minute_ends(monkeypatch):
+    from api import limits
+
+    counter = limits.SubmissionCounter("redis://127.0.0.1:1/0", "", per_minute=3)
+    monkeypatch.setattr(limits.time, "time", lambda: 1_800_000_045.5)  # 45.5 s into a minute
+    refusal = counter.refusal()
+    assert refusal.status_code == 429
+    assert refusal.headers["Retry-After"] == "15"
 
 
 def test_submissions_are_admitted_while_redis_cannot_count_them(db, redis_prefix, salon, monkeypatch):

@@ -196,3 +196,62 @@ def test_a_held_booking_that_fails_is_answered_with_the_jobs_problem(committed_e
         salon.at(DAY, clock).isoformat() for clock in ("12:00", "12:15", "13:45")
     ]
     assert "http_status" not in problem
+
+
+def test_the_poll_stops_once_no_request_is_held(salon, monkeypatch):
+    # One query per tick while requests are held, none once they have all been answered.
+    (job_id,) = queued_jobs(salon, 1)
+    polls = []
+    real_ended_among = intake.ended_among
+
+    def counted(uow, ids):
+        polls.append(list(ids))
+        return real_ended_among(uow, ids)
+
+    monkeypatch.setattr(waiting.intake, "ended_among", counted)
+
+    async def hold_then_idle() -> tuple[bool, int, int]:
+        waiter = JobWaiter(interval_seconds=0.05, max_waiting=1000)
+        ended = await waiter.until_ended(job_id, 0.3)
+        answered_after = len(polls)
+        await asyncio.sleep(0.5)
+        return ended, answered_after, len(polls)
+
+    ended, answered_after, later = asyncio.run(hold_then_idle())
+    assert not ended and answered_after >= 1
+    assert later <= answered_after + 1  # at most the tick that was under way
+
+
+def test_a_poll_that_fails_once_is_tried_again_and_the_held_request_still_learns_its_end(
+    committed_engine, salon, monkeypatch
+):
+    # A database hiccup during one poll: the held request is answered as soon as its job ends, not at its
+    # deadline.
+    (job_id,) = queued_jobs(salon, 1)
+    real_ended_among = intake.ended_among
+    failures = []
+
+    def fails_once(uow, ids):
+        if not failures:
+            failures.append(ids)
+            raise RuntimeError("the database went away for a moment")
+        return real_ended_among(uow, ids)
+
+    monkeypatch.setattr(waiting.intake, "ended_among", fails_once)
+
+    def end() -> None:
+        with Session(committed_engine) as session:
+            session.execute(update(IntakeJob).where(IntakeJob.id == job_id).values(status="failed", error={}))
+            session.commit()
+
+    async def hold() -> tuple[bool, float]:
+        waiter = JobWaiter(interval_seconds=0.05, max_waiting=1000)
+        started = time.monotonic()
+        held = asyncio.create_task(waiter.until_ended(job_id, 5))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(end)
+        return await held, time.monotonic() - started
+
+    ended, held_for = asyncio.run(hold())
+    assert failures
+    assert ended and held_for < 2

@@ -104,3 +104,23 @@ def test_a_key_whose_row_someone_holds_still_authenticates_at_once(committed_eng
             session.scalars(select(ApiKey.last_used_at).where(ApiKey.tenant_id == tenant.id)).one()
             is not None
         )
+
+
+def test_a_new_key_is_256_random_bits_behind_a_prefix_that_finds_one_row():
+    # core.auth: "Keys carry 256 bits of randomness, so a fast hash is enough"; the prefix (unique in
+    # api_keys) must be long enough that two keys of a busy deployment never draw the same one.
+    import re
+    import uuid
+
+    from core.auth import new_api_key
+
+    prefixes = set()
+    for _ in range(200):
+        row, key = new_api_key(uuid.uuid4(), "widget")
+        prefix, secret = key.removeprefix("va_live_").split("_", 1)
+        assert key.startswith("va_live_") and row.key_prefix == prefix
+        assert re.fullmatch(r"[0-9a-f]{12,16}", prefix), prefix  # 48 bits or more; the column holds 16
+        assert len(secret) >= 43, secret  # 32 random bytes, base64url
+        assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+        prefixes.add(prefix)
+    assert len(prefixes) == 200

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from core.db import UnitOfWork
@@ -70,3 +70,65 @@ def test_a_user_cannot_grant_themself_a_flag_but_may_change_their_name(db, flag)
         with pytest.raises(DBAPIError) as caught:
             uow.session.execute(text(f"UPDATE users SET {flag} = NOT {flag} WHERE id = :id"), {"id": user.id})
         assert caught.value.orig.diag.constraint_name == "users_privileges_fixed"
+
+
+def test_a_tenant_cannot_hand_its_membership_to_another_tenant(db):
+    tenant, other = factories.make_tenant(db), factories.make_tenant(db)
+    membership = factories.make_tenant_user(db, tenant, factories.make_user(db), role="member")
+    with UnitOfWork(tenant_id=tenant.id) as uow:
+        with pytest.raises(DBAPIError) as caught:
+            # No WHERE clause: without one, only the update policy's WITH CHECK looks at the new row (a
+            # clause that reads the row would bring in the read policy too).
+            uow.session.execute(text("UPDATE tenant_users SET tenant_id = :other"), {"other": other.id})
+        assert caught.value.orig.sqlstate == "42501"
+    assert db.scalar(select(TenantUser.tenant_id).where(TenantUser.id == membership.id)) == tenant.id
+
+
+def test_a_tenant_cannot_turn_its_own_row_into_another_tenants(db):
+    # tenants' update policy checks the new row as well (WITH CHECK, 017): the row stays the context's.
+    tenant = factories.make_tenant(db)
+    with UnitOfWork(tenant_id=tenant.id) as uow:
+        with pytest.raises(DBAPIError) as caught:
+            uow.session.execute(
+                text("UPDATE tenants SET id = :new"), {"new": uuid.uuid4()}
+            )  # no WHERE: see above
+        assert caught.value.orig.sqlstate == "42501"
+
+
+def test_outside_system_mode_a_membership_keeps_its_user_even_for_a_connection_that_set_nothing(database_url):
+    # "system mode excepted" means app.system = 'on': an owner's connection that never set it (an operator's
+    # psql) bypasses the policies, and the trigger is then what refuses (NULL is not 'on').
+    owner = create_engine(database_url)
+    try:
+        with owner.connect() as connection, connection.begin() as transaction:
+            assert connection.execute(text("SELECT current_setting('app.system', true)")).scalar() is None
+            tenant_id = connection.execute(
+                text(
+                    "INSERT INTO tenants (slug, name, business_type) VALUES (:slug, 'T', 'salon') RETURNING id"
+                ),
+                {"slug": f"keep-user-{uuid.uuid4().hex[:8]}"},
+            ).scalar_one()
+            first, second = (
+                connection.execute(
+                    text(
+                        "INSERT INTO users (email, password_hash, first_name, last_name) VALUES (:e, 'x', 'U', 'V') RETURNING id"
+                    ),
+                    {"e": f"{uuid.uuid4().hex[:12]}@example.com"},
+                ).scalar_one()
+                for _ in range(2)
+            )
+            membership = connection.execute(
+                text("INSERT INTO tenant_users (tenant_id, user_id) VALUES (:t, :u) RETURNING id"),
+                {"t": tenant_id, "u": first},
+            ).scalar_one()
+            try:
+                with pytest.raises(DBAPIError) as caught, connection.begin_nested():
+                    connection.execute(
+                        text("UPDATE tenant_users SET user_id = :u WHERE id = :id"),
+                        {"u": second, "id": membership},
+                    )
+                assert caught.value.orig.diag.constraint_name == "tenant_users_user_id_fixed"
+            finally:
+                transaction.rollback()
+    finally:
+        owner.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -33,6 +34,7 @@ from core.models import (
 from tests.factories import (
     CHECK_VIOLATION,
     EXCLUSION_VIOLATION,
+    FOREIGN_KEY_VIOLATION,
     NOT_NULL_VIOLATION,
     UNIQUE_VIOLATION,
     link_service_resource,
@@ -281,6 +283,84 @@ def test_no_definition_in_the_catalog_has_null_inside_a_quoted_literal(db):
 
 
 @pytest.mark.parametrize(
+    "column, limit", [("min_advance_booking_hours", 87600), ("max_advance_booking_days", 3650)]
+)
+def test_advance_booking_limits_run_from_zero_to_ten_years_inclusive(db, column, limit):
+    # docs/schema.md, revision 019: hours 0 to 87600, days 0 to 3650; the bounds themselves pass.
+    for value in (0, limit):
+        make_service(db, make_tenant(db), **{column: value})
+    db.flush()
+    for value in (-1, limit + 1):
+        with violates(db, "services_advance_booking_valid", CHECK_VIOLATION):
+            make_service(db, make_tenant(db), **{column: value})
+
+
+@pytest.mark.parametrize(
+    "days",
+    [[7], [-1], [1, 2, 8], [1.5], 3, {"1": True}],
+    ids=["seven", "minus-one", "eight-among-valid", "fraction", "bare-number", "object"],
+)
+def test_service_days_must_be_an_array_of_the_days_0_to_6(db, days):
+    # A bare 3 is "contained" in [0..6] by jsonb's rule for scalars: only jsonb_typeof refuses it.
+    service = make_service(db, make_tenant(db))
+    with violates(db, "services_available_days_valid", CHECK_VIOLATION):
+        db.execute(
+            text("UPDATE services SET available_days = CAST(:days AS jsonb) WHERE id = :id"),
+            {"days": json.dumps(days), "id": service.id},
+        )
+
+
+def test_service_days_0_and_6_are_sunday_and_saturday(db):
+    make_service(db, make_tenant(db), available_days=[0, 6])
+    db.flush()
+
+
+@pytest.mark.parametrize(
+    "hours",
+    [
+        {"start": "x09:00", "end": "18:00"},
+        {"start": "09:00", "end": "18:00x"},
+        {"start": "24:00", "end": "02:00"},
+        {"start": "09:00", "end": "24:30"},
+        {"start": "09:60", "end": "18:00"},
+        {"start": "09:00", "end": "25:00"},
+    ],
+)
+def test_service_hours_must_be_clock_times_from_start_to_end_of_the_text(db, hours):
+    with violates(db, "services_available_hours_valid", CHECK_VIOLATION):
+        make_service(db, make_tenant(db), available_hours=hours)
+
+
+@pytest.mark.parametrize(
+    "day, start, end",
+    [(-1, "09:00", "17:00"), (1, "09:00", "09:00"), (1, "00:00", "00:00")],
+    ids=["day-minus-one", "empty-shift", "midnight-to-midnight"],
+)
+def test_a_schedule_row_needs_a_day_0_to_6_and_an_end_after_its_start(db, day, start, end):
+    # Written in SQL: the model would store an end of 00:00 as 24:00. `end_time > start_time` is what rules
+    # out 00:00 as an end (docs/schema.md): a 00:00-00:00 row would be read as the whole day.
+    resource = make_resource(db, make_tenant(db))
+    constraint = "resource_schedules_day_valid" if day < 0 else "resource_schedules_end_after_start"
+    with violates(db, constraint, CHECK_VIOLATION):
+        db.execute(
+            text(
+                "INSERT INTO resource_schedules (resource_id, day_of_week, start_time, end_time)"
+                " VALUES (:resource, :day, :start, :end)"
+            ),
+            {"resource": resource.id, "day": day, "start": start, "end": end},
+        )
+
+
+@pytest.mark.parametrize("phone", ["0612345678", "+0612345678"])
+def test_a_phone_number_cannot_start_with_zero(db, phone):
+    # E.164: the country code comes first and never starts with 0.
+    with violates(db, "clients_phone_format", CHECK_VIOLATION):
+        make_client(db, make_tenant(db), phone=phone)
+    with violates(db, "users_phone_format", CHECK_VIOLATION):
+        make_user(db, phone=phone)
+
+
+@pytest.mark.parametrize(
     "build",
     [
         lambda db: make_user(db, email="first.last+tag@sub.example.org", phone="34600111222"),
@@ -318,6 +398,23 @@ def test_no_nullable_column_has_a_default(db):
         )
     ).scalars()
     assert sorted(defaulted_nullable) == []
+
+
+def test_a_notification_or_a_job_written_without_a_status_waits_to_be_picked_up(db):
+    # The seed's defaults: a row written without a status is pending (notifications) or queued (intake
+    # jobs), the states the sender and the sweeper look for; `sending` or `running` would strand it.
+    tenant = make_tenant(db)
+    statuses = db.execute(
+        text(
+            "WITH n AS (INSERT INTO notifications (recipient_type, channel, body)"
+            " VALUES ('client', 'sms', 'Hi') RETURNING status),"
+            " j AS (INSERT INTO intake_jobs (tenant_id, kind, request_hash, payload)"
+            " VALUES (:tenant, 'booking', repeat('0', 64), '{}') RETURNING status)"
+            " SELECT n.status, j.status FROM n, j"
+        ),
+        {"tenant": tenant.id},
+    ).one()
+    assert tuple(statuses) == ("pending", "queued")
 
 
 def test_a_schedule_written_without_a_date_is_in_effect_since_always(db):
@@ -390,6 +487,29 @@ def test_external_ids_are_unique(db):
     db.flush()
     with violates(db, "business_metrics_tenant_id_metric_date_metric_type_key", UNIQUE_VIOLATION):
         db.add(BusinessMetric(tenant_id=tenant.id, metric_date=date(2030, 1, 1), metric_type="daily"))
+
+
+def test_one_template_per_type_channel_and_locale_for_the_system_and_for_each_tenant(db):
+    # Revision 012: the sender picks "the" template of a (type, channel, locale); two would be a coin toss.
+    tenant = make_tenant(db)
+    for owner in (None, tenant):
+        make_notification_template(db, owner, type="welcome", channel="sms", locale="qa")
+        make_notification_template(db, owner, type="welcome", channel="sms", locale="qb")
+    make_notification_template(db, make_tenant(db), type="welcome", channel="sms", locale="qa")
+    db.flush()
+    with violates(db, "notification_templates_system_key", UNIQUE_VIOLATION):
+        make_notification_template(db, None, type="welcome", channel="sms", locale="qa")
+    with violates(db, "notification_templates_tenant_key", UNIQUE_VIOLATION):
+        make_notification_template(db, tenant, type="welcome", channel="sms", locale="qb")
+
+
+def test_a_tenants_metrics_are_unique_per_date_and_period_type(db):
+    tenant = make_tenant(db)
+    for metric_type in ("daily", "weekly", "monthly"):
+        db.add(BusinessMetric(tenant_id=tenant.id, metric_date=date(2030, 1, 6), metric_type=metric_type))
+    db.flush()
+    with violates(db, "business_metrics_tenant_id_metric_date_metric_type_key", UNIQUE_VIOLATION):
+        db.add(BusinessMetric(tenant_id=tenant.id, metric_date=date(2030, 1, 6), metric_type="weekly"))
 
 
 def test_booking_reference_is_unique(db):
@@ -587,6 +707,34 @@ def test_a_shared_resource_never_holds_more_units_at_once_than_its_capacity(db):
         )
 
 
+def test_a_shared_resource_is_full_through_the_buffer_of_its_allocations(db):
+    # occupied_until (014) is upper(allocated_during), buffer included: the count (025) and the availability
+    # scan read it as the end of what an allocation holds.
+    tenant, _, client = _setup(db)
+    service = make_service(db, tenant, duration_minutes=30, buffer_time_minutes=15)
+    room = make_resource(db, tenant, "room", 2)
+    first = _booking(db, tenant, service, client, room, T0)  # occupies [10:00, 10:45)
+    _booking(db, tenant, service, client, room, T0)
+    assert db.scalar(
+        select(AppointmentResource.occupied_until).where(AppointmentResource.appointment_id == first.id)
+    ) == T0 + timedelta(minutes=45)
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, T0 + timedelta(minutes=35))
+    _booking(db, tenant, service, client, room, T0 + timedelta(minutes=45))
+
+
+def test_within_a_new_allocation_one_ending_and_one_starting_at_the_same_instant_never_overlap(db):
+    # Half-open intervals: at 10:30 the first group has left when the second arrives, so the room holds 2
+    # (the new one and one of them) at every instant of [10:00, 11:00), never 3.
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 2)
+    _booking(db, tenant, service, client, room, T0)
+    _booking(db, tenant, service, client, room, T0 + timedelta(minutes=30))
+    _booking(db, tenant, service, client, room, T0, minutes=60)
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, T0 + timedelta(minutes=29), minutes=2)
+
+
 def test_a_shared_capacity_lowered_below_what_overlapping_allocations_hold_is_refused(db):
     tenant, service, client = _setup(db)
     room = make_resource(db, tenant, "room", 4)
@@ -672,6 +820,93 @@ def test_the_shared_capacity_check_waits_for_the_cores_count_of_the_same_resourc
         assert waited.value.orig.sqlstate == "55P03"
 
 
+def test_the_shared_capacity_check_waits_for_the_lock_of_each_day_it_touches(db, engine):
+    # The first day's lock as much as the last one's: a count that took only one could run beside a
+    # booking being made on the other day.
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 2)
+    start = datetime(2030, 3, 4, 23, 30, tzinfo=UTC)
+    with engine.connect() as holder, holder.begin():
+        [first_day] = resource_day_keys([room.id], start, start + timedelta(minutes=10))
+        holder.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+            {"namespace": SHARED_RESOURCE_LOCKS, "key": first_day},
+        )
+        db.execute(text("SET LOCAL lock_timeout = '300ms'"))
+        _booking(db, tenant, service, client, room, start + timedelta(hours=1))  # the next day only: no wait
+        with pytest.raises(OperationalError) as waited, db.begin_nested():
+            _booking(db, tenant, service, client, room, start, minutes=60)  # 23:30 to 00:30 UTC
+        assert waited.value.orig.sqlstate == "55P03"
+
+
+def _move(db, appointment, **values):
+    db.execute(
+        update(AppointmentResource)
+        .where(AppointmentResource.appointment_id == appointment.id)
+        .values(**values)
+    )
+
+
+def test_an_allocation_moved_to_a_resource_of_capacity_1_becomes_exclusive(db):
+    # 023's trigger runs on an update of resource_id too: a room's (shared) allocation moved to a stylist.
+    tenant, service, client = _setup(db)
+    stylist, room = make_resource(db, tenant), make_resource(db, tenant, "room", 4)
+    _booking(db, tenant, service, client, stylist, T0)
+    grouped = _booking(db, tenant, service, client, room, T0)
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _move(db, grouped, resource_id=stylist.id)
+    _move(db, grouped, resource_id=make_resource(db, tenant).id)
+    assert db.scalar(
+        select(AppointmentResource.exclusive).where(AppointmentResource.appointment_id == grouped.id)
+    )
+
+
+def test_units_raised_beyond_the_capacity_are_refused(db):
+    tenant, service, client = _setup(db)
+    booked = _booking(db, tenant, service, client, make_resource(db, tenant), T0)
+    with violates(db, "appointment_resources_units_within_capacity", CHECK_VIOLATION):
+        _move(db, booked, units=2)
+
+
+def test_a_shared_allocation_moved_or_enlarged_is_counted_again(db):
+    # 025's trigger runs on an update of the interval or the units, not only on insert.
+    tenant, service, client = _setup(db)
+    room = make_resource(db, tenant, "room", 3)
+    _booking(db, tenant, service, client, room, T0)
+    growing = _booking(db, tenant, service, client, room, T0)
+    _move(db, growing, units=2)  # 3 at once: full
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _move(db, growing, units=3)
+    later = _booking(db, tenant, service, client, room, T0 + timedelta(hours=2))
+    end = T0 + timedelta(minutes=30)
+    with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
+        _move(db, later, allocated_start=T0, allocated_end=end, allocated_during=Range(T0, end, bounds="[)"))
+
+
+def test_a_capacity_change_rewrites_an_allocation_in_progress_but_not_history_or_cancelled_ones(db):
+    # 024: active allocations that have not ended are written again; ended or inactive ones are left as
+    # they were, so a capacity below what they held is not refused because of them.
+    tenant, service, client = _setup(db)
+    now = db.scalar(text("SELECT now()"))
+    room = make_resource(db, tenant, "room", 3)
+    running = _booking(db, tenant, service, client, room, now - timedelta(minutes=10))
+    for _ in range(2):
+        _booking(db, tenant, service, client, room, now - timedelta(days=1))  # ended, overlapping
+    _booking(db, tenant, service, client, room, T0, status="cancelled", units=3)
+    db.execute(update(Resource).where(Resource.id == room.id).values(capacity=1))
+    exclusive = dict(
+        db.execute(
+            select(AppointmentResource.appointment_id, AppointmentResource.exclusive).where(
+                AppointmentResource.resource_id == room.id
+            )
+        ).all()
+    )
+    assert exclusive.pop(running.id) is True
+    assert set(exclusive.values()) == {False}
+    with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
+        _booking(db, tenant, service, client, room, now)
+
+
 def _allocate_again(db, appointment, resource, *, exclusive):
     db.add(
         AppointmentResource(
@@ -747,6 +982,42 @@ def test_deleting_a_resource_removes_its_schedules_and_blocks(db):
         assert (
             db.scalar(text(f"SELECT count(*) FROM {table} WHERE resource_id = :id"), {"id": resource.id}) == 0
         )
+
+
+def test_deleting_a_resource_removes_its_links_to_services(db):
+    tenant = make_tenant(db)
+    service, resource = make_service(db, tenant), make_resource(db, tenant)
+    link_service_resource(db, service, resource)
+    db.execute(text("DELETE FROM resources WHERE id = :id"), {"id": resource.id})
+    assert (
+        db.scalar(text("SELECT count(*) FROM service_resources WHERE service_id = :id"), {"id": service.id})
+        == 0
+    )
+
+
+def test_a_client_with_appointments_and_a_subscription_with_payments_cannot_be_deleted(db):
+    # NO ACTION, as in the seed (docs/schema.md, revision 015): the history is not deleted along with them.
+    tenant, service, client = _setup(db)
+    make_appointment(db, tenant, service, client, T0)
+    with violates(db, "appointments_tenant_id_client_id_fkey", FOREIGN_KEY_VIOLATION):
+        db.execute(text("DELETE FROM clients WHERE id = :id"), {"id": client.id})
+    subscription = make_subscription(db, tenant)
+    make_payment(db, subscription)
+    with violates(db, "payments_tenant_id_subscription_id_fkey", FOREIGN_KEY_VIOLATION):
+        db.execute(text("DELETE FROM subscriptions WHERE id = :id"), {"id": subscription.id})
+
+
+def test_the_audit_trail_outlives_a_deleted_user(db):
+    # audit_logs.user_id is ON DELETE SET NULL (docs/schema.md): user_email keeps who it was.
+    user = make_user(db)
+    db.execute(text("SELECT set_config('app.user_id', :id, true)"), {"id": str(user.id)})
+    client = make_client(db, make_tenant(db))
+    db.execute(text("SELECT set_config('app.user_id', '', true)"))
+    db.execute(text("DELETE FROM users WHERE id = :id"), {"id": user.id})
+    entry = db.execute(
+        text("SELECT user_id, user_email FROM audit_logs WHERE record_id = :id"), {"id": client.id}
+    ).one()
+    assert tuple(entry) == (None, user.email)
 
 
 def test_plans_are_just_rows(db):

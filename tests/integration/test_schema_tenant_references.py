@@ -219,6 +219,25 @@ def test_an_allocation_cannot_be_moved_to_another_tenant(db, a, b):
         )
 
 
+def test_an_allocation_moved_to_another_appointment_takes_its_tenant_again(db, a, b):
+    # The trigger (013) fires on an update of appointment_id too: whatever the writer puts in tenant_id.
+    allocation = _allocation(a.appointment, a.resource)
+    db.add(allocation)
+    db.flush()
+    other = make_appointment(db, a.tenant, a.service, a.client, T0 + timedelta(days=1))
+    db.execute(
+        update(AppointmentResource)
+        .where(AppointmentResource.id == allocation.id)
+        .values(appointment_id=other.id, tenant_id=b.tenant.id)
+    )
+    stored = db.execute(
+        select(AppointmentResource.appointment_id, AppointmentResource.tenant_id).where(
+            AppointmentResource.id == allocation.id
+        )
+    ).one()
+    assert tuple(stored) == (other.id, a.tenant.id)
+
+
 def test_a_referenced_parent_cannot_change_tenant(db, a, b):
     with violates(db, "appointments_tenant_id_client_id_fkey", FOREIGN_KEY_VIOLATION):
         db.execute(update(Client).where(Client.id == a.client.id).values(tenant_id=b.tenant.id))

@@ -46,6 +46,13 @@ def test_a_tenant_cannot_be_moved_to_an_unknown_time_zone_and_the_views_keep_wor
     db.execute(text("SELECT * FROM appointment_stats")).all()
 
 
+def test_a_user_cannot_be_moved_to_an_unknown_time_zone(db):
+    user = factories.make_user(db)
+    with pytest.raises(DBAPIError) as caught, db.begin_nested():
+        db.execute(text("UPDATE users SET timezone = 'Mars/Olympus' WHERE id = :id"), {"id": user.id})
+    assert caught.value.orig.diag.constraint_name == "users_timezone_known"
+
+
 @pytest.mark.parametrize("zone", ["Europe/Madird", "europe/madrid", "UTC+3", "", "../etc/passwd", "Europe"])
 def test_the_models_take_only_a_zone_python_knows_by_that_name(zone):
     # PostgreSQL converts with "europe/madrid" and "UTC+3" too; the core's zoneinfo does not.

@@ -204,6 +204,38 @@ def test_the_other_audited_tables(db, table):
     assert {entry.tenant_id for entry in entries} == {tenant.id}
 
 
+@pytest.mark.parametrize(
+    "table", ["appointments", "payments", "clients", "services", "resources", "subscriptions"]
+)
+def test_a_delete_of_every_audited_table_is_recorded_with_the_old_row(db, table):
+    tenant = make_tenant(db)
+    row = {
+        "appointments": lambda: make_appointment(
+            db, tenant, make_service(db, tenant), make_client(db, tenant), T0
+        ),
+        "payments": lambda: make_payment(db, make_subscription(db, tenant), amount=Decimal("10.00")),
+        "clients": lambda: make_client(db, tenant),
+        "services": lambda: make_service(db, tenant),
+        "resources": lambda: make_resource(db, tenant),
+        "subscriptions": lambda: make_subscription(db, tenant),
+    }[table]()
+    db.execute(text(f"DELETE FROM {table} WHERE id = :id"), {"id": row.id})
+    entries = _audit(db, row.id)
+    assert [entry.action for entry in entries] == ["CREATE", "DELETE"]
+    assert entries[1].old_values["id"] == str(row.id) and entries[1].new_values is None
+    assert entries[1].tenant_id == tenant.id
+
+
+def test_changes_in_one_transaction_keep_their_order_in_the_trail(db):
+    # clock_timestamp(), not the transaction's now(): with now() all three tie (docs/schema.md).
+    _, appointment = _booking(db)
+    db.execute(update(Appointment).where(Appointment.id == appointment.id).values(status="confirmed"))
+    db.execute(text("DELETE FROM appointments WHERE id = :id"), {"id": appointment.id})
+    entries = _audit(db, appointment.id)
+    assert [entry.action for entry in entries] == ["CREATE", "UPDATE", "DELETE"]
+    assert entries[0].timestamp < entries[1].timestamp < entries[2].timestamp
+
+
 def test_unaudited_tables_leave_no_trail(db):
     tenant = make_tenant(db)
     assert _audit(db, tenant.id) == []

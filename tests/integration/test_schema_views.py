@@ -110,6 +110,34 @@ def test_appointment_stats_east_of_utc_moves_late_evenings_to_the_next_day(db):
     assert row["appointment_date"] == date(2030, 1, 15)
 
 
+def test_appointment_stats_counts_revenue_and_average_price_of_completed_appointments_only(db):
+    # A cancelled or no-show appointment may carry a price (quoted, or a cancellation fee): not revenue.
+    tenant = make_tenant(db, timezone="UTC")
+    service = make_service(db, tenant)
+    client = make_client(db, tenant)
+    day = datetime(2030, 1, 14, 9, 0, tzinfo=UTC)
+    for hour, status, price in (
+        (0, "completed", "30.00"),
+        (1, "cancelled", "70.00"),
+        (2, "no_show", "20.00"),
+    ):
+        make_appointment(
+            db,
+            tenant,
+            service,
+            client,
+            day + timedelta(hours=hour),
+            status=status,
+            final_price=Decimal(price),
+        )
+    [row] = _rows(db, "appointment_stats", tenant, "appointment_date")
+    assert (row["total_appointments"], row["revenue"], row["avg_price"]) == (
+        3,
+        Decimal("30.00"),
+        Decimal("30.00"),
+    )
+
+
 # --- resource_availability ------------------------------------------------------------------------
 
 
@@ -245,3 +273,14 @@ def test_tenant_dashboard_counts_exactly_in_the_tenant_time_zone(db):
     )
     assert other_row["plan_id"] is None and other_row["plan_name"] is None
     assert _rows(db, "tenant_dashboard", gone, "tenant_id") == []
+
+
+def test_tenant_dashboard_counts_an_appointment_at_local_midnight_as_today_and_upcoming(db):
+    # "upcoming" is from the start of the local today on, inclusive (the seed's `>= CURRENT_DATE`).
+    tenant = make_tenant(db, timezone="America/New_York")
+    today = db.scalar(text("SELECT now()")).astimezone(NEW_YORK).date()
+    service, client = make_service(db, tenant), make_client(db, tenant)
+    make_appointment(db, tenant, service, client, _local(today, 0))
+    make_appointment(db, tenant, service, client, _local(today, 0) - timedelta(minutes=30))
+    [row] = _rows(db, "tenant_dashboard", tenant, "tenant_id")
+    assert (row["upcoming_appointments"], row["today_appointments"]) == (1, 1)

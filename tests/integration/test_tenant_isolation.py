@@ -35,6 +35,7 @@ from core.models import (
     ServiceResource,
     SubscriptionPlan,
     Tenant,
+    User,
     UserSession,
     VapiCallLog,
     VapiConfiguration,
@@ -332,6 +333,64 @@ def test_another_tenants_rows_cannot_be_changed_or_deleted_nor_ours_given_away(d
     db.expire_all()
     assert db.get(Service, b.service.id).name != "Mine"
     assert db.get(Client, b.client.id) is not None
+
+
+def test_plans_and_system_templates_are_read_only_for_a_tenant(db, two):
+    # Read by everyone, changed in system mode only (docs/schema.md): a tenant's UPDATE or DELETE finds
+    # no row, while its own template is its to delete.
+    a, _ = two
+    plan = factories.make_plan(db)
+    system_template = db.scalar(
+        select(NotificationTemplate.id).where(NotificationTemplate.tenant_id.is_(None))
+    )
+    own_template = db.scalar(
+        select(NotificationTemplate.id).where(NotificationTemplate.tenant_id == a.tenant.id)
+    )
+    with UnitOfWork(a.tenant.id) as uow:
+        session = uow.session
+        assert session.get(SubscriptionPlan, plan.id) is not None
+        assert session.get(NotificationTemplate, system_template) is not None
+        for statement in (
+            update(SubscriptionPlan).where(SubscriptionPlan.id == plan.id).values(price_monthly=0),
+            delete(SubscriptionPlan).where(SubscriptionPlan.id == plan.id),
+            delete(NotificationTemplate).where(NotificationTemplate.id == system_template),
+        ):
+            assert session.execute(statement).rowcount == 0, statement
+        assert (
+            session.execute(
+                delete(NotificationTemplate).where(NotificationTemplate.id == own_template)
+            ).rowcount
+            == 1
+        )
+    assert db.get(SubscriptionPlan, plan.id).price_monthly == plan.price_monthly
+
+
+def test_a_tenant_cannot_change_its_members_rows_and_a_user_cannot_delete_their_own(db, two):
+    # A member is readable by the tenant, but only the user themself (or system mode) updates the row,
+    # and only system mode deletes it.
+    a, _ = two
+    member = db.scalar(text("SELECT user_id FROM tenant_users WHERE tenant_id = :t"), {"t": a.tenant.id})
+    with UnitOfWork(a.tenant.id) as uow:
+        assert uow.session.get(User, member) is not None
+        changed = uow.session.execute(update(User).where(User.id == member).values(password_hash="STOLEN"))
+        assert changed.rowcount == 0
+    with UnitOfWork(user_id=member) as uow:
+        assert uow.session.execute(delete(User).where(User.id == member)).rowcount == 0
+    db.expire_all()
+    assert db.get(User, member).password_hash != "STOLEN"
+
+
+def test_the_application_role_cannot_write_the_migration_history(db):
+    with UnitOfWork(system=True) as uow:
+        assert uow.session.scalar(text("SELECT count(*) FROM alembic_version")) == 1
+        for statement in (
+            "UPDATE alembic_version SET version_num = version_num",
+            "DELETE FROM alembic_version",
+            "INSERT INTO alembic_version VALUES ('999')",
+        ):
+            with pytest.raises(DBAPIError) as refused, uow.session.begin_nested():
+                uow.session.execute(text(statement))
+            assert sqlstate(refused.value) == INSUFFICIENT_PRIVILEGE, statement
 
 
 def test_the_audit_trail_is_append_only_for_the_application(db, two):

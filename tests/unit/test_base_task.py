@@ -210,3 +210,169 @@ def test_a_worker_waits_for_the_broker_for_good():
     from core.config import get_settings
 
     assert celery_config(get_settings())["broker_connection_max_retries"] is None
+
+
+def test_the_celery_configuration_is_the_one_operations_md_documents():
+    """DESIGN §6 and docs/operations.md §1 ("fixed in code"): what operators and Flower rely on."""
+    from core.config import Settings
+    from workers.celery_app import create_app
+
+    config = celery_config(Settings(redis_key_prefix="va_prefix:"))
+    # JSON messages only: a pickle from anyone who can write to Redis would be code execution.
+    assert (config["task_serializer"], config["result_serializer"]) == ("json", "json")
+    assert config["accept_content"] == config["result_accept_content"] == ["json"]
+    # One message at a time, acknowledged after the run, handed back if the process dies or Redis goes away.
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["task_acks_late"] is config["task_reject_on_worker_lost"] is True
+    assert config["worker_cancel_long_running_tasks_on_connection_loss"] is True
+    # Flower sees every task: sent events from publishers, the rest from workers.
+    assert config["worker_send_task_events"] is config["task_send_sent_event"] is True
+    assert config["result_expires"] == 24 * 60 * 60
+    assert config["broker_transport_options"]["visibility_timeout"] == 2 * 60 * 60
+    assert config["worker_max_memory_per_child"] == 512 * 1024  # KiB
+    # Every broker and result key under the deployment's prefix, or deployments sharing a Redis meet.
+    assert config["broker_transport_options"]["global_keyprefix"] == "va_prefix:"
+    assert config["result_backend_transport_options"]["global_keyprefix"] == "va_prefix:"
+
+    # One queue per family, so that operators can run a worker per queue; the probes go to `realtime`.
+    routed = create_app(Settings(redis_key_prefix="va_prefix:"), set_as_current=False)
+    try:
+        queues = {
+            name: routed.amqp.router.route({}, name)["queue"].name
+            for name in (
+                "bookings.process",
+                "bookings.give_up",
+                "scheduled.sweep_intake",
+                "diagnostics.ping_db",
+                "webhooks.stripe",
+                "notifications.send",
+                "realtime.tool_call",
+                "unrouted.task",
+            )
+        }
+    finally:
+        routed.close()
+    assert queues == {
+        "bookings.process": "bookings",
+        "bookings.give_up": "bookings",
+        "scheduled.sweep_intake": "scheduled",
+        "diagnostics.ping_db": "realtime",
+        "webhooks.stripe": "webhooks",
+        "notifications.send": "notifications",
+        "realtime.tool_call": "realtime",
+        "unrouted.task": "bookings",  # the default queue
+    }
+
+
+def test_the_api_waits_two_seconds_at_most_for_the_broker():
+    # docs/operations.md §4: with Redis hanging, a request is answered within about 5 s (two tries of 2 s).
+    from core.config import Settings
+    from workers.celery_app import bound_waits_for_sending, create_app
+
+    sender = create_app(Settings(), set_as_current=False)
+    try:
+        bound_waits_for_sending(sender)
+        options = sender.conf.broker_transport_options
+        assert (options["socket_timeout"], options["socket_connect_timeout"]) == (2.0, 2.0)
+        assert "visibility_timeout" in options  # added to the worker's options, not instead of them
+    finally:
+        sender.close()
+
+
+def test_only_the_hard_time_limit_tells_the_task_and_names_the_queue_its_message_came_from(monkeypatch):
+    # docs/operations.md §3: the worker's main process sends bookings.give_up to the job's queue after the
+    # hard limit; the soft limit is the task's own business (an exception inside it, retried).
+    from celery.worker.request import Request
+
+    from workers.base import JobRequest
+
+    monkeypatch.setattr(Request, "on_timeout", lambda self, soft, timeout: None)  # Celery's own bookkeeping
+    told = []
+
+    class Task:
+        def on_hard_time_limit(self, args, kwargs, queue):
+            told.append((args, kwargs, queue))
+
+    request = JobRequest.__new__(JobRequest)
+    request._args, request._kwargs = ["job-1"], {}
+    request._delivery_info = {"routing_key": "realtime"}
+    request._task = Task()
+    request.on_timeout(soft=True, timeout=30)
+    assert told == []
+    request.on_timeout(soft=False, timeout=40)
+    assert told == [(["job-1"], {}, "realtime")]
+
+
+def test_each_retry_is_logged_as_retry_k_of_8(caplog):
+    # docs/operations.md §3: the worker WARNING `retry k/8 after transient error` counts the retries from 1.
+    with caplog.at_level(logging.WARNING, logger="workers.base"):
+        fails_then_succeeds.apply(args=("operational", 2), task_id="task-retried-1")
+    retries = [r.getMessage() for r in caplog.records if r.name == "workers.base"]
+    assert len(retries) == 2
+    assert [message.split(" after ")[0].split()[-1] for message in retries] == ["1/8", "2/8"]
+    assert all("retry" in message and "after transient error" in message for message in retries)
+
+
+@app.task(base=JobTask, name="unit.reads_its_log_context")
+def reads_its_log_context(job_id: str) -> dict:
+    return dict(core_logging.get_context())
+
+
+def test_a_task_logs_with_its_own_context_and_leaves_its_callers_as_it_was():
+    # docs/operations.md §6: a worker binds task_id and job_id (for tasks whose first argument is job_id) and
+    # starts every task from a clean context; run eagerly, the caller's context is given back afterwards.
+    with core_logging.bound(request_id="api-request", tenant_id="tenant-1"):
+        seen = reads_its_log_context.apply(args=["job-7"], task_id="task-context-1").get()
+        after = core_logging.get_context()
+    assert seen == {"task_id": "task-context-1", "job_id": "job-7"}
+    assert after == {"request_id": "api-request", "tenant_id": "tenant-1"}
+
+
+def test_a_sent_task_carries_the_senders_request_and_tenant_to_the_workers_log_lines():
+    # docs/operations.md §3: the worker's lines for a job carry the request_id of the API call that created it.
+    from celery.signals import before_task_publish
+
+    from workers import signals
+
+    captured = []
+
+    def capture(headers=None, **kwargs):
+        captured.append(dict(headers))
+
+    before_task_publish.connect(capture)
+    try:
+        headers: dict = {}
+        with core_logging.bound(request_id="req-42", tenant_id="tenant-9", job_id="not passed on"):
+            before_task_publish.send(
+                sender="bookings.process", body=(), headers=headers, exchange="", routing_key=""
+            )
+    finally:
+        before_task_publish.disconnect(capture)
+    assert captured[-1][signals._HEADER] == {"request_id": "req-42", "tenant_id": "tenant-9"}
+
+
+def test_a_redis_that_answers_too_late_is_transient_and_retried():
+    # docs/operations.md §3: Redis connection errors and timeouts are retried like a database outage.
+    timeout = redis.exceptions.TimeoutError("Timeout reading from socket")
+    assert is_transient(timeout)
+    with mock.patch.object(fails_then_succeeds, "retry", wraps=fails_then_succeeds.retry) as retry:
+        ERRORS["redis_timeout"] = lambda: redis.exceptions.TimeoutError("Timeout reading from socket")
+        try:
+            result = fails_then_succeeds.apply(args=("redis_timeout", 1))
+        finally:
+            del ERRORS["redis_timeout"]
+    assert result.successful() and retry.call_count == 1
+
+
+def test_each_forked_worker_process_opens_its_own_database_connections(monkeypatch):
+    # A forked pool process must not reuse the parent's pooled sockets (two processes on one PostgreSQL
+    # connection corrupt each other's protocol stream).
+    from celery.signals import worker_process_init
+
+    from workers import signals
+
+    disposed = []
+    monkeypatch.setattr(signals.db, "dispose_engine", lambda: disposed.append(True))
+    monkeypatch.setattr(signals.gc, "freeze", lambda: None)
+    worker_process_init.send(sender=None)
+    assert disposed == [True]
