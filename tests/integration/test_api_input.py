@@ -110,46 +110,26 @@ def test_a_chunked_body_over_the_limit_is_413(db, api, salon):
 
 def test_a_request_id_that_is_not_utf8_does_not_break_the_request():
     # Straight to the ASGI app: HTTP clients refuse to send the byte, servers (h11) pass it on.
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/health",
-        "raw_path": b"/health",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"x-request-id", b"caf\xe9")],
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-    }
-    sent = []
-
     async def receive():
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message):
-        sent.append(message)
-
-    with contextlib.suppress(Exception):  # the server error middleware re-raises after answering
-        asyncio.run(create_app()(scope, receive, send))
-    assert sent[0]["status"] == 200
+    started = _asgi_request(create_app(), "GET", "/health", [(b"x-request-id", b"caf\xe9")], receive)
+    assert started["status"] == 200
 
 
-def _asgi_post(app, headers, receive, timeout=5.0):
-    """POST /v1/bookings straight to the ASGI app with the messages `receive` gives: the answer's start message."""
+def _asgi_request(app, method, path, headers, receive, timeout=5.0):
+    """A request straight to the ASGI app, with the messages `receive` gives: the answer's start message."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
-        "path": "/v1/bookings",
-        "raw_path": b"/v1/bookings",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+        "headers": [(b"host", b"testserver"), *headers],
         "client": ("127.0.0.1", 1),
         "server": ("testserver", 80),
     }
@@ -164,6 +144,13 @@ def _asgi_post(app, headers, receive, timeout=5.0):
 
     asyncio.run(run())
     return sent[0] if sent else None
+
+
+def _asgi_post(app, headers, receive, timeout=5.0):
+    """POST /v1/bookings straight to the ASGI app with the messages `receive` gives: the answer's start message."""
+    return _asgi_request(
+        app, "POST", "/v1/bookings", [(b"content-type", b"application/json"), *headers], receive, timeout
+    )
 
 
 def test_a_body_sent_in_many_small_pieces_is_counted_whole(db, salon):
