@@ -603,6 +603,15 @@ def test_the_buffer_is_part_of_the_occupied_interval(db):
     _booking(db, tenant, service, client, chair, T0 + timedelta(minutes=45))
 
 
+def _reactivate(db, appointment):
+    """Make the appointment's allocations active again, as a writer other than the core might."""
+    db.execute(
+        update(AppointmentResource)
+        .where(AppointmentResource.appointment_id == appointment.id)
+        .values(active=True)
+    )
+
+
 def test_inactive_allocations_do_not_hold_the_resource(db):
     tenant, service, client = _setup(db)
     chair = make_resource(db, tenant)
@@ -610,11 +619,7 @@ def test_inactive_allocations_do_not_hold_the_resource(db):
     _booking(db, tenant, service, client, chair, T0)
     # Reviving the cancelled allocation would double-book: refused.
     with violates(db, "appointment_resources_no_overlap", EXCLUSION_VIOLATION):
-        db.execute(
-            update(AppointmentResource)
-            .where(AppointmentResource.appointment_id == cancelled.id)
-            .values(active=True)
-        )
+        _reactivate(db, cancelled)
 
 
 def test_non_exclusive_allocations_may_overlap(db):
@@ -700,11 +705,7 @@ def test_a_shared_resource_never_holds_more_units_at_once_than_its_capacity(db):
         _booking(db, tenant, service, client, room, T0 - timedelta(minutes=30), minutes=50)
     cancelled = _booking(db, tenant, service, client, room, T0, status="cancelled")
     with violates(db, "appointment_resources_within_shared_capacity", EXCLUSION_VIOLATION):
-        db.execute(
-            update(AppointmentResource)
-            .where(AppointmentResource.appointment_id == cancelled.id)
-            .values(active=True)
-        )
+        _reactivate(db, cancelled)
 
 
 def test_a_shared_resource_is_full_through_the_buffer_of_its_allocations(db):

@@ -187,16 +187,24 @@ def test_an_app_user_id_that_is_no_user_is_kept_in_context_and_does_not_fail_the
     assert entry.context == {"unknown_user_id": str(stranger)}
 
 
-@pytest.mark.parametrize("table", ["payments", "clients", "services", "resources", "subscriptions"])
-def test_the_other_audited_tables(db, table):
-    tenant = make_tenant(db)
-    row = {
+def _audited_row(db, tenant, table):
+    """A new row of one of the audited tables, of `tenant`."""
+    return {
+        "appointments": lambda: make_appointment(
+            db, tenant, make_service(db, tenant), make_client(db, tenant), T0
+        ),
         "payments": lambda: make_payment(db, make_subscription(db, tenant), amount=Decimal("10.00")),
         "clients": lambda: make_client(db, tenant),
         "services": lambda: make_service(db, tenant),
         "resources": lambda: make_resource(db, tenant),
         "subscriptions": lambda: make_subscription(db, tenant),
     }[table]()
+
+
+@pytest.mark.parametrize("table", ["payments", "clients", "services", "resources", "subscriptions"])
+def test_the_other_audited_tables(db, table):
+    tenant = make_tenant(db)
+    row = _audited_row(db, tenant, table)
     db.execute(text(f"UPDATE {table} SET created_at = created_at WHERE id = :id"), {"id": row.id})
     entries = _audit(db, row.id)
     assert [entry.action for entry in entries] == ["CREATE", "UPDATE"]
@@ -209,16 +217,7 @@ def test_the_other_audited_tables(db, table):
 )
 def test_a_delete_of_every_audited_table_is_recorded_with_the_old_row(db, table):
     tenant = make_tenant(db)
-    row = {
-        "appointments": lambda: make_appointment(
-            db, tenant, make_service(db, tenant), make_client(db, tenant), T0
-        ),
-        "payments": lambda: make_payment(db, make_subscription(db, tenant), amount=Decimal("10.00")),
-        "clients": lambda: make_client(db, tenant),
-        "services": lambda: make_service(db, tenant),
-        "resources": lambda: make_resource(db, tenant),
-        "subscriptions": lambda: make_subscription(db, tenant),
-    }[table]()
+    row = _audited_row(db, tenant, table)
     db.execute(text(f"DELETE FROM {table} WHERE id = :id"), {"id": row.id})
     entries = _audit(db, row.id)
     assert [entry.action for entry in entries] == ["CREATE", "DELETE"]
