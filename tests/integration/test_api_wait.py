@@ -63,16 +63,22 @@ def queued_jobs(salon, n: int) -> list:
     return job_ids
 
 
-def test_held_requests_share_one_poll_and_each_learns_when_its_job_ends(committed_engine, salon, monkeypatch):
-    job_ids = queued_jobs(salon, 40)
-    polls = []
+def counted_polls(monkeypatch) -> list[list]:
+    """The job ids of each poll the waiters send to the database, from now on."""
+    polls: list[list] = []
     real_ended_among = intake.ended_among
 
     def counted(uow, ids):
-        polls.append(len(ids))
+        polls.append(list(ids))
         return real_ended_among(uow, ids)
 
     monkeypatch.setattr(waiting.intake, "ended_among", counted)
+    return polls
+
+
+def test_held_requests_share_one_poll_and_each_learns_when_its_job_ends(committed_engine, salon, monkeypatch):
+    job_ids = queued_jobs(salon, 40)
+    polls = counted_polls(monkeypatch)
 
     def end(ids) -> None:
         with Session(committed_engine) as session:
@@ -92,7 +98,7 @@ def test_held_requests_share_one_poll_and_each_learns_when_its_job_ends(committe
     assert outcomes == [True] * 20 + [False] * 20
     # One poll per tick for all 40 (1.5 s / 0.05 s), not one per request per tick.
     assert len(polls) <= 35
-    assert max(polls) == 40
+    assert max(len(ids) for ids in polls) == 40
 
 
 def test_past_the_limit_a_request_is_not_held(salon):
@@ -201,14 +207,7 @@ def test_a_held_booking_that_fails_is_answered_with_the_jobs_problem(committed_e
 def test_the_poll_stops_once_no_request_is_held(salon, monkeypatch):
     # One query per tick while requests are held, none once they have all been answered.
     (job_id,) = queued_jobs(salon, 1)
-    polls = []
-    real_ended_among = intake.ended_among
-
-    def counted(uow, ids):
-        polls.append(list(ids))
-        return real_ended_among(uow, ids)
-
-    monkeypatch.setattr(waiting.intake, "ended_among", counted)
+    polls = counted_polls(monkeypatch)
 
     async def hold_then_idle() -> tuple[bool, int, int]:
         waiter = JobWaiter(interval_seconds=0.05, max_waiting=1000)
