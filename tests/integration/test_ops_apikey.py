@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -17,20 +14,12 @@ from core.clock import utcnow
 from core.db import UnitOfWork
 from core.errors import Unauthorized
 from core.models import ApiKey
+from tests.commands import run_voiceappoint
 from tests.factories import make_tenant
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def voiceappoint(database_url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from ops.cli import main; main()", *args],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_voiceappoint(*args, timeout=120, DATABASE_URL=database_url)
 
 
 def test_an_operator_lists_and_revokes_a_leaked_key(database_url, committed_engine):

@@ -3,11 +3,8 @@ status 2, and nothing is left half done; a setting that would break every reques
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text
@@ -18,22 +15,11 @@ from core.clock import utcnow
 from core.config import Settings
 from core.models import ApiKey
 from ops.database import drop_database
+from tests.commands import run_voiceappoint as voiceappoint
 from tests.factories import make_tenant
 
-REPO = Path(__file__).resolve().parents[2]
 # A host that never resolves: a command that gets as far as the database fails with "cannot resolve host".
 NOWHERE = "postgresql+psycopg://postgres@db.invalid:5432/voiceappoint"
-
-
-def voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from ops.cli import main; main()", *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -13,13 +13,11 @@ import pytest
 
 from ops.cli import Supervisor, _pytest_args
 from ops.services import REPO_ROOT
+from tests.commands import run_voiceappoint
 
 
 def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, **env}
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, env=environment, timeout=60
-    )
+    return run_voiceappoint(*args, timeout=60, **env)
 
 
 @pytest.mark.parametrize(
