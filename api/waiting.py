@@ -80,5 +80,5 @@ class JobWaiter:
 
 def _ended(job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     # System mode: the held requests belong to any number of businesses; only ids and states are read.
-    with UnitOfWork(system=True) as uow:
+    with UnitOfWork(system=True, read_only=True) as uow:
         return intake.ended_among(uow, job_ids)

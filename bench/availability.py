@@ -318,12 +318,12 @@ def main() -> None:
         }
 
         def core() -> list[tuple]:
-            with UnitOfWork(ids["tenant"], factory=core_factory) as uow:
+            with UnitOfWork(ids["tenant"], factory=core_factory, read_only=True) as uow:
                 found = find_slots(uow, ids["service"], WINDOW_FROM, WINDOW_TO, NOW)
             return [(slot.start, slot.resource_ids) for slot in found.slots]
 
         def raw() -> list[tuple]:
-            with UnitOfWork(ids["tenant"], factory=raw_factory) as uow:
+            with UnitOfWork(ids["tenant"], factory=raw_factory, read_only=True) as uow:
                 rows = uow.session.execute(RAW_SQL, raw_params).all()
             return [(start.astimezone(UTC), tuple(resource_ids)) for start, resource_ids in rows]
 

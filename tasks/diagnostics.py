@@ -18,7 +18,7 @@ def noop() -> dict:
 @app.task(name="diagnostics.ping_db", base=JobTask)
 def ping_db() -> dict:
     """One round trip to PostgreSQL through a unit of work, as every real task makes."""
-    with UnitOfWork() as uow:
+    with UnitOfWork(read_only=True) as uow:
         one, database = uow.session.execute(text("SELECT 1, current_database()")).one()
     return {"ok": one == 1, "database": database}
 

@@ -31,7 +31,7 @@ async def get_appointment(
 
 
 def _appointment(tenant_id: uuid.UUID, appointment_id: uuid.UUID) -> booking.AppointmentView:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return booking.get_appointment(uow, appointment_id)
 
 
@@ -100,7 +100,7 @@ async def find_appointments(
 
 
 def _by_reference(tenant_id: uuid.UUID, reference: str) -> list[booking.AppointmentView]:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return booking.find_by_reference(uow, reference)
 
 
@@ -112,7 +112,7 @@ def _page(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> booking.AppointmentPage:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return booking.list_appointments(uow, date_from, date_to, statuses=statuses, after=after, limit=limit)
 
 

@@ -27,7 +27,7 @@ async def get_business(tenant_id: uuid.UUID = Depends(authenticated_tenant)) -> 
 
 
 def _business(tenant_id: uuid.UUID) -> dict:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return catalog.business_profile(uow).as_dict()
 
 
@@ -42,7 +42,7 @@ async def list_services(tenant_id: uuid.UUID = Depends(authenticated_tenant)) ->
 
 
 def _services(tenant_id: uuid.UUID) -> dict:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return {"services": [service.as_dict() for service in catalog.list_services(uow)]}
 
 
@@ -66,7 +66,7 @@ def _availability(
     tenant_id: uuid.UUID, service_id: uuid.UUID, date_from: date, date_to: date, resource_id: uuid.UUID | None
 ) -> dict:
     now = utcnow()
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         window = availability.read_window(uow, service_id, date_from, date_to, now, resource_id)
     # Planned after the connection is back in the pool: other requests need it more than this one does.
     found = availability.plan_window(window, now)

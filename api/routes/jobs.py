@@ -95,12 +95,12 @@ def _submit(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str |
 
 
 def _replayed(tenant_id: uuid.UUID, kind: str, payload: dict[str, Any], key: str) -> intake.JobView | None:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return intake.replayed_job(uow, kind, payload, key)
 
 
 def _read(tenant_id: uuid.UUID, job_id: uuid.UUID) -> intake.JobView:
-    with UnitOfWork(tenant_id) as uow:
+    with UnitOfWork(tenant_id, read_only=True) as uow:
         return intake.get_job(uow, job_id)
 
 

@@ -1,0 +1,76 @@
+"""Read-only units of work (`UnitOfWork(read_only=True)`, the API's GET requests) on the real database:
+PostgreSQL refuses their writes, and they keep the connection's prepared statements, which a ROLLBACK
+makes psycopg forget."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from core.db import UnitOfWork, make_engine, session_factory
+from tests.scenarios import build_salon
+
+# The comment makes the statement findable in pg_prepared_statements.
+_MARKED_READ = text("SELECT count(*) FROM tenants /* readers-test */ WHERE id = :id")
+_PREPARED = text("SELECT statement FROM pg_prepared_statements")
+
+
+@pytest.fixture
+def one_connection(database_url):
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    yield sessionmaker(engine)
+    engine.dispose()
+
+
+def _prepared_statements(factory) -> list[str]:
+    with UnitOfWork(uuid.uuid4(), factory=factory, read_only=True) as uow:
+        return list(uow.session.execute(_PREPARED).scalars())
+
+
+def test_a_reader_cannot_write(one_connection):
+    with (
+        pytest.raises(DBAPIError) as refused,
+        UnitOfWork(uuid.uuid4(), factory=one_connection, read_only=True) as uow,
+    ):
+        uow.session.execute(text("UPDATE tenants SET name = name"))
+    assert refused.value.orig.sqlstate == "25006"  # read_only_sql_transaction
+
+
+def test_a_writer_on_the_pooled_connection_after_a_reader_can_write(one_connection):
+    with UnitOfWork(uuid.uuid4(), factory=one_connection, read_only=True) as uow:
+        uow.session.execute(_MARKED_READ, {"id": uuid.uuid4()})
+    with UnitOfWork(uuid.uuid4(), factory=one_connection) as uow:
+        # Nothing of this tenant to update: the point is that PostgreSQL lets it write at all.
+        assert uow.session.execute(text("UPDATE tenants SET name = name")).rowcount == 0
+
+
+def test_readers_keep_their_prepared_statements_from_one_unit_of_work_to_the_next(one_connection):
+    # psycopg prepares a statement on its sixth run on a connection (prepare_threshold 5), if no ROLLBACK
+    # came in between.
+    for _ in range(6):
+        with UnitOfWork(uuid.uuid4(), factory=one_connection, read_only=True) as uow:
+            uow.session.execute(_MARKED_READ, {"id": uuid.uuid4()})
+    assert any("readers-test" in statement for statement in _prepared_statements(one_connection))
+
+
+def test_the_api_answers_availability_from_a_prepared_statement(committed_engine, redis_prefix):
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, with_api_key=True)
+        session.commit()
+    day = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    query = {"service_id": str(salon.haircut.id), "from": day, "to": day}
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        for _ in range(6):
+            response = client.get("/v1/availability", params=query)
+            assert response.status_code == 200, response.text
+            assert response.json()["slots"]
+        # One request at a time: the API's pool hands the same connection back to each of them.
+        statements = _prepared_statements(session_factory())
+    assert any("resource_schedules" in statement for statement in statements), statements
