@@ -264,9 +264,10 @@ def _enqueue_safely(enqueue: Enqueue, job_id: uuid.UUID, queue: str) -> None:
 
 
 def get_job(uow: UnitOfWork, job_id: uuid.UUID | str) -> JobView:
-    job = uow.get(IntakeJob, job_id, code="job_not_found", what="Job")
-    uow.session.refresh(job)
-    return JobView.from_row(job)
+    key = uow.id_of(IntakeJob, job_id, code="job_not_found", what="Job")
+    # One SELECT, which also overwrites a copy the session holds from before a commit (submit, run).
+    row = uow.session.get(IntakeJob, key, populate_existing=True)
+    return JobView.from_row(uow.visible(IntakeJob, job_id, row, code="job_not_found", what="Job"))
 
 
 # The runner's own statements are on the table, not the mapped class: through the session, an ORM-enabled

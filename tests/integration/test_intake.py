@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import booking, intake
@@ -73,6 +73,34 @@ def test_a_job_is_enqueued_only_after_it_is_committed(db, salon):
     stored = db.get(IntakeJob, job.job_id)
     assert stored.request_hash == intake.request_hash("booking", stored.payload)
     assert stored.payload == intake.canonical_payload(payload(salon))
+
+
+def test_a_job_is_shown_as_it_is_now_even_to_a_unit_of_work_that_read_it_before(db, salon):
+    job, _ = submit(salon, payload(salon))
+    with UnitOfWork(salon.tenant.id) as uow:
+        held = uow.get(IntakeJob, job.job_id, code="job_not_found", what="Job")  # the session keeps it
+        assert held.status == "queued"
+        # Meanwhile a worker ends it (here on the same connection; a commit elsewhere reads the same).
+        db.execute(update(IntakeJob).where(IntakeJob.id == job.job_id).values(status="failed", error={}))
+        assert intake.get_job(uow, job.job_id).status == "failed"
+
+
+def test_a_job_is_read_in_one_statement(db, salon):
+    """The status poll is the API's most frequent request."""
+    job, _ = submit(salon, payload(salon))
+    sent: list[str] = []
+    engine = db.get_bind().engine
+
+    def listener(conn, cursor, statement, *rest):
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with UnitOfWork(salon.tenant.id) as uow:
+            assert intake.get_job(uow, job.job_id).job_id == job.job_id
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len([statement for statement in sent if "intake_jobs" in statement]) == 1, sent
 
 
 def test_a_repeated_key_returns_the_first_job_and_another_body_is_a_conflict(db, salon):
