@@ -413,6 +413,25 @@ def test_the_keys_of_a_deleted_business_no_longer_authenticate(db, client, salon
     assert rows(db, IntakeJob, salon) == 0
 
 
+def test_a_request_reads_its_key_and_business_in_one_statement(db, client):
+    """Every request of the API begins with it."""
+    assert client.get("/v1/services").status_code == 200  # the first request of a key records its use
+    sent: list[str] = []
+    engine = db.get_bind().engine
+
+    def count(conn, cursor, statement, *rest):
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert client.get("/v1/services").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len([statement for statement in sent if "tenants" in statement or "api_keys" in statement]) == 1, (
+        sent
+    )
+
+
 def test_another_tenants_rows_are_not_found(db, client, salon):
     other = build_salon(db, with_api_key=True)
     accepted = client.post("/v1/bookings", json=booking_body(salon)).json()
