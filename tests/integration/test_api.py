@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select, text, update
+from sqlalchemy import select, text, update
 
 from api import schemas as api_schemas
 from api.app import create_app
@@ -28,6 +28,7 @@ from core import logging as app_logging
 from core.models import ApiKey, Client, IntakeJob, ServiceResource
 from tests import factories
 from tests.scenarios import book, build_salon, request, rows
+from tests.statements import statements_sent
 from workers.celery_app import app as celery_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -416,17 +417,8 @@ def test_the_keys_of_a_deleted_business_no_longer_authenticate(db, client, salon
 def test_a_request_reads_its_key_and_business_in_one_statement(db, client):
     """Every request of the API begins with it."""
     assert client.get("/v1/services").status_code == 200  # the first request of a key records its use
-    sent: list[str] = []
-    engine = db.get_bind().engine
-
-    def count(conn, cursor, statement, *rest):
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_sent(db.get_bind().engine) as sent:
         assert client.get("/v1/services").status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert len([statement for statement in sent if "tenants" in statement or "api_keys" in statement]) == 1, (
         sent
     )
@@ -833,16 +825,8 @@ def test_a_listing_without_its_dates_or_with_a_bad_page_is_a_clear_422(client, q
 
 def test_a_page_of_appointments_costs_as_many_statements_for_eight_as_for_one(engine, client, salon):
     def statements_of_a_listing() -> int:
-        sent = []
-
-        def count(conn, cursor, statement, parameters, context, executemany):
-            sent.append(statement)
-
-        event.listen(engine, "before_cursor_execute", count)
-        try:
+        with statements_sent(engine) as sent:
             listed = client.get("/v1/appointments", params={"from": str(DAY), "to": str(DAY)})
-        finally:
-            event.remove(engine, "before_cursor_execute", count)
         assert listed.status_code == 200, listed.text
         return len(sent)
 

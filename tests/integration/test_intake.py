@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import booking, intake
@@ -19,6 +19,7 @@ from core.errors import Conflict
 from core.models import Appointment, IntakeJob
 from tasks.scheduled import RUNNING_TOO_LONG
 from tests.scenarios import DAY, NOW, build_emailing_salon, build_salon, rows, submit_job
+from tests.statements import statements_sent
 from workers.base import JobTask, TransientError
 
 
@@ -88,18 +89,8 @@ def test_a_job_is_shown_as_it_is_now_even_to_a_unit_of_work_that_read_it_before(
 def test_a_job_is_read_in_one_statement(db, salon):
     """The status poll is the API's most frequent request."""
     job, _ = submit(salon, payload(salon))
-    sent: list[str] = []
-    engine = db.get_bind().engine
-
-    def listener(conn, cursor, statement, *rest):
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        with UnitOfWork(salon.tenant.id) as uow:
-            assert intake.get_job(uow, job.job_id).job_id == job.job_id
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
+    with statements_sent(db.get_bind().engine) as sent, UnitOfWork(salon.tenant.id) as uow:
+        assert intake.get_job(uow, job.job_id).job_id == job.job_id
     assert len([statement for statement in sent if "intake_jobs" in statement]) == 1, sent
 
 
