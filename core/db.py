@@ -2,7 +2,7 @@
 
 A UnitOfWork is one database transaction. It rolls back unless `commit()` is called, and runs the
 callbacks registered with `after_commit()` (enqueueing, mostly) only once the commit has succeeded. A
-reader (`read_only=True`: the API's GET requests) cannot write, PostgreSQL refuses it, and ends with a
+reader (`read_only=True`, the API's GET requests) cannot write (PostgreSQL refuses it) and ends with a
 COMMIT, which keeps the connection's prepared statements.
 
 Who commits: the adapter that opened the unit of work (a route, a task), after its one core call. The
