@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ops.cli import Supervisor, _pytest_args
+from ops.cli import FLOWER_MAX_TASKS, Supervisor, _flower_env, _pytest_args
 from ops.services import REPO_ROOT
 from tests.commands import run_voiceappoint
 
@@ -72,6 +72,14 @@ def test_pytest_runs_quietly_on_two_workers_unless_told_otherwise():
     assert _pytest_args(("-k", "seed or ops")) == ["-q", "-n", "2", "-k", "seed or ops"]
     assert _pytest_args(("-n", "0", "tests/unit")) == ["-q", "-n", "0", "tests/unit"]
     assert _pytest_args(("-p", "no:xdist")) == ["-q", "-p", "no:xdist"]
+
+
+def test_flower_keeps_a_bounded_number_of_tasks_unless_the_operator_says_otherwise(monkeypatch):
+    # Flower's default (100000 tasks, ~6 KB each) let it grow by ~600 MB over a few hours of bookings.
+    monkeypatch.delenv("FLOWER_MAX_TASKS", raising=False)
+    assert _flower_env()["FLOWER_MAX_TASKS"] == str(FLOWER_MAX_TASKS) == "10000"
+    monkeypatch.setenv("FLOWER_MAX_TASKS", "2500")
+    assert _flower_env()["FLOWER_MAX_TASKS"] == "2500"
 
 
 def test_the_supervisor_notices_a_dead_child_and_stops_the_rest(capsys):
