@@ -32,6 +32,7 @@ BEAT_SCHEDULE = {
         # While no worker serves the queue, sweeps pile up; expired ones are dropped, so at most ten wait.
         # Not much shorter: Beat stamps the expiry by its clock and the worker judges it by its own, so
         # the expiry is also how far apart the two clocks may be before every sweep is dropped unseen.
-        "options": {"queue": "scheduled", "expires": 300},
+        # No result: nothing reads it, and each sweep's would stay in Redis for the results' 24 h (2880 keys).
+        "options": {"queue": "scheduled", "expires": 300, "ignore_result": True},
     },
 }

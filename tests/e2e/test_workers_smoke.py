@@ -200,7 +200,7 @@ def test_a_sweep_from_a_beat_whose_clock_is_behind_the_workers_clock_still_runs(
     assert "requeued" in sweep.get(timeout=TIMEOUT)
 
 
-def test_beat_sends_the_intake_sweep_to_the_workers(worker, processes):
+def test_beat_sends_the_intake_sweep_to_the_workers(worker, processes, celery_client):
     # Other tests may have sent a sweep by hand to these workers: only what is logged from now counts.
     seen = {w.nodename: len(w.log_text()) for w in worker}
     beat = processes.start_beat()
@@ -215,5 +215,14 @@ def test_beat_sends_the_intake_sweep_to_the_workers(worker, processes):
 
         assert eventually(swept, timeout=50, interval=1), beat.log_tail()
         assert "Sending due task sweep-intake (scheduled.sweep_intake)" in beat.log_text()
+        # Nothing reads a sweep's result: stored, each one stayed in Redis for 24 h, 2880 keys a day.
+        task_ids = {
+            line.split("Task scheduled.sweep_intake[", 1)[1].split("]", 1)[0]
+            for w in worker
+            for line in w.log_text()[seen[w.nodename] :].splitlines()
+            if "Task scheduled.sweep_intake[" in line and "succeeded" in line
+        }
+        backend = celery_client.backend
+        assert task_ids and all(backend.get(backend.get_key_for_task(i)) is None for i in task_ids)
     finally:
         beat.stop()

@@ -34,3 +34,9 @@ def test_a_last_run_in_the_past_is_judged_as_celery_judges_it(ago, is_due):
 @pytest.mark.parametrize("name", sorted(BEAT_SCHEDULE))
 def test_every_entry_survives_a_clock_set_back(name):
     assert isinstance(BEAT_SCHEDULE[name]["schedule"], ClockSafeInterval)
+
+
+@pytest.mark.parametrize("name", sorted(BEAT_SCHEDULE))
+def test_no_entry_leaves_a_result_in_redis(name):
+    # Nothing reads a periodic task's result: stored, each sweep's stayed in Redis for 24 h.
+    assert BEAT_SCHEDULE[name]["options"]["ignore_result"] is True
