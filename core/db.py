@@ -193,11 +193,14 @@ def session_factory() -> sessionmaker[Session]:
     return _session_factory
 
 
-def dispose_engine() -> None:
-    """Forget the process's engine; a forked worker calls this so it never shares a parent's sockets."""
+def dispose_engine(*, close: bool = False) -> None:
+    """Forget the process's engine; a forked worker calls this so it never shares a parent's sockets.
+
+    `close=True` also closes its pooled connections, for a process that is done with them; a forked child
+    must not close its parent's."""
     global _engine, _session_factory
     if _engine is not None:
-        _engine.dispose(close=False)
+        _engine.dispose(close=close)
     _engine = None
     _session_factory = None
 

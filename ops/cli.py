@@ -115,14 +115,19 @@ def _settings():
 
 def _point_at(database_url: str | None = None, redis_url: str | None = None) -> None:
     """Make this process and every child it starts use these servers."""
-    from core import db as core_db
-
     if database_url:
         os.environ["DATABASE_URL"] = database_url
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
     _settings()
-    core_db.dispose_engine()
+    _close_database_connections()
+
+
+def _close_database_connections() -> None:
+    """Close this process's pooled connections (the next unit of work opens new ones)."""
+    from core import db as core_db
+
+    core_db.dispose_engine(close=True)
 
 
 @contextlib.contextmanager
@@ -143,9 +148,7 @@ def _services(*, with_redis: bool) -> Iterator[tuple[str, str | None]]:
         try:
             yield database_url, redis_url
         finally:
-            from core import db as core_db
-
-            core_db.dispose_engine()  # close our connections before the server may stop
+            _close_database_connections()  # before the server may stop
 
 
 def _release(stop, data_dir: Path, name: str) -> None:
@@ -634,6 +637,8 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
             except CommandError as exc:
                 click.echo(f"no demo API key: {exc}", err=True)
                 api_key = None
+            # The children open their own; one idle for the whole run would be a connection nobody counts.
+            _close_database_connections()
             if stop_requested:
                 return
             supervisor.start("api", _api_argv(host, port))
