@@ -30,9 +30,12 @@ class Settings(BaseSettings):
     # so row-level security applies to it. Empty: act as the connecting user (no RLS if that is the owner).
     db_app_role: str = "voiceappoint_app"
 
-    # Connections per process (API: one per request in flight; worker: one per pool process).
-    db_pool_size: int = 5
-    db_max_overflow: int = 5
+    # Connections per process (API: one per request in flight; worker: one per pool process). All of them kept
+    # by default: an overflow connection is closed as soon as it is given back, so bursts beyond the pool
+    # opened and closed connections over and over (each a connect, the role and zone set again, and no
+    # prepared statement); 10 + 0 keeps the same ceiling as the 5 + 5 of before.
+    db_pool_size: int = 10
+    db_max_overflow: int = 0
     db_pool_timeout_seconds: float = 30.0
     db_connect_timeout_seconds: int = 5
     # PostgreSQL refuses a negative value in the connection's options: every connection would fail, which

@@ -8,15 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import UnitOfWork
+from core.config import get_settings
+from core.db import UnitOfWork, make_engine
 from tests.factories import make_tenant
 from tests.scenarios import build_emailing_salon
 
@@ -221,3 +224,28 @@ def test_in_production_a_login_that_is_only_a_member_of_the_application_role_wor
         engine.dispose()
     assert acting_as == "voiceappoint_app"
     assert seen_by_a_stranger == 0  # another tenant's context sees none of the salon's clients
+
+
+def test_a_burst_of_requests_reuses_the_connections_of_the_one_before(database_url):
+    """The API's engine as configured (core.db and the default settings): a second burst as large as the first
+    gets the first one's connections back, instead of closing and opening some of them again (each new one a
+    connect, the role and zone set again, and no prepared statement)."""
+    engine = make_engine(database_url)
+    settings = get_settings()
+    size = settings.db_pool_size + settings.db_max_overflow  # all the connections it may hold
+    arrived = threading.Barrier(size)
+
+    def backend_pid() -> int:
+        with engine.connect() as connection:
+            arrived.wait(timeout=30)  # every thread holds a connection at once
+            return connection.execute(text("SELECT pg_backend_pid()")).scalar()
+
+    try:
+        bursts = []
+        for _ in range(2):
+            with ThreadPoolExecutor(size) as pool:
+                bursts.append(set(pool.map(lambda _: backend_pid(), range(size))))
+        assert len(bursts[0]) == size
+        assert bursts[1] == bursts[0]
+    finally:
+        engine.dispose()
