@@ -26,8 +26,28 @@ REPO = Path(__file__).resolve().parents[2]
 STARTED_WITHIN = 120  # migrations of a new database, then four processes on a shared machine
 
 
-def _postgres_ports_of(pid: int) -> set[int]:
+def _postgres_ports_of(pid: int, server_port: int) -> set[int]:
     """The local ports of the process's TCP connections to PostgreSQL's port (from /proc, no extra tools)."""
+    inodes = _socket_inodes_of(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _connected_unix_sockets_of(pid: int) -> int:
+    """How many of the process's Unix sockets are connected (a PostgreSQL connection over a socket is one)."""
+    inodes = _socket_inodes_of(pid)
+    lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    # Fields: Num RefCount Protocol Flags Type St Inode [Path]; St 03 is "connected".
+    return sum(1 for line in lines if line.split()[5] == "03" and line.split()[6] in inodes)
+
+
+def _socket_inodes_of(pid: int) -> set[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -36,14 +56,7 @@ def _postgres_ports_of(pid: int) -> set[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, remote, inode = fields[1], fields[2], fields[9]
-            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == 5432:
-                ports.add(int(local.rsplit(":", 1)[1], 16))
-    return ports
+    return inodes
 
 
 def test_up_serves_a_booking_of_the_demo_business_and_stops_on_sigterm(database_url, redis_prefix, tmp_path):
@@ -106,7 +119,13 @@ def test_up_serves_a_booking_of_the_demo_business_and_stops_on_sigterm(database_
         assert httpx.get(flower, timeout=5).status_code == 401
         # While it watches its children, `up` itself holds no database connection (one the operator's
         # connection budget does not count).
-        assert _postgres_ports_of(up.pid) == set()
+        # Over a Unix socket (the private PostgreSQL of `voiceappoint test`) no TCP connection would be seen
+        # whatever `up` holds: there, `up` must hold no connected Unix socket at all.
+        server = make_url(url)
+        if server.host and not server.query.get("host"):
+            assert _postgres_ports_of(up.pid, server.port or 5432) == set()
+        else:
+            assert _connected_unix_sockets_of(up.pid) == 0
 
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=60) == 0, "".join(output)
