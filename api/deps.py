@@ -39,7 +39,13 @@ def _tenant_for(authorization: str | None) -> uuid.UUID:
         presented = value.strip()
     # System mode: the key is what tells whose request this is; every later unit of work is the tenant's.
     with UnitOfWork(system=True) as uow:
-        tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())
+        try:
+            tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())
+        except Unauthorized:
+            # A refused key wrote nothing: a COMMIT all the same, as a ROLLBACK makes psycopg forget the
+            # connection's prepared statements.
+            uow.commit()
+            raise
         uow.commit()
     return tenant_id
 

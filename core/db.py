@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
-from core.errors import NotFound
+from core.errors import DomainError, NotFound
 
 _engine: Engine | None = None
 _session_factory: sessionmaker[Session] | None = None
@@ -243,7 +243,8 @@ class UnitOfWork:
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: Any) -> None:
         try:
-            if self.read_only and exc_type is None:
+            # A reader refused by the domain (404, 409, 403) wrote nothing either, and its transaction works.
+            if self.read_only and (exc_type is None or issubclass(exc_type, DomainError)):
                 # Nothing to keep, but psycopg forgets a connection's prepared statements on every ROLLBACK:
                 # a reader that rolled back would have PostgreSQL parse and plan its statements on every
                 # request (1.2 ms for the availability calendar's alone).

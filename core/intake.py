@@ -200,7 +200,7 @@ def submit(
     payload = canonical_payload(payload)
     digest = request_hash(kind, payload)
     KINDS[kind].validate(uow, payload, now)
-    job_id = uow.session.scalar(
+    job = uow.session.scalar(
         insert(IntakeJob)
         .values(
             id=uuid.uuid4(),
@@ -215,13 +215,16 @@ def submit(
             enqueued_at=now,
         )
         .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
-        .returning(IntakeJob.id)
+        .returning(IntakeJob)
     )
-    if job_id is None:  # the same key arrived twice at once, and the other request's row won
+    if job is None:  # the same key arrived twice at once, and the other request's row won
         return _replay(uow, idempotency_key, {digest}), False
+    # Read before the commit: a read after it would open a transaction that the unit of work then rolls back,
+    # and psycopg forgets the connection's prepared statements at every ROLLBACK.
+    view, job_id = JobView.from_row(job), job.id
     uow.after_commit(lambda: _enqueue_safely(enqueue, job_id, queue))
     uow.commit()
-    return get_job(uow, job_id), True
+    return view, True
 
 
 def replayed_job(uow: UnitOfWork, kind: str, payload: dict[str, Any], idempotency_key: str) -> JobView | None:

@@ -74,3 +74,42 @@ def test_the_api_answers_availability_from_a_prepared_statement(committed_engine
         # One request at a time: the API's pool hands the same connection back to each of them.
         statements = _prepared_statements(session_factory())
     assert any("resource_schedules" in statement for statement in statements), statements
+
+
+def _availability_is_prepared(client, query) -> bool:
+    for _ in range(6):
+        assert client.get("/v1/availability", params=query).status_code == 200
+    return any("resource_schedules" in statement for statement in _prepared_statements(session_factory()))
+
+
+@pytest.mark.parametrize("between", ["ready", "refused key", "not found", "booking accepted"])
+def test_other_requests_on_the_connection_keep_the_readers_prepared_statements(
+    committed_engine, redis_prefix, between
+):
+    """A ROLLBACK anywhere on the connection makes psycopg forget them all: a load balancer's /ready probe, a
+    refused key, a reader's 404, or an accepted booking (which read its job after its commit) must not end
+    with one."""
+    with Session(committed_engine, expire_on_commit=False) as session:
+        salon = build_salon(session, with_api_key=True)
+        session.commit()
+    day = (datetime.now(UTC) + timedelta(days=2)).date()
+    query = {"service_id": str(salon.haircut.id), "from": day.isoformat(), "to": day.isoformat()}
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        assert _availability_is_prepared(client, query)
+        if between == "ready":
+            client.get("/ready")
+        elif between == "refused key":
+            refused = client.get("/v1/services", headers={"Authorization": "Bearer va_live_nope_nope"})
+            assert refused.status_code == 401
+        elif between == "not found":
+            assert client.get(f"/v1/appointments/{uuid.uuid4()}").status_code == 404
+        else:
+            body = {
+                "service_id": str(salon.haircut.id),
+                "start": salon.at(day + timedelta(days=1), "10:00").isoformat(),
+                "client": {"first_name": "Ana", "phone": "612 345 678"},
+            }
+            accepted = client.post("/v1/bookings", json=body)
+            assert accepted.status_code == 202, accepted.text
+        kept = _prepared_statements(session_factory())
+    assert any("resource_schedules" in statement for statement in kept), kept
