@@ -42,8 +42,8 @@ def _tenant_for(authorization: str | None) -> uuid.UUID:
         try:
             tenant_id = auth.tenant_for_api_key(uow, presented, utcnow())
         except Unauthorized:
-            # A refused key wrote nothing: a COMMIT all the same, as a ROLLBACK makes psycopg forget the
-            # connection's prepared statements.
+            # A refused key wrote nothing: a COMMIT all the same, which keeps the connection's prepared
+            # statements (see UnitOfWork.__exit__).
             uow.commit()
             raise
         uow.commit()

@@ -220,7 +220,7 @@ def submit(
     if job is None:  # the same key arrived twice at once, and the other request's row won
         return _replay(uow, idempotency_key, {digest}), False
     # Read before the commit: a read after it would open a transaction that the unit of work then rolls back,
-    # and psycopg forgets the connection's prepared statements at every ROLLBACK.
+    # dropping the connection's prepared statements (see UnitOfWork.__exit__).
     view, job_id = JobView.from_row(job), job.id
     uow.after_commit(lambda: _enqueue_safely(enqueue, job_id, queue))
     uow.commit()

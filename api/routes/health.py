@@ -31,7 +31,7 @@ async def health() -> dict:
 def _database_answers() -> None:
     with get_engine().connect() as connection:
         connection.execute(text("SELECT 1"))
-        connection.commit()  # not a ROLLBACK, which makes psycopg forget the connection's prepared statements
+        connection.commit()  # not a ROLLBACK, which would drop the connection's prepared statements (UnitOfWork.__exit__)
 
 
 def _broker_answers() -> None:
