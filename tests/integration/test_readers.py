@@ -60,26 +60,27 @@ def test_readers_keep_their_prepared_statements_from_one_unit_of_work_to_the_nex
     assert any("readers-test" in statement for statement in _prepared_statements(one_connection))
 
 
-def test_the_api_answers_availability_from_a_prepared_statement(committed_engine, redis_prefix):
+def _committed_salon(committed_engine):
     with Session(committed_engine, expire_on_commit=False) as session:
         salon = build_salon(session, with_api_key=True)
         session.commit()
-    day = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
-    query = {"service_id": str(salon.haircut.id), "from": day, "to": day}
-    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
-        for _ in range(6):
-            response = client.get("/v1/availability", params=query)
-            assert response.status_code == 200, response.text
-            assert response.json()["slots"]
-        # One request at a time: the API's pool hands the same connection back to each of them.
-        statements = _prepared_statements(session_factory())
-    assert any("resource_schedules" in statement for statement in statements), statements
+    return salon
 
 
-def _availability_is_prepared(client, query) -> bool:
+def _availability_is_prepared(client, salon, day) -> bool:
+    """Asked six times, one request at a time: the API's pool hands the same connection back to each of them."""
+    query = {"service_id": str(salon.haircut.id), "from": day.isoformat(), "to": day.isoformat()}
     for _ in range(6):
-        assert client.get("/v1/availability", params=query).status_code == 200
+        response = client.get("/v1/availability", params=query)
+        assert response.status_code == 200, response.text
+        assert response.json()["slots"]
     return any("resource_schedules" in statement for statement in _prepared_statements(session_factory()))
+
+
+def test_the_api_answers_availability_from_a_prepared_statement(committed_engine, redis_prefix):
+    salon = _committed_salon(committed_engine)
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+        assert _availability_is_prepared(client, salon, (datetime.now(UTC) + timedelta(days=2)).date())
 
 
 @pytest.mark.parametrize("between", ["ready", "refused key", "not found", "booking accepted"])
@@ -89,13 +90,10 @@ def test_other_requests_on_the_connection_keep_the_readers_prepared_statements(
     """A ROLLBACK anywhere on the connection makes psycopg forget them all: a load balancer's /ready probe, a
     refused key, a reader's 404, or an accepted booking (which read its job after its commit) must not end
     with one."""
-    with Session(committed_engine, expire_on_commit=False) as session:
-        salon = build_salon(session, with_api_key=True)
-        session.commit()
+    salon = _committed_salon(committed_engine)
     day = (datetime.now(UTC) + timedelta(days=2)).date()
-    query = {"service_id": str(salon.haircut.id), "from": day.isoformat(), "to": day.isoformat()}
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
-        assert _availability_is_prepared(client, query)
+        assert _availability_is_prepared(client, salon, day)
         if between == "ready":
             client.get("/ready")
         elif between == "refused key":
