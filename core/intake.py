@@ -193,13 +193,19 @@ def submit(
     since (a replay of a booking made yesterday for today is still that booking); with another request
     it is a conflict. New requests are validated, and an invalid one raises before anything is written.
     """
-    if idempotency_key is not None:
-        replayed = replayed_job(uow, kind, payload, idempotency_key)
-        if replayed is not None:
-            return replayed, False
-    payload = canonical_payload(payload)
-    digest = request_hash(kind, payload)
-    KINDS[kind].validate(uow, payload, now)
+    try:
+        if idempotency_key is not None:
+            replayed = replayed_job(uow, kind, payload, idempotency_key)
+            if replayed is not None:
+                return replayed, False
+        payload = canonical_payload(payload)
+        digest = request_hash(kind, payload)
+        KINDS[kind].validate(uow, payload, now)
+    except DomainError:
+        # Refused before anything was written: a COMMIT all the same keeps the connection's prepared
+        # statements (see UnitOfWork.__exit__).
+        uow.commit()
+        raise
     job = uow.session.scalar(
         insert(IntakeJob)
         .values(

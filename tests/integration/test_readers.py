@@ -83,13 +83,15 @@ def test_the_api_answers_availability_from_a_prepared_statement(committed_engine
         assert _availability_is_prepared(client, salon, (datetime.now(UTC) + timedelta(days=2)).date())
 
 
-@pytest.mark.parametrize("between", ["ready", "refused key", "not found", "booking accepted"])
+@pytest.mark.parametrize(
+    "between", ["ready", "refused key", "not found", "booking accepted", "booking refused"]
+)
 def test_other_requests_on_the_connection_keep_the_readers_prepared_statements(
     committed_engine, redis_prefix, between
 ):
     """A ROLLBACK anywhere on the connection makes psycopg forget them all: a load balancer's /ready probe, a
-    refused key, a reader's 404, or an accepted booking (which read its job after its commit) must not end
-    with one."""
+    refused key, a reader's 404, an accepted booking (which read its job after its commit) or a refused one must
+    not end with one."""
     salon = _committed_salon(committed_engine)
     day = (datetime.now(UTC) + timedelta(days=2)).date()
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
@@ -107,7 +109,10 @@ def test_other_requests_on_the_connection_keep_the_readers_prepared_statements(
                 "start": salon.at(day + timedelta(days=1), "10:00").isoformat(),
                 "client": {"first_name": "Ana", "phone": "612 345 678"},
             }
-            accepted = client.post("/v1/bookings", json=body)
-            assert accepted.status_code == 202, accepted.text
+            if between == "booking accepted":
+                assert client.post("/v1/bookings", json=body).status_code == 202
+            else:  # refused as it is recorded: no such service
+                refused = client.post("/v1/bookings", json={**body, "service_id": str(uuid.uuid4())})
+                assert refused.status_code == 404, refused.text
         kept = _prepared_statements(session_factory())
     assert any("resource_schedules" in statement for statement in kept), kept
