@@ -149,6 +149,14 @@ def run_job(job_id):
         return intake.run(uow, job_id, NOW)
 
 
+def committed_salon(engine, **columns) -> Salon:
+    """`build_salon`, committed on `engine` (the `committed_engine` fixture): visible to every connection."""
+    with Session(engine, expire_on_commit=False) as session:
+        salon = build_salon(session, **columns)
+        session.commit()
+    return salon
+
+
 def _api_key(session: Session, tenant: Tenant) -> str:
     row, key = auth.new_api_key(tenant.id, "tests")
     session.add(row)

@@ -22,7 +22,7 @@ from core import intake
 from core.config import Settings, get_settings
 from core.db import UnitOfWork
 from core.models import Appointment, IntakeJob
-from tests.scenarios import build_salon
+from tests.scenarios import committed_salon
 
 NOW = datetime.now(UTC)
 DAY = (NOW + timedelta(days=2)).date()
@@ -30,9 +30,7 @@ DAY = (NOW + timedelta(days=2)).date()
 
 @pytest.fixture
 def salon(committed_engine, redis_prefix):
-    with Session(committed_engine, expire_on_commit=False) as session:
-        salon = build_salon(session, with_api_key=True)
-        session.commit()
+    salon = committed_salon(committed_engine, with_api_key=True)
     yield salon
     # Jobs left queued would be re-sent by a later test's sweep (the e2e tests share this run's queues).
     with Session(committed_engine) as session:

@@ -206,11 +206,9 @@ def committed_salon(committed_engine):
     from sqlalchemy.orm import Session
 
     from core.models import IntakeJob
-    from tests.scenarios import build_salon
+    from tests import scenarios
 
-    with Session(committed_engine, expire_on_commit=False) as session:
-        salon = build_salon(session)
-        session.commit()
+    salon = scenarios.committed_salon(committed_engine)
     yield salon
     with Session(committed_engine) as session:  # nothing of this test left for another test's sweep
         session.execute(

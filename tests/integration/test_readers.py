@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from api.app import create_app
 from core.db import UnitOfWork, make_engine, session_factory
-from tests.scenarios import build_salon
+from tests.scenarios import committed_salon
 
 # The comment makes the statement findable in pg_prepared_statements.
 _MARKED_READ = text("SELECT count(*) FROM tenants /* readers-test */ WHERE id = :id")
@@ -60,13 +60,6 @@ def test_readers_keep_their_prepared_statements_from_one_unit_of_work_to_the_nex
     assert any("readers-test" in statement for statement in _prepared_statements(one_connection))
 
 
-def _committed_salon(committed_engine):
-    with Session(committed_engine, expire_on_commit=False) as session:
-        salon = build_salon(session, with_api_key=True)
-        session.commit()
-    return salon
-
-
 def _availability_is_prepared(client, salon, day) -> bool:
     """Asked six times, one request at a time: the API's pool hands the same connection back to each of them."""
     query = {"service_id": str(salon.haircut.id), "from": day.isoformat(), "to": day.isoformat()}
@@ -78,7 +71,7 @@ def _availability_is_prepared(client, salon, day) -> bool:
 
 
 def test_the_api_answers_availability_from_a_prepared_statement(committed_engine, redis_prefix):
-    salon = _committed_salon(committed_engine)
+    salon = committed_salon(committed_engine, with_api_key=True)
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
         assert _availability_is_prepared(client, salon, (datetime.now(UTC) + timedelta(days=2)).date())
 
@@ -92,7 +85,7 @@ def test_other_requests_on_the_connection_keep_the_readers_prepared_statements(
     """A ROLLBACK anywhere on the connection makes psycopg forget them all: a load balancer's /ready probe, a
     refused key, a reader's 404, an accepted booking (which read its job after its commit) or a refused one must
     not end with one."""
-    salon = _committed_salon(committed_engine)
+    salon = committed_salon(committed_engine, with_api_key=True)
     day = (datetime.now(UTC) + timedelta(days=2)).date()
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
         assert _availability_is_prepared(client, salon, day)

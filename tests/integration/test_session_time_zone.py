@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session
 
 from core import booking
 from core.booking import BookingRequest
@@ -20,7 +19,7 @@ from core.clients import ClientDetails
 from core.db import UnitOfWork, make_engine
 from core.errors import SlotUnavailable
 from tests import scenarios
-from tests.scenarios import build_salon
+from tests.scenarios import committed_salon
 
 MADRID = ZoneInfo("Europe/Madrid")
 
@@ -33,13 +32,6 @@ def sessions_in_madrid(monkeypatch):
 def book(salon, start: datetime, phone: str, now: datetime):
     request = BookingRequest(salon.haircut.id, start, ClientDetails("Ana", phone=phone))
     return scenarios.book(salon, request, now)
-
-
-def committed_salon(engine, **columns):
-    with Session(engine, expire_on_commit=False) as session:
-        salon = build_salon(session, **columns)
-        session.commit()
-    return salon
 
 
 def test_the_applications_sessions_are_in_utc_where_the_default_zone_is_another(
