@@ -41,6 +41,16 @@ class ProcessFailed(RuntimeError):
     """A process died or never became ready; the message ends with the tail of its log."""
 
 
+def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.1):
+    """`check()`'s first truthy value, polled until `timeout`; its last value if none came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

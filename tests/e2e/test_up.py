@@ -19,8 +19,7 @@ from sqlalchemy.engine import make_url
 from core import seed
 from ops.cli import DEMO_KEY_FILE
 from ops.database import drop_database
-from tests.e2e.processes import free_port
-from tests.e2e.test_workers_smoke import eventually
+from tests.e2e.processes import eventually, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTED_WITHIN = 120  # migrations of a new database, then four processes on a shared machine

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,19 +13,10 @@ from sqlalchemy.engine import make_url
 
 from beat_schedule import BEAT_SCHEDULE
 from core import logging as log
-from tests.e2e.processes import ProcessEnvironment, client_app
+from tests.e2e.processes import ProcessEnvironment, client_app, eventually
 from workers.celery_app import QUEUE_NAMES, WORKER_MAX_MEMORY_KIB
 
 TIMEOUT = 30
-
-
-def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def test_noop_and_ping_db_run_on_the_real_workers(worker, celery_client, database_url):
