@@ -47,7 +47,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, Python puts bench/ on the path, not the project root the harness lives in.
 sys.path.insert(0, str(REPO_ROOT))
 
-import redis  # noqa: E402
 from alembic import command  # noqa: E402
 from celery import Celery  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
@@ -55,10 +54,17 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from bench.sql_replay import by_job, copy_database, database, record  # noqa: E402
-from bench.workload import SPREAD_BUSINESSES, record_booking_jobs, run_intake_jobs, seed_system_rows  # noqa: E402
+from bench.workload import (  # noqa: E402
+    SPREAD_BUSINESSES,
+    overlapping_allocations,
+    record_booking_jobs,
+    run_intake_jobs,
+    seed_system_rows,
+)
 from core.config import get_settings  # noqa: E402
 from core.db import make_engine  # noqa: E402
 from ops.database import alembic_config, create_database_if_missing, drop_database  # noqa: E402
+from ops.services import delete_keys_with_prefix  # noqa: E402
 from tests.e2e.processes import ProcessEnvironment, ProcessHarness, WorkerProcess  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -121,17 +127,8 @@ def bench_environment(workers: int = 2, concurrency: int = 2) -> Iterator[Bench]
             harness.stop_all()
         if not os.environ.get("VOICEAPPOINT_KEEP_BENCH_DB"):
             drop_database(database_url)
-        _delete_keys(settings.redis_url, redis_prefix)
+        delete_keys_with_prefix(settings.redis_url, redis_prefix)
         print(f"worker logs: {log_dir}")
-
-
-def _delete_keys(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
 
 
 def cpu_seconds_by_kind() -> dict[str, float]:
@@ -273,21 +270,6 @@ def check_replayed(recording: Recording) -> None:
         raise SystemExit(f"{recording.jobs} bookings replayed, but {succeeded} jobs succeeded in the copy")
 
 
-def double_bookings(bench: Bench) -> int:
-    engine = create_engine(bench.database_url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(
-                text(
-                    "SELECT count(*) FROM appointment_resources a JOIN appointment_resources b"
-                    " ON a.resource_id = b.resource_id AND a.id < b.id AND a.allocated_during && b.allocated_during"
-                    " WHERE a.active AND b.active"
-                )
-            ).scalar_one()
-    finally:
-        engine.dispose()
-
-
 def median_round(rounds: list[Measurement]) -> Measurement:
     return sorted(rounds, key=lambda m: m.per_second)[len(rounds) // 2]
 
@@ -353,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         names = ("noop", "spread", "hot", "replay")
         noop, spread, hot, replayed = (median_round(measured[name]) for name in names)
         report([m for name in names for m in measured[name]], bench)
-        overlaps = double_bookings(bench)
+        overlaps = overlapping_allocations(bench.database_url)
         check_replayed(recording)
     print(
         f"median rounds: no-op {noop.per_second:.0f}/s, spread {spread.per_second:.0f}/s,"

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import intake, seed
@@ -123,3 +123,19 @@ def run_intake_jobs(factory: sessionmaker[Session], job_ids: list[str]) -> list[
             raise SystemExit(f"a job failed: {outcome}")
         outcomes.append(outcome)
     return outcomes
+
+
+def overlapping_allocations(database_url: str) -> int:
+    """Pairs of active allocations of one capacity-1 resource at overlapping times: double bookings."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                text(
+                    "SELECT count(*) FROM appointment_resources a JOIN appointment_resources b"
+                    " ON a.resource_id = b.resource_id AND a.id < b.id AND a.allocated_during && b.allocated_during"
+                    " WHERE a.active AND b.active AND a.exclusive AND b.exclusive"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()

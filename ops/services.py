@@ -514,3 +514,13 @@ def stop_redis(data_dir: Path | str = DEFAULT_DATA_DIR) -> str:
         _stop_pid(pid, signal.SIGTERM, "the private Redis")
         (redis_dir / "redis.pid").unlink(missing_ok=True)
         return STOPPED
+
+
+def delete_keys_with_prefix(redis_url: str, prefix: str) -> None:
+    """Delete a run's keys (queues, results, Beat's lock) from a Redis that other runs share."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()

@@ -18,12 +18,12 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from core.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, get_settings
+from ops.services import delete_keys_with_prefix
 
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -80,10 +80,7 @@ def redis_prefix() -> str:
     prefix = _redis_prefix()
     assert os.environ["VOICEAPPOINT_REDIS_KEY_PREFIX"] == prefix
     yield prefix
-    client = redis.Redis.from_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
-    client.close()
+    delete_keys_with_prefix(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), prefix)
 
 
 @pytest.fixture(scope="session")
