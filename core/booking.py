@@ -68,6 +68,8 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 # Statuses whose allocation still holds the resources.
 HOLDING_STATUSES = {"scheduled", "confirmed", "in_progress"}
+# Statuses an appointment may be moved (rescheduled) from.
+MOVABLE_STATUSES = ("scheduled", "confirmed")
 # A client who comes early may be seen early; a start recorded further ahead is a slip of the finger
 # (tomorrow's appointment started today), which would also let it be completed before it was due.
 EARLIEST_START = timedelta(hours=1)
@@ -205,11 +207,36 @@ def validate_reschedule(
     now: datetime,
     resource_ids: tuple[uuid.UUID, ...],
 ) -> None:
-    """What can be said about a move without looking at the calendar: it is rejected before a job exists."""
-    tenant = bookable_tenant(uow)
+    """What can be said about a move without looking at the calendar: it is rejected before a job exists.
+    A move to where the appointment already is is not refused here (whatever the business's standing, the
+    service's or the clock's): `reschedule` answers it with the appointment as it is."""
+    tenant = _tenant(uow, uow.tenant_id)
     appointment = uow.get(Appointment, appointment_id, code="appointment_not_found", what="Appointment")
+    if appointment.status in MOVABLE_STATUSES and _already_there(uow, appointment, new_start, resource_ids):
+        return
+    _bookable_tenant(tenant)
     service = bookable_service(uow, appointment.service_id)
     _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
+
+
+def _already_there(
+    uow: UnitOfWork,
+    appointment: Appointment,
+    new_start: datetime,
+    resource_ids: tuple[uuid.UUID, ...],
+    held: tuple[uuid.UUID, ...] | None = None,
+) -> bool:
+    """Whether a move to `new_start` with `resource_ids` asks for what the appointment already has (its
+    time, and resources it holds: `held`, read when not given)."""
+    if new_start.tzinfo is None:
+        return False
+    try:
+        same_time = _in_utc(new_start) == appointment.scheduled_start
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 and the like: not a usable date, refused later
+        return False
+    if not same_time:
+        return False
+    return set(resource_ids) <= set(_resources_held_by(uow, appointment) if held is None else held)
 
 
 def _eligible_resources(
@@ -678,7 +705,7 @@ def reschedule(
     `requested_at` (see `_check_change_window`), the new time at `now`."""
     tenant = _tenant(uow, uow.tenant_id)
     appointment = _locked_appointment(uow, appointment_id)
-    if appointment.status not in ("scheduled", "confirmed"):
+    if appointment.status not in MOVABLE_STATUSES:
         raise IllegalTransition(
             f"A {appointment.status} appointment cannot be rescheduled.", code="illegal_status_change"
         )
@@ -686,7 +713,7 @@ def reschedule(
         raise start_without_offset()
     previous_start = appointment.scheduled_start
     previous_resources = _resources_held_by(uow, appointment)
-    if _in_utc(new_start) == previous_start and set(resource_ids) <= set(previous_resources):
+    if _already_there(uow, appointment, new_start, resource_ids, previous_resources):
         # Already there: nothing to move, and a business's confirmation of this time still stands. Before
         # the change window and the business's standing, as for a cancellation: a move retried after it
         # succeeded finds the appointment where it asked for, and must not be told it was refused.
