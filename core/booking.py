@@ -816,7 +816,10 @@ def _change_status(
         appointment.actual_start = now
     if new_status == "completed":
         appointment.actual_start = appointment.actual_start or appointment.scheduled_start
-        appointment.actual_end = now if now > appointment.actual_start else appointment.scheduled_end
+        # Completed no later than it started (recorded at once, or a caller's clock behind): it ended at its
+        # scheduled end, unless it started after that; never before it began.
+        began = appointment.actual_start
+        appointment.actual_end = now if now > began else max(appointment.scheduled_end, began)
         if appointment.final_price is None:
             appointment.final_price = appointment.quoted_price
     if new_status == "cancelled":

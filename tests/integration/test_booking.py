@@ -552,6 +552,20 @@ def test_the_state_machine_completes_a_past_appointment_and_refuses_illegal_chan
         booking.mark_no_show(uow, booked.appointment_id, after)
 
 
+def test_an_appointment_started_late_and_completed_at_once_does_not_end_before_it_began(db, salon):
+    # Seen after its scheduled end (10:00-10:45, started at 11:00) and completed at that instant: the completion
+    # wrote the scheduled end, 10:45, as actual_end, before actual_start (found in review).
+    booked = book(salon, request(salon, "10:00"))
+    late = salon.at(DAY, "11:00")
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.start(uow, booked.appointment_id, late)
+        assert booking.complete(uow, booked.appointment_id, late).status == "completed"
+        uow.commit()
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    assert (appointment.actual_start, appointment.actual_end) == (late, late)
+
+
 def test_no_show_releases_the_resources(db, salon):
     booked = book(salon, request(salon, "10:00"))
     with UnitOfWork(salon.tenant.id) as uow:
