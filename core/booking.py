@@ -164,8 +164,13 @@ def _bookable_tenant(tenant: Tenant) -> Tenant:
     return tenant
 
 
-def bookable_service(uow: UnitOfWork, service_id: uuid.UUID) -> Service:
-    return _bookable_service(uow.get(Service, service_id, code="service_not_found", what="Service"))
+def _service_to_move(uow: UnitOfWork, appointment: Appointment) -> Service:
+    """The appointment's service, if it still takes bookings. One switched off or retired since is refused
+    as `service_inactive`: the client never named it, so "no such service" (a 404) would not tell them why."""
+    service = uow.session.get(Service, appointment.service_id)
+    if service.deleted_at is not None:
+        raise inactive_service(service.name)
+    return _bookable_service(service)
 
 
 def _bookable_service(service: Service) -> Service:
@@ -184,7 +189,7 @@ def _validated_request(
 ) -> tuple[Tenant, Service, int | None, dict[uuid.UUID, LinkedResource]]:
     """The tenant, the service, the plan's monthly allowance (see `plans.allowance`) and the units each
     linked resource would give, once the request is valid."""
-    # One round trip for what bookable_tenant, bookable_service and plans.monthly_allowance would read in three.
+    # One round trip for the tenant, the service and the plan's monthly allowance, instead of three.
     row = uow.session.execute(
         _REQUEST_CONTEXT, {"tenant_id": uow.tenant_id, "service_id": request.service_id}
     ).one_or_none()
@@ -215,7 +220,7 @@ def validate_reschedule(
     if appointment.status in MOVABLE_STATUSES and _already_there(uow, appointment, new_start, resource_ids):
         return
     _bookable_tenant(tenant)
-    service = bookable_service(uow, appointment.service_id)
+    service = _service_to_move(uow, appointment)
     _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
 
 
@@ -719,7 +724,7 @@ def reschedule(
         # succeeded finds the appointment where it asked for, and must not be told it was refused.
         return _booked(appointment, previous_resources, tenant)
     _bookable_tenant(tenant)
-    service = bookable_service(uow, appointment.service_id)
+    service = _service_to_move(uow, appointment)
     _check_change_window(service, appointment, now, requested_at, "reschedule")
     linked = _eligible_resources(uow, tenant, service, new_start, now, resource_ids)
     new_start = _in_utc(new_start)

@@ -25,7 +25,7 @@ from core import availability, intake
 from core import db as core_db
 from core import errors as core_errors
 from core import logging as app_logging
-from core.models import ApiKey, Appointment, Client, IntakeJob, Notification, ServiceResource
+from core.models import ApiKey, Client, IntakeJob, ServiceResource
 from tests import factories
 from tests.scenarios import book, build_salon, request, rows
 from tests.statements import statements_sent
@@ -289,40 +289,6 @@ def test_a_move_or_cancellation_seen_to_succeed_with_wait_is_200_not_201(db, cli
     assert waited.json()["status"] == "succeeded"
     assert waited.headers["location"] == f"/v1/jobs/{job_id}"
     assert "content-location" not in waited.headers
-
-
-@pytest.mark.parametrize("change", ["business_suspended", "service_switched_off"])
-def test_a_move_to_the_time_the_appointment_already_has_is_accepted_and_changes_nothing(
-    db, client, salon, change
-):
-    # docs/api.md: such a move is answered as it is, whatever the business's standing or the service's (a move
-    # retried after it succeeded must not be told it was refused). The job did so; the API's check before the
-    # job refused it with tenant_inactive or service_inactive (found in review).
-    booked = book(salon, request(salon, day=DAY, clock="11:00"), now=NOW)
-    if change == "business_suspended":
-        salon.tenant.subscription_status = "suspended"
-    else:
-        salon.haircut.is_active = False
-    db.flush()
-    notifications_before = rows(db, Notification, salon)
-    path = f"/v1/appointments/{booked.appointment_id}/reschedule"
-    accepted = client.post(path, json={"start": booked.start.isoformat()})
-    assert accepted.status_code == 202, accepted.text
-    with core_db.UnitOfWork(system=True) as uow:
-        outcome = intake.run(uow, accepted.json()["job_id"], datetime.now(UTC))
-    assert outcome["status"] == "succeeded", outcome
-    assert datetime.fromisoformat(outcome["result"]["start"]) == booked.start
-    appointment = db.get(Appointment, booked.appointment_id)
-    db.refresh(appointment)
-    assert (appointment.scheduled_start, appointment.status) == (booked.start, booked.status)
-    assert rows(db, Notification, salon) == notifications_before
-    # A real move is still refused before a job exists.
-    moved = client.post(path, json={"start": (booked.start + timedelta(hours=2)).isoformat()})
-    if change == "business_suspended":
-        assert_problem(moved, 403, "tenant_inactive")
-    else:
-        assert_problem(moved, 422, "service_inactive")
-    assert rows(db, IntakeJob, salon) == 1
 
 
 def test_a_retry_giving_the_same_start_with_another_offset_is_the_same_request(db, client, salon):

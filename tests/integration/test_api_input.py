@@ -21,7 +21,9 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 
 from api.app import create_app
-from core.models import IntakeJob
+from core import intake
+from core.db import UnitOfWork
+from core.models import Appointment, IntakeJob, Notification
 from tests.scenarios import DAY, NOW, book, build_emailing_salon, build_salon, request, rows
 from workers.celery_app import app as celery_app
 
@@ -217,6 +219,8 @@ def test_a_request_without_an_id_gets_a_new_one_each_time(api):
         ("off_grid", 422, "off_grid"),
         ("past", 422, "start_in_past"),
         ("service_off", 422, "service_inactive"),
+        # Not service_not_found: the client never named the service (found in review).
+        ("service_retired", 422, "service_inactive"),
         ("suspended", 403, "tenant_inactive"),
     ],
 )
@@ -227,16 +231,47 @@ def test_a_reschedule_that_can_never_succeed_is_refused_before_a_job_exists(
     start = salon.at(day, "12:07" if change == "off_grid" else "12:00")
     if change == "past":
         start = salon.at(datetime.now(UTC).date() - timedelta(days=2), "12:00")
-    if change == "service_off":
-        salon.haircut.is_active = False
-    if change == "suspended":
-        salon.tenant.subscription_status = "suspended"
+    _make_change(salon, change)
     db.flush()
     response = api.post(
         f"/v1/appointments/{booked.appointment_id}/reschedule", json={"start": start.isoformat()}
     )
     assert (response.status_code, response.json()["code"]) == (status, code), response.text
     assert rows(db, IntakeJob, salon) == 0
+
+
+def _make_change(salon, change):
+    if change == "service_off":
+        salon.haircut.is_active = False
+    if change == "service_retired":
+        salon.haircut.deleted_at = datetime.now(UTC)
+    if change == "suspended":
+        salon.tenant.subscription_status = "suspended"
+
+
+@pytest.mark.parametrize("change", ["service_off", "service_retired", "suspended"])
+def test_a_move_to_the_time_the_appointment_already_has_is_accepted_and_changes_nothing(
+    db, api, salon, change
+):
+    # docs/api.md: such a move is answered as it is, whatever the business's standing or the service's (a move
+    # retried after it succeeded must not be told it was refused). The job did so; the API's check before the
+    # job refused it with tenant_inactive or service_inactive (found in review).
+    day, booked = _booked_in_a_few_days(salon)
+    _make_change(salon, change)
+    db.flush()
+    notifications_before = rows(db, Notification, salon)
+    path = f"/v1/appointments/{booked.appointment_id}/reschedule"
+    accepted = api.post(path, json={"start": booked.start.isoformat()})
+    assert accepted.status_code == 202, accepted.text
+    with UnitOfWork(system=True) as uow:  # as the worker runs it
+        outcome = intake.run(uow, accepted.json()["job_id"], datetime.now(UTC))
+    assert outcome["status"] == "succeeded", outcome
+    assert datetime.fromisoformat(outcome["result"]["start"]) == booked.start
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    assert (appointment.scheduled_start, appointment.status) == (booked.start, booked.status)
+    assert rows(db, Notification, salon) == notifications_before
+    assert rows(db, IntakeJob, salon) == 1
 
 
 def test_two_interchangeable_stylists_are_refused_before_a_job_exists(db, api, salon):
