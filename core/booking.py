@@ -1075,6 +1075,9 @@ def _held_resources(
     active = [(allocation, resource) for allocation, resource in allocations if allocation.active]
     if active or not allocations:
         return active
-    at_its_time = [(a, r) for a, r in allocations if a.allocated_start == appointment.scheduled_start]
+    # None at its time only if its rows were edited by hand (an import, an operator): the last allocation, then.
+    at_its_time = [
+        (a, r) for a, r in allocations if a.allocated_start == appointment.scheduled_start
+    ] or allocations
     last = max(allocation.created_at for allocation, _ in at_its_time)
     return [(allocation, resource) for allocation, resource in at_its_time if allocation.created_at == last]

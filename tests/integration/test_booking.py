@@ -566,6 +566,24 @@ def test_an_appointment_started_late_and_completed_at_once_does_not_end_before_i
     assert (appointment.actual_start, appointment.actual_end) == (late, late)
 
 
+def test_a_released_appointment_edited_by_hand_away_from_its_allocations_still_reads(db, salon):
+    # An operator moved a cancelled appointment's times in the database, not its allocations: reading it
+    # raised on the empty list of allocations at its time, a 500 (found in review).
+    booked = book(salon, request(salon, "10:00"))
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.cancel(uow, booked.appointment_id, None, NOW)
+        uow.commit()
+    appointment = db.get(Appointment, booked.appointment_id)
+    db.refresh(appointment)
+    appointment.scheduled_start += timedelta(hours=2)
+    appointment.scheduled_end += timedelta(hours=2)
+    db.flush()
+    with UnitOfWork(salon.tenant.id, read_only=True) as uow:
+        shown = booking.get_appointment(uow, booked.appointment_id)
+    assert shown.appointment.status == "cancelled"
+    assert set(shown.appointment.resource_ids) == set(booked.resource_ids)
+
+
 def test_no_show_releases_the_resources(db, salon):
     booked = book(salon, request(salon, "10:00"))
     with UnitOfWork(salon.tenant.id) as uow:
