@@ -768,6 +768,9 @@ def _record_move(
     appointment.metadata_ = {**(appointment.metadata_ or {}), "reschedules": history}
     appointment.scheduled_start = new_start
     appointment.scheduled_end = new_start + timedelta(minutes=service.duration_minutes)
+    # What was sent told the client of the old time: the new time gets its own confirmation and reminder.
+    appointment.confirmation_sent_at = None
+    appointment.reminder_sent_at = None
     if service.requires_confirmation and appointment.status == "confirmed":
         # The business confirmed the old time, not this one.
         _set_status(uow, appointment, "scheduled", now)

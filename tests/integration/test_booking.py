@@ -416,6 +416,18 @@ def test_reschedule_moves_the_allocation_in_one_transaction(db, salon):
     book(salon, request(salon, "09:15", phone="612 345 679"))
 
 
+def test_a_moved_appointment_is_owed_a_confirmation_and_a_reminder_of_its_new_time(db, salon):
+    booked = book(salon, request(salon, "10:00"))
+    appointment = db.get(Appointment, booked.appointment_id)
+    appointment.confirmation_sent_at = appointment.reminder_sent_at = NOW
+    db.flush()
+    with UnitOfWork(salon.tenant.id) as uow:
+        booking.reschedule(uow, booked.appointment_id, salon.at(DAY, "12:00"), NOW)
+        uow.commit()
+    db.refresh(appointment)
+    assert (appointment.confirmation_sent_at, appointment.reminder_sent_at) == (None, None)
+
+
 def test_a_reschedule_is_one_change_in_the_audit_trail(db, salon):
     booked = book(salon, request(salon, "10:00"))
     with UnitOfWork(salon.tenant.id) as uow:
