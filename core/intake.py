@@ -152,11 +152,15 @@ class JobView:
 
 def canonical_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload as it is stored and hashed, so that one request written two ways is one request: its start
-    in UTC (a client that retries in UTC what it first sent in local time), and no `resource_ids` for an empty
-    list (no preference, as when it is left out). A start that cannot be read stays as it came, for the
-    validation to refuse."""
-    if payload.get("resource_ids") == []:
+    in UTC (a client that retries in UTC what it first sent in local time), its `resource_ids` sorted (a set
+    of resources, each serving in its own role: their order means nothing), and no `resource_ids` for an
+    empty list (no preference, as when it is left out). A start that cannot be read stays as it came, for
+    the validation to refuse."""
+    resource_ids = payload.get("resource_ids")
+    if resource_ids == []:
         payload = {name: value for name, value in payload.items() if name != "resource_ids"}
+    elif isinstance(resource_ids, list) and all(isinstance(resource_id, str) for resource_id in resource_ids):
+        payload = {**payload, "resource_ids": sorted(set(resource_ids))}
     return _start_in_utc(payload)
 
 

@@ -325,6 +325,24 @@ def test_a_retry_with_an_empty_list_of_resources_is_the_same_request(client, sal
     assert_problem(other, 409, "idempotency_key_reused")
 
 
+def test_a_retry_naming_the_same_resources_in_another_order_is_the_same_request(client, salon):
+    # A stylist and the chair each serve in their own role: their order means nothing (found in review).
+    stylist_and_chair = [str(salon.stylists[0].id), str(salon.chairs[0].id)]
+    first = client.post(
+        "/v1/bookings",
+        json=booking_body(salon, resource_ids=stylist_and_chair),
+        headers={"Idempotency-Key": "k"},
+    )
+    assert first.status_code == 202, first.text
+    for resource_ids in (stylist_and_chair[::-1], stylist_and_chair * 2):
+        again = client.post(
+            "/v1/bookings",
+            json=booking_body(salon, resource_ids=resource_ids),
+            headers={"Idempotency-Key": "k"},
+        )
+        assert (again.status_code, again.json()) == (202, first.json())
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [
