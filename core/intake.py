@@ -239,9 +239,10 @@ def submit(
 
 def replayed_job(uow: UnitOfWork, kind: str, payload: dict[str, Any], idempotency_key: str) -> JobView | None:
     """The job an earlier request with this key and body created (a conflict if the body differs), or None."""
-    # Jobs recorded before starts were stored in UTC hold the hash of the body as it was sent, and those
-    # recorded before an empty resource_ids was dropped (both 2026-11-27) the hash with it: the same body
-    # sent again is still the same request.
+    # Jobs recorded before starts were stored in UTC hold the hash of the body as it was sent, those recorded
+    # before an empty resource_ids was dropped (both 2026-11-27) the hash with it, and those recorded before
+    # resource_ids were sorted (2026-11-28) the hash of them in the order sent: the same body sent again is
+    # still the same request.
     digests = {
         request_hash(kind, canonical_payload(payload)),
         request_hash(kind, _start_in_utc(payload)),

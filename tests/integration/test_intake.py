@@ -320,6 +320,21 @@ def test_a_job_recorded_with_an_empty_resource_list_is_replayed_by_the_same_body
     assert (again.job_id, created) == (recorded.job_id, False)
 
 
+def test_a_job_recorded_before_resource_ids_were_sorted_is_replayed_by_the_same_body(db, salon):
+    """Its hash has the start in UTC and the resources in the order they were sent."""
+    in_the_order_sent = sorted((str(salon.stylists[0].id), str(salon.chairs[0].id)), reverse=True)
+    sent = {**payload(salon), "resource_ids": in_the_order_sent}
+    recorded, _ = submit(salon, payload(salon, clock="11:00"), key="order-unsorted")
+    as_stored = {**sent, "start": salon.at(DAY, "10:00").astimezone(UTC).isoformat()}
+    db.execute(
+        update(IntakeJob)
+        .where(IntakeJob.id == recorded.job_id)
+        .values(payload=as_stored, request_hash=intake.request_hash("booking", as_stored))
+    )
+    again, created = submit(salon, sent, key="order-unsorted")
+    assert (again.job_id, created) == (recorded.job_id, False)
+
+
 @pytest.mark.parametrize(
     ("start", "stored"),
     [
