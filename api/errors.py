@@ -17,6 +17,8 @@ from core.errors import DomainError, Unauthorized
 
 log = logging.getLogger(__name__)
 
+# What a request meets while the database restarts or fails over, or its pool is exhausted: a 503 to retry.
+DATABASE_UNAVAILABLE = (OperationalError, PoolTimeout)
 PROBLEM_TYPE_BASE = "https://docs.voiceappoint.app/errors/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 HTTP_CODES = {
@@ -173,7 +175,7 @@ def install(app: FastAPI) -> None:
             error.status_code, code, code.replace("_", " ").capitalize(), str(error.detail), error.headers
         )
 
-    @app.exception_handler(OperationalError)
+    @app.exception_handler(OperationalError)  # the two of DATABASE_UNAVAILABLE (one type per handler)
     @app.exception_handler(PoolTimeout)
     async def on_database_unavailable(request: Request, error: Exception) -> JSONResponse:
         log.error("database unavailable on %s %s: %s", request.method, request.url.path, error)

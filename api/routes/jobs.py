@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,13 +13,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import authenticated_tenant, known_query_parameters
-from api.errors import documented_errors, error_problem
+from api.errors import DATABASE_UNAVAILABLE, documented_errors, error_problem
 from api.queue import enqueue_intake_job
 from api.schemas import BookingIn, CancelIn, JobOut, RescheduleIn
 from core import intake
 from core.clock import utcnow
 from core.config import WAIT_LIMIT_SECONDS, get_settings
 from core.db import UnitOfWork
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["bookings"], dependencies=[Depends(known_query_parameters)])
 
@@ -113,7 +116,12 @@ async def _answer(
         deadline = arrived + wait
         await request.app.state.job_waiter.until_ended(job.job_id, deadline - time.monotonic())
         # One more look however the wait ended: a job that ended as the time ran out is answered as ended.
-        job = await run_in_threadpool(_read, tenant_id, job.job_id)
+        try:
+            job = await run_in_threadpool(_read, tenant_id, job.job_id)
+        except DATABASE_UNAVAILABLE as error:
+            # The job is recorded and sent: the request was accepted, and is answered so (202 with its id).
+            # A 503 would tell the client to send it again: without an Idempotency-Key, a second booking.
+            log.warning("could not read job %s at the end of its wait (%s); answered 202", job.job_id, error)
     # As GET /v1/jobs/{id} answers it (its response_model), so the two read the same.
     body = JobOut.model_validate(_job_body(job)).model_dump(mode="json")
     headers = {"Location": _job_url(job.job_id)}

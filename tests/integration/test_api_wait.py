@@ -9,10 +9,12 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from api import waiting
@@ -252,3 +254,32 @@ def test_a_poll_that_fails_once_is_tried_again_and_the_held_request_still_learns
     ended, held_for = asyncio.run(hold())
     assert failures
     assert ended and held_for < 2
+
+
+def test_a_held_booking_is_answered_with_its_job_when_the_database_is_unavailable_as_the_wait_ends(
+    salon, monkeypatch
+):
+    """The job was recorded and sent before the wait: the request was accepted. A database restarting as the
+    wait ends must not turn that into 503 database_unavailable, which tells the client to send the booking
+    again (without an Idempotency-Key, a second job; a helper saw it book, and the retry fail as slot_taken)."""
+    monkeypatch.setattr("api.routes.jobs.enqueue_intake_job", lambda job_id, queue: None)  # nothing runs it
+    monkeypatch.setenv("VOICEAPPOINT_BOOKING_WAIT_MAX_SECONDS", "0.3")
+    get_settings.cache_clear()
+
+    def database_restarting(uow, job_id):
+        raise OperationalError("SELECT ...", {}, psycopg.OperationalError("server closed the connection"))
+
+    try:
+        with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as client:
+            monkeypatch.setattr("api.routes.jobs.intake.get_job", database_restarting)
+            response = client.post("/v1/bookings?wait=10", json=booking(salon, "12:30", "+34614709996"))
+    finally:
+        get_settings.cache_clear()
+    assert response.status_code == 202, response.text
+    with UnitOfWork(salon.tenant.id, read_only=True) as uow:
+        [recorded] = uow.session.scalars(
+            select(IntakeJob).where(IntakeJob.tenant_id == salon.tenant.id)
+        ).all()
+    assert response.json()["job_id"] == str(recorded.id)
+    assert response.json()["status"] == "queued"
+    assert response.headers["location"] == f"/v1/jobs/{recorded.id}"
