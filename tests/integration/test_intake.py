@@ -212,6 +212,19 @@ def test_the_sweeper_claims_jobs_the_queue_lost_once(db, salon):
     assert lost.job_id not in {job_id for job_id, _ in again}
 
 
+def test_a_queued_job_written_without_enqueued_at_is_claimed_by_the_sweeper(db, salon):
+    # By an import or a script, not by submit: it was never sent. With a NULL enqueued_at the sweeper never
+    # claimed it (revision 026 makes the column default to the time the row is written).
+    job_id = db.scalar(
+        text(
+            "INSERT INTO intake_jobs (tenant_id, kind, request_hash, payload)"
+            " VALUES (:tenant_id, 'booking', 'imported', '{}'::jsonb) RETURNING id"
+        ),
+        {"tenant_id": salon.tenant.id},
+    )
+    assert job_id in claim(datetime.now(UTC) + timedelta(minutes=2))
+
+
 def test_a_replay_returns_the_first_job_even_when_the_request_would_now_be_refused(db, salon):
     first, _ = submit(salon, payload(salon), "order-9")
     run(first.job_id)
