@@ -1,8 +1,8 @@
 """The base class of every task: late acknowledgement, time limits, and retries for transient errors only.
 
 What is transient: the database or Redis being unreachable, a connection dropped mid-transaction, a
-deadlock or serialization failure (psycopg reports those as OperationalError too), the soft time
-limit (a lock wait or a slow database under load, like a statement timeout), and any
+deadlock or serialization failure (psycopg reports those as OperationalError too), a database refusing
+writes during a failover (25006), the soft time limit (a lock wait or a slow database under load, like a statement timeout), and any
 `TransientError` a task raises (provider 5xx/429 wrappers will derive from it or be added to
 TRANSIENT_ERRORS). A DomainError is a final outcome: the task records it on its job and is never retried,
 and neither is anything else (a bug does not get better by running it again).
@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 import kombu.exceptions
+import psycopg
 import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -69,6 +70,10 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sa_exc.PendingRollbackError) and error.__context__ is not None:
         # Clean-up that touched a connection after it failed: the first error says what happened.
         return is_transient(error.__context__)
+    if isinstance(error, sa_exc.DBAPIError) and isinstance(error.orig, psycopg.errors.ReadOnlySqlTransaction):
+        # 25006: in a failover, the old primary (now a standby) refuses writes until the pool's connections
+        # find the new one. psycopg reports it as an InternalError.
+        return True
     # Any DBAPI error raised because the connection died (SQLAlchemy marks the connection invalidated).
     return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
 
