@@ -150,10 +150,6 @@ class AppointmentView:
 # --- validation shared by the API (before a job is accepted) and the worker ---------------------------
 
 
-def bookable_tenant(uow: UnitOfWork) -> Tenant:
-    return _bookable_tenant(_tenant(uow, uow.tenant_id))
-
-
 def _tenant(uow: UnitOfWork, tenant_id: uuid.UUID) -> Tenant:
     """The business, or NotFound("tenant_not_found") once it is deleted (a job may outlive it)."""
     return uow.get(Tenant, tenant_id, code="tenant_not_found", what="Business")
