@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -574,12 +574,26 @@ def _next_weekday(today: date) -> date:
     return day
 
 
-def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
+def _how_it_ended(returncode: int) -> str:
+    # Popen gives -N for a child killed by signal N.
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+def _http_url(host: str, port: int) -> str:
+    # An IPv6 address goes in brackets (RFC 3986): curl refuses `http://::1:8000`.
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _banner(api_url: str, flower_url: str, api_key: str | None, started: datetime) -> str:
     from core import seed
 
     settings = _settings()
     zone = ZoneInfo(seed.DEMO_TIMEZONE)
     day = _next_weekday(datetime.now(zone).date())
+    # A key of this run's own: a key names one request for good, and the demo's database outlives runs.
+    idempotency_key = f"demo-{day}-{started:%H%M%S}"
     start = datetime.combine(day, datetime.min.time().replace(hour=10), zone).isoformat()
     key = api_key or "<run: voiceappoint apikey create --tenant bella-hair-salon>"
     auth = f'-H "Authorization: Bearer {key}"'
@@ -599,7 +613,7 @@ def _banner(api_url: str, flower_url: str, api_key: str | None) -> str:
             "",
             "Try:",
             f'  curl {auth} "{api_url}/v1/availability?service_id={seed.DEMO_SERVICE_IDS["haircut"]}&from={day}&to={day}"',
-            f"  curl {auth} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-{day}' \\",
+            f"  curl {auth} -H 'Content-Type: application/json' -H 'Idempotency-Key: {idempotency_key}' \\",
             f"       -d '{booking}' {api_url}/v1/bookings",
             f'  curl {auth} "{api_url}/v1/jobs/<job_id from the answer above>"',
             "",
@@ -646,12 +660,14 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
             supervisor.start("beat", _beat_argv())
             supervisor.start("flower", _flower_argv(host, flower_port), _flower_env())
             if _wait_for_port(host, port, supervisor):
-                click.echo(_banner(f"http://{host}:{port}", f"http://{host}:{flower_port}", api_key))
+                click.echo(
+                    _banner(_http_url(host, port), _http_url(host, flower_port), api_key, datetime.now(UTC))
+                )
             while not stop_requested:
                 exited = supervisor.first_exited()
                 if exited is not None:
                     name, code = exited
-                    click.echo(f"{name} exited with status {code}; stopping the others", err=True)
+                    click.echo(f"{name} {_how_it_ended(code)}; stopping the others", err=True)
                     exit_code = 1
                     break
                 time.sleep(0.3)

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 
-from ops.cli import FLOWER_MAX_TASKS, Supervisor, _flower_env, _pytest_args
+from ops.cli import FLOWER_MAX_TASKS, Supervisor, _banner, _flower_env, _how_it_ended, _http_url, _pytest_args
 from ops.services import REPO_ROOT
 from tests.commands import run_voiceappoint
 
@@ -172,3 +173,33 @@ def test_compose_gives_the_worker_time_to_finish_its_tasks_and_bounds_its_pool()
     assert grace.endswith("s") and int(grace[:-1]) > JobTask.time_limit
     # Celery's default pool is the CPU count the container sees: one database connection each.
     assert "--concurrency" in worker["command"]
+
+
+def test_the_banners_urls_and_curl_lines_work_for_an_ipv6_host():
+    # `up --host ::1` printed http://::1:8000, which curl refuses (found in review).
+    assert _http_url("::1", 8000) == "http://[::1]:8000"
+    assert _http_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert _http_url("localhost", 5555) == "http://localhost:5555"
+
+
+def test_each_run_of_up_shows_a_booking_with_an_idempotency_key_of_its_own():
+    # The key was the day's: the next `up` that day showed the same key, and its booking answered with the old
+    # job (found in review).
+    first, second = (
+        _banner(
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1:5555",
+            "va_live_x",
+            datetime(2026, 12, 1, 9, 0, s, tzinfo=UTC),
+        )
+        for s in (1, 2)
+    )
+    key_lines = [
+        [line for line in banner.splitlines() if "Idempotency-Key" in line] for banner in (first, second)
+    ]
+    assert len(key_lines[0]) == 1 and key_lines[0] != key_lines[1]
+
+
+def test_a_child_killed_by_a_signal_is_said_so():
+    assert _how_it_ended(-9) == "was killed by SIGKILL"
+    assert _how_it_ended(3) == "exited with status 3"
