@@ -132,6 +132,11 @@ def _field_name(location: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _message(error: dict[str, Any]) -> str:
+    # Our validators' own words, without the "Value error, " pydantic puts before them.
+    return error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def on_domain_error(request: Request, error: DomainError) -> JSONResponse:
@@ -141,7 +146,7 @@ def install(app: FastAPI) -> None:
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         found = error.errors()
         errors = [
-            {"field": _field_name(tuple(item["loc"])), "message": item["msg"], "type": item["type"]}
+            {"field": _field_name(tuple(item["loc"])), "message": _message(item), "type": item["type"]}
             for item in found
         ]
         if any(item["type"] == "json_invalid" for item in errors):

@@ -349,6 +349,7 @@ def test_a_retry_naming_the_same_resources_in_another_order_is_the_same_request(
         ({"service_id": "6f1c1c1e-0000-4000-8000-000000000000"}, 404, "service_not_found"),
         ({"start": "OFF_GRID"}, 422, "off_grid"),
         ({"start": "NAIVE"}, 422, "validation_error"),
+        ({"start": "tomorrow at ten"}, 422, "validation_error"),
         ({"client": {"first_name": "Lucía", "phone": "12"}}, 422, "invalid_phone"),
         ({"client": {"first_name": "Lucía"}}, 422, "contact_required"),
         ({"colour": "blue"}, 422, "unknown_field"),
@@ -372,6 +373,8 @@ def test_bad_bookings_get_a_code_and_leave_no_row(db, client, salon, change, sta
     problem = assert_problem(response, status, code)
     if code in ("validation_error", "unknown_field"):
         assert problem["errors"]
+        # In words a person reads, not pydantic's "Value error, ..." (found in review).
+        assert not any(error["message"].startswith("Value error") for error in problem["errors"]), problem
     assert rows(db, IntakeJob, salon) == 0
     assert rows(db, Client, salon) == 0
 
