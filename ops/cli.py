@@ -318,7 +318,7 @@ def apikey_list(tenant_slug: str) -> None:
             keys = list_api_keys(uow)
     for key in keys:
         when = [
-            f"{label} {moment:%Y-%m-%d %H:%M}"
+            f"{label} {moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
             for label, moment in (
                 ("created", key.created_at),
                 ("used", key.last_used_at),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 
 import pytest
@@ -45,6 +46,7 @@ def test_an_operator_lists_and_revokes_a_leaked_key(database_url, committed_engi
     assert listed.returncode == 0, listed.stderr
     [line] = listed.stdout.splitlines()
     assert line.startswith(f"{shown}  booking widget  (created ") and "REVOKED" not in line
+    assert re.search(r"\(created \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\)", line), line  # which clock, said
     assert key not in listed.stdout
 
     revoked = voiceappoint(
