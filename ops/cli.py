@@ -48,6 +48,9 @@ CELERY_APP = "workers.celery_app"
 # The plaintext demo key, in the data folder, so that `up` can show the same key every time.
 DEMO_KEY_FILE = "demo-api-key"
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# SIGTERM gives the worker Celery's warm shutdown: it finishes its running tasks, which the hard time limit
+# (JobTask.time_limit, 40 s) bounds. Killed sooner, a booking would be cut off and run again (docs/operations.md).
+STOP_GRACE_SECONDS = 45.0
 # Tools of the virtual environment this command runs from (not whatever is first on PATH).
 VENV_BIN = Path(sys.executable).parent
 
@@ -528,7 +531,7 @@ class Supervisor:
                 return name, code
         return None
 
-    def stop_all(self, grace_seconds: float = 15.0) -> None:
+    def stop_all(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         # Reverse start order: Flower and Beat go first, so nothing new is scheduled while the worker drains.
         for name, process in reversed(self.children.items()):
             if process.poll() is None:

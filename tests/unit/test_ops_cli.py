@@ -12,7 +12,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ops.cli import FLOWER_MAX_TASKS, Supervisor, _banner, _flower_env, _how_it_ended, _http_url, _pytest_args
+from ops.cli import (
+    FLOWER_MAX_TASKS,
+    STOP_GRACE_SECONDS,
+    Supervisor,
+    _banner,
+    _flower_env,
+    _how_it_ended,
+    _http_url,
+    _pytest_args,
+)
 from ops.services import REPO_ROOT
 from tests.commands import run_voiceappoint
 
@@ -173,6 +182,13 @@ def test_compose_gives_the_worker_time_to_finish_its_tasks_and_bounds_its_pool()
     assert grace.endswith("s") and int(grace[:-1]) > JobTask.time_limit
     # Celery's default pool is the CPU count the container sees: one database connection each.
     assert "--concurrency" in worker["command"]
+
+
+def test_up_gives_the_worker_time_to_finish_its_tasks_too():
+    # It killed after 15 s: a booking running then was cut off and run again (found in review).
+    from workers.base import JobTask
+
+    assert JobTask.time_limit < STOP_GRACE_SECONDS
 
 
 def test_the_banners_urls_and_curl_lines_work_for_an_ipv6_host():
