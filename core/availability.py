@@ -1003,7 +1003,8 @@ def nearest_alternatives(
 
     Never in the past or too soon, nor in `closed_months` (local months by their first day: those the plan
     has filled); no further ahead than max_advance_booking_days (or the longest range find_slots serves,
-    for a service without that limit), nor more than ALTERNATIVES_WITHIN from `start`.
+    for a service without that limit), nor more than ALTERNATIVES_WITHIN from `start`, or from the edge of
+    the bookable dates when `start` lies beyond it (too far ahead, too soon): the nearest slots are there.
     The search widens outward from `start`'s day, so the usual case loads a couple of days only.
     """
     context = _context(uow, service)
@@ -1011,15 +1012,12 @@ def nearest_alternatives(
     horizon = rules.max_advance_booking_days
     if horizon is None:
         horizon = get_settings().max_availability_days
-    asked = start.astimezone(tz).date()
-    first = max(
-        (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date(),
-        asked - ALTERNATIVES_WITHIN,
-    )
-    last = min((now + timedelta(days=horizon)).astimezone(tz).date(), asked + ALTERNATIVES_WITHIN)
-    if count <= 0 or first > last:
+    earliest = (now + timedelta(hours=rules.min_advance_booking_hours)).astimezone(tz).date()
+    latest = (now + timedelta(days=horizon)).astimezone(tz).date()
+    if count <= 0 or earliest > latest:
         return []
-    anchor = min(max(asked, first), last)
+    anchor = min(max(start.astimezone(tz).date(), earliest), latest)
+    first, last = max(earliest, anchor - ALTERNATIVES_WITHIN), min(latest, anchor + ALTERNATIVES_WITHIN)
     radius = 1
     while True:
         low, high = max(first, anchor - radius * ONE_DAY), min(last, anchor + radius * ONE_DAY)

@@ -256,6 +256,19 @@ def test_nearest_alternatives_search_outward(db, salon):
         ] == [at(MONDAY + timedelta(days=32), "09:00")]
 
 
+def test_a_time_beyond_the_booking_horizon_is_offered_the_last_slots_before_it(db, salon):
+    # Asked for two months past a 30-day horizon: the nearest free slots are the horizon's last ones. The search
+    # stopped a month from the time asked for and offered nothing (found in review).
+    salon.haircut.max_advance_booking_days = 30
+    db.flush()
+    last_week = (NOW + timedelta(days=23)).date(), (NOW + timedelta(days=30)).date()
+    with salon.uow() as uow:
+        near = nearest_alternatives(uow, salon.haircut, NOW + timedelta(days=90), NOW, 3)
+        bookable = find_slots(uow, salon.haircut.id, *last_week, NOW).slots
+    assert len(near) == 3
+    assert near == bookable[-3:]
+
+
 def test_the_tenant_slot_step_and_time_zone_are_used(db):
     tenant = f.make_tenant(db, timezone="America/New_York")  # no slot_step_minutes: the default 15
     service = f.make_service(
