@@ -8,16 +8,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import Problem
+from core.db import refused_as_read_only
 from core.errors import DomainError, Unauthorized
 
 log = logging.getLogger(__name__)
 
-# What a request meets while the database restarts or fails over, or its pool is exhausted: a 503 to retry.
+# What a request meets while the database restarts, or its pool is exhausted: a 503 to retry (and, during a
+# failover, a write refused as read-only: see on_internal_database_error).
 DATABASE_UNAVAILABLE = (OperationalError, PoolTimeout)
 PROBLEM_TYPE_BASE = "https://docs.voiceappoint.app/errors/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -191,5 +193,11 @@ def install(app: FastAPI) -> None:
             "The service is briefly unavailable; please retry.",
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(InternalError)
+    async def on_internal_database_error(request: Request, error: InternalError) -> JSONResponse:
+        if refused_as_read_only(error):  # a failover under way: as unavailable as a lost connection
+            return await on_database_unavailable(request, error)
+        raise error  # unexpected: answered by api.app.RequestId, as below
 
     # An unexpected error is answered by api.app.RequestId, inside the request's context.

@@ -179,6 +179,12 @@ def _execute_outside_transaction(dbapi_connection: Any, statement: str) -> tuple
         dbapi_connection.autocommit = autocommit
 
 
+def refused_as_read_only(error: BaseException) -> bool:
+    """A write the database refused because it is read-only (25006): in a failover, the old primary, now a
+    standby, until the pool's connections find the new one. A passing outage, as a lost connection is."""
+    return isinstance(getattr(error, "orig", None), psycopg.errors.ReadOnlySqlTransaction)
+
+
 def get_engine() -> Engine:
     global _engine
     if _engine is None:

@@ -15,7 +15,6 @@ import random
 from typing import Any
 
 import kombu.exceptions
-import psycopg
 import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -23,6 +22,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
 
+from core.db import refused_as_read_only
 from core.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sa_exc.PendingRollbackError) and error.__context__ is not None:
         # Clean-up that touched a connection after it failed: the first error says what happened.
         return is_transient(error.__context__)
-    if isinstance(error, sa_exc.DBAPIError) and isinstance(error.orig, psycopg.errors.ReadOnlySqlTransaction):
-        # 25006: in a failover, the old primary (now a standby) refuses writes until the pool's connections
-        # find the new one. psycopg reports it as an InternalError.
+    if refused_as_read_only(error):  # psycopg reports it as an InternalError
         return True
     # Any DBAPI error raised because the connection died (SQLAlchemy marks the connection invalidated).
     return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)

@@ -27,7 +27,7 @@ from core import errors as core_errors
 from core import logging as app_logging
 from core.models import ApiKey, Client, IntakeJob, ServiceResource
 from tests import factories
-from tests.scenarios import book, build_salon, request, rows
+from tests.scenarios import book, build_salon, committed_salon, request, rows
 from tests.statements import statements_sent
 from workers.celery_app import app as celery_app
 
@@ -484,6 +484,26 @@ def test_an_unreachable_database_is_a_503_not_a_500(salon, redis_prefix, monkeyp
     )
     with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as test_client:
         response = test_client.get("/v1/services")
+    assert_problem(response, 503, "database_unavailable")
+    assert response.headers["retry-after"] == "1"
+
+
+def test_a_write_refused_by_a_read_only_database_is_a_503_not_a_500(
+    committed_engine, redis_prefix, monkeypatch
+):
+    # During a failover the old primary, now a standby, refuses writes (25006) until the pool finds the new one.
+    salon = committed_salon(committed_engine, with_api_key=True)
+    standby = core_db.make_engine(
+        committed_engine.url.render_as_string(hide_password=False),
+        connect_args={"options": "-c default_transaction_read_only=on"},
+    )
+    monkeypatch.setattr(core_db, "_session_factory", None)
+    monkeypatch.setattr(core_db, "_engine", standby)
+    try:
+        with TestClient(create_app(), headers={"Authorization": f"Bearer {salon.api_key}"}) as test_client:
+            response = test_client.post("/v1/bookings", json=booking_body(salon))
+    finally:
+        standby.dispose()
     assert_problem(response, 503, "database_unavailable")
     assert response.headers["retry-after"] == "1"
 
