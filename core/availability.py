@@ -44,7 +44,7 @@ import re
 import uuid
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
@@ -997,14 +997,15 @@ def nearest_alternatives(
     count: int = 3,
     resource_ids: Sequence[uuid.UUID] | None = None,
     *,
-    closed_months: Collection[date] = (),
+    closed_months: Callable[[date, date], Collection[date]] = lambda first, last: (),
 ) -> list[Slot]:
     """The `count` free slots closest in time to `start`, before or after it, in time order.
 
-    Never in the past or too soon, nor in `closed_months` (local months by their first day: those the plan
-    has filled); no further ahead than max_advance_booking_days (or the longest range find_slots serves,
-    for a service without that limit), nor more than ALTERNATIVES_WITHIN from `start`, or from the edge of
-    the bookable dates when `start` lies beyond it (too far ahead, too soon): the nearest slots are there.
+    Never in the past or too soon, nor in the months `closed_months(first, last)` gives for the local dates
+    searched (local months by their first day: those the plan has filled); no further ahead than
+    max_advance_booking_days (or the longest range find_slots serves, for a service without that limit), nor
+    more than ALTERNATIVES_WITHIN from `start`, or from the edge of the bookable dates when `start` lies beyond
+    it (too far ahead, too soon): the nearest slots are there.
     The search widens outward from `start`'s day, so the usual case loads a couple of days only.
     """
     context = _context(uow, service)
@@ -1018,11 +1019,12 @@ def nearest_alternatives(
         return []
     anchor = min(max(start.astimezone(tz).date(), earliest), latest)
     first, last = max(earliest, anchor - ALTERNATIVES_WITHIN), min(latest, anchor + ALTERNATIVES_WITHIN)
+    closed = closed_months(first, last)
     radius = 1
     while True:
         low, high = max(first, anchor - radius * ONE_DAY), min(last, anchor + radius * ONE_DAY)
         calendar = _load(uow, context, low, high, resource_ids or ())
-        found = nearest_slots(calendar, start, now, count, low, high, resource_ids or (), closed_months)
+        found = nearest_slots(calendar, start, now, count, low, high, resource_ids or (), closed)
         if low == first and high == last:
             return found
         if len(found) == count:

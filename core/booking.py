@@ -494,7 +494,9 @@ def _with_alternatives(
         now,
         ALTERNATIVES + (moving_from is not None),
         resource_ids or None,
-        closed_months=_months_without_room(uow, tenant, start, appointment.id, moving_from),
+        closed_months=lambda first, last: _months_without_room(
+            uow, tenant, first, last, appointment.id, moving_from
+        ),
     )
     # One more was asked for when a move's own place (its time with its resources) may be among them; of
     # the rest, the nearest stay. The same time with another stylist is a real move, and stays.
@@ -606,17 +608,22 @@ def _same_place(slot: Slot, other: Slot | None) -> bool:
 
 
 def _months_without_room(
-    uow: UnitOfWork, tenant: Tenant, start: datetime, appointment_id: uuid.UUID, moving_from: Slot | None
+    uow: UnitOfWork,
+    tenant: Tenant,
+    first: date,
+    last: date,
+    appointment_id: uuid.UUID,
+    moving_from: Slot | None,
 ) -> frozenset[date]:
-    """The local months (by their first day) within reach of the alternatives that the plan has filled, the
-    appointment itself aside; never the month a move starts from. An alternative offered must be bookable,
-    and the nearest ones can fall in the next month: the search goes on past them instead."""
+    """The local months (by their first day) from `first`'s to `last`'s, the dates the alternatives are
+    searched in, that the plan has filled, the appointment itself aside; never the month a move starts from.
+    An alternative offered must be bookable, and the nearest ones can fall in the next month: the search goes
+    on past them instead."""
     limit = plans.monthly_allowance(uow, tenant.id)
     if limit is None:
         return frozenset()
     zone = ZoneInfo(tenant.timezone)
-    reach = availability.ALTERNATIVES_WITHIN
-    full = plans.full_months(uow, tenant.id, zone, limit, start - reach, start + reach, appointment_id)
+    full = plans.full_months(uow, tenant.id, zone, limit, first, last, appointment_id)
     if moving_from is not None:
         full.discard(plans.month_start(moving_from.start, zone).date())
     return frozenset(full)

@@ -399,6 +399,27 @@ def test_a_full_month_next_to_the_time_asked_for_still_leaves_three_alternatives
     assert starts == ["2027-03-25T17:00:00+01:00", "2027-03-26T17:00:00+01:00", "2027-03-27T17:00:00+01:00"]
 
 
+def test_a_time_far_beyond_the_window_is_not_offered_slots_in_a_month_the_plan_has_filled(db, salon):
+    # The alternatives to a time beyond the window are searched at the window's edge, but the months the plan
+    # has filled were read around the time asked for: April, full, was offered (found in review).
+    factories.make_subscription(db, salon.tenant, factories.make_plan(db, max_appointments_per_month=1))
+    book(
+        salon,
+        BookingRequest(
+            salon.haircut.id, salon.at(date(2027, 4, 20), "10:00"), ClientDetails("A", phone="612000001")
+        ),
+    )
+    far = BookingRequest(
+        salon.haircut.id, salon.at(date(2027, 6, 28), "10:00"), ClientDetails("B", phone="612000002")
+    )
+    with pytest.raises(SlotUnavailable) as refused:
+        book(salon, far)
+    assert refused.value.code == "too_far"
+    offered = [alternative["start"] for alternative in refused.value.details["alternatives"]]
+    assert offered, "the window's last slots (in March, April being full)"
+    assert not [start for start in offered if start.startswith("2027-04")], offered
+
+
 def test_reschedule_moves_the_allocation_in_one_transaction(db, salon):
     booked = book(salon, request(salon, "10:00"))
     with UnitOfWork(salon.tenant.id) as uow:
