@@ -79,11 +79,20 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     event.listen(engine, "checkin", _release_session_locks)
     event.listen(engine, "rollback", _drop_if_a_statement_is_running)
     event.listen(engine, "rollback_savepoint", _drop_if_a_statement_is_running)
+    event.listen(engine, "handle_error", _drop_connections_to_a_standby)
     if settings.db_app_role:
         act_as(engine, settings.db_app_role)
     if settings.is_production:
         event.listen(engine, "connect", _refuse_a_login_above_the_policies)
     return engine
+
+
+def _drop_connections_to_a_standby(context: Any) -> None:
+    """A write refused as read-only outside a reader: the connection reached the old primary, now a standby,
+    and would pass pool_pre_ping and refuse every write for good. Dropped as a lost connection is, with the
+    rest of the pool, so that the retry connects anew and finds the new primary."""
+    if refused_as_read_only(context.sqlalchemy_exception):
+        context.is_disconnect = True
 
 
 def _drop_if_a_statement_is_running(connection: Connection, *savepoint: Any) -> None:
@@ -180,8 +189,9 @@ def _execute_outside_transaction(dbapi_connection: Any, statement: str) -> tuple
 
 
 def refused_as_read_only(error: BaseException) -> bool:
-    """A write the database refused because it is read-only (25006): in a failover, the old primary, now a
-    standby, until the pool's connections find the new one. A passing outage, as a lost connection is."""
+    """A write the database refused because it is read-only (25006). Outside a reader (whose own read-only
+    transaction refusing a write is a bug: see UnitOfWork.__exit__), the old primary during a failover: a
+    passing outage, and the engine drops the connection (see _drop_connections_to_a_standby)."""
     return isinstance(getattr(error, "orig", None), psycopg.errors.ReadOnlySqlTransaction)
 
 
@@ -247,7 +257,7 @@ class UnitOfWork:
         event.listen(self.session, "after_begin", self._apply_context)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, *_: Any) -> None:
         try:
             # A reader refused by the domain (404, 409, 403) wrote nothing either, and its transaction works.
             if self.read_only and (exc_type is None or issubclass(exc_type, DomainError)):
@@ -259,6 +269,10 @@ class UnitOfWork:
                 self.session.rollback()  # whatever was not committed is dropped
         finally:
             self.session.close()
+        if self.read_only and error is not None and refused_as_read_only(error):
+            # Refused by this reader's own read-only transaction, not by a standby in a failover: a bug,
+            # which neither a retry (workers) nor a 503 (the API) would mend.
+            raise RuntimeError("a write in a read-only unit of work") from error
 
     def _apply_context(self, session: Session, transaction: Any, connection: Connection) -> None:
         if transaction is not None and transaction.nested:

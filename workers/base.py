@@ -1,10 +1,10 @@
 """The base class of every task: late acknowledgement, time limits, and retries for transient errors only.
 
-What is transient: the database or Redis being unreachable, a connection dropped mid-transaction, a
-deadlock or serialization failure (psycopg reports those as OperationalError too), a database refusing
-writes during a failover (25006), the soft time limit (a lock wait or a slow database under load, like a statement timeout), and any
-`TransientError` a task raises (provider 5xx/429 wrappers will derive from it or be added to
-TRANSIENT_ERRORS). A DomainError is a final outcome: the task records it on its job and is never retried,
+What is transient: the database or Redis being unreachable, a connection dropped mid-transaction (or
+dropped by core.db for refusing writes during a failover, 25006), a deadlock or serialization failure
+(psycopg reports those as OperationalError too), the soft time limit (a lock wait or a slow database under
+load, like a statement timeout), and any `TransientError` a task raises (provider 5xx/429 wrappers will
+derive from it or be added to TRANSIENT_ERRORS). A DomainError is a final outcome: the task records it on its job and is never retried,
 and neither is anything else (a bug does not get better by running it again).
 """
 
@@ -22,7 +22,6 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
 
-from core.db import refused_as_read_only
 from core.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -70,9 +69,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sa_exc.PendingRollbackError) and error.__context__ is not None:
         # Clean-up that touched a connection after it failed: the first error says what happened.
         return is_transient(error.__context__)
-    if refused_as_read_only(error):  # psycopg reports it as an InternalError
-        return True
-    # Any DBAPI error raised because the connection died (SQLAlchemy marks the connection invalidated).
+    # Any DBAPI error raised because the connection died (SQLAlchemy marks the connection invalidated), or
+    # was dropped as one that reached a standby in a failover (core.db refuses to keep those).
     return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
 
 

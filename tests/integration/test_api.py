@@ -13,8 +13,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text, update
 
 from api import schemas as api_schemas
@@ -994,3 +996,36 @@ def test_local_dates_written_as_seconds_since_1970_are_refused(client, salon, pa
         params["service_id"] = str(salon.haircut.id)
     problem = assert_problem(client.get(path, params=params), 422, "validation_error")
     assert [error["field"] for error in problem["errors"]] == ["from", "to"]
+
+
+def test_an_unexpected_database_error_is_a_500_with_the_request_id_in_the_answer_and_the_log(
+    client, monkeypatch
+):
+    # (review) on_internal_database_error re-raises an InternalError that is not a read-only refusal: it must
+    # still be answered by RequestId, logged once with the request's id, not escape as a bare 500.
+    stream = io.StringIO()
+    app_logging.configure("INFO", json=True, stream=stream)
+
+    def broken(uow):
+        raise sa_exc.InternalError("SELECT 1", {}, psycopg.errors.InternalError_("internal"))
+
+    monkeypatch.setattr(catalog_routes.catalog, "list_services", broken)
+    response = client.get("/v1/services", headers={"X-Request-ID": "req-500-internal"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "internal_error"
+    assert response.headers.get("x-request-id") == "req-500-internal"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    error_lines = [line for line in lines if line["message"].startswith("unhandled error")]
+    assert [line.get("request_id") for line in error_lines] == ["req-500-internal"], lines
+
+
+def test_a_write_in_a_read_only_unit_of_work_is_a_bug_not_an_unavailable_database(client, salon, monkeypatch):
+    # (review) A reader refused a write (25006) by its own read-only transaction, the guard core.db describes,
+    # is a bug in our code: it must be a 500 with its traceback logged, not a 503 telling the client to retry.
+    def writes_while_reading(uow):
+        uow.session.execute(text("UPDATE services SET name = name"))
+        return []
+
+    monkeypatch.setattr(catalog_routes.catalog, "list_services", writes_while_reading)
+    assert_problem(client.get("/v1/services"), 500, "internal_error")

@@ -22,6 +22,7 @@ from core.config import get_settings
 from core.db import UnitOfWork, make_engine
 from tests.factories import make_tenant
 from tests.scenarios import build_emailing_salon
+from workers.base import is_transient
 
 
 @pytest.fixture
@@ -247,5 +248,27 @@ def test_a_burst_of_requests_reuses_the_connections_of_the_one_before(database_u
                 bursts.append(set(pool.map(lambda _: backend_pid(), range(size))))
         assert len(bursts[0]) == size
         assert bursts[1] == bursts[0]
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_that_refused_a_write_as_read_only_is_not_handed_out_again(database_url):
+    # (review) A connection opened to the old primary while it is a standby (the failover's DNS or proxy not
+    # yet switched) refuses every write (25006), and passes pool_pre_ping. The workers retry such a write and the
+    # API answers 503 "until the pool's connections find the new one" (core.db.refused_as_read_only): unless
+    # the pool drops them, nothing ever makes them find it (no pool_recycle), and each retry meets the standby.
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as connection:
+            standby_pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            connection.exec_driver_sql("SET SESSION default_transaction_read_only = on")
+            connection.commit()
+        factory = sessionmaker(engine)
+        with pytest.raises(Exception) as refused, UnitOfWork(system=True, factory=factory) as uow:
+            uow.session.execute(text("CREATE TEMPORARY TABLE refused (id int)"))
+        assert "read-only" in str(refused.value)
+        assert is_transient(refused.value)  # a worker retries it, on a new connection
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != standby_pid
     finally:
         engine.dispose()

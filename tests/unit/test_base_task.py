@@ -9,7 +9,6 @@ from collections.abc import Callable
 from unittest import mock
 
 import kombu.exceptions
-import psycopg
 import pytest
 import redis.exceptions
 from celery import Celery
@@ -137,10 +136,6 @@ def test_what_counts_as_transient():
     assert not is_transient(sa_exc.DBAPIError("SELECT 1", {}, Exception("syntax error")))
     assert not is_transient(ERRORS["integrity"]())
     assert not is_transient(ERRORS["slot_taken"]())
-    # A primary demoted in a failover, until the pool finds the new one.
-    read_only = psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
-    assert is_transient(sa_exc.InternalError("INSERT INTO appointments ...", {}, read_only))
-    assert not is_transient(sa_exc.InternalError("SELECT 1", {}, psycopg.errors.InternalError_("internal")))
 
 
 def _raised_while_handling(first: BaseException, then: BaseException) -> BaseException:
