@@ -580,7 +580,10 @@ def _next_weekday(today: date) -> date:
 def _how_it_ended(returncode: int) -> str:
     # Popen gives -N for a child killed by signal N.
     if returncode < 0:
-        return f"was killed by {signal.Signals(-returncode).name}"
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:  # a real-time signal between SIGRTMIN and SIGRTMAX has no name of its own
+            return f"was killed by signal {-returncode}"
     return f"exited with status {returncode}"
 
 
@@ -596,7 +599,7 @@ def _banner(api_url: str, flower_url: str, api_key: str | None, started: datetim
     zone = ZoneInfo(seed.DEMO_TIMEZONE)
     day = _next_weekday(datetime.now(zone).date())
     # A key of this run's own: a key names one request for good, and the demo's database outlives runs.
-    idempotency_key = f"demo-{day}-{started:%H%M%S}"
+    idempotency_key = f"demo-{started:%Y%m%dT%H%M%S}"
     start = datetime.combine(day, datetime.min.time().replace(hour=10), zone).isoformat()
     key = api_key or "<run: voiceappoint apikey create --tenant bella-hair-salon>"
     auth = f'-H "Authorization: Bearer {key}"'

@@ -219,3 +219,5 @@ def test_each_run_of_up_shows_a_booking_with_an_idempotency_key_of_its_own():
 def test_a_child_killed_by_a_signal_is_said_so():
     assert _how_it_ended(-9) == "was killed by SIGKILL"
     assert _how_it_ended(3) == "exited with status 3"
+    # (review) A real-time signal has no name in signal.Signals: ValueError, and `up` died with a traceback.
+    assert _how_it_ended(-40) == "was killed by signal 40"
