@@ -318,33 +318,27 @@ def test_a_job_recorded_before_starts_were_stored_in_utc_is_replayed_by_the_same
         submit(salon, payload(salon, clock="12:00"), key="order-before-upgrade")
 
 
-def test_a_job_recorded_with_an_empty_resource_list_is_replayed_by_the_same_body(db, salon):
-    """Recorded before an empty resource_ids was dropped: its hash has the start in UTC and the empty list.
-    The same body again (its start with an offset) must get the job (found in review)."""
-    sent = {**payload(salon), "resource_ids": []}
-    recorded, _ = submit(salon, payload(salon, clock="11:00"), key="order-with-empty-list")
+@pytest.mark.parametrize("resource_ids_as_sent", ["empty", "unsorted"])
+def test_a_job_recorded_with_resource_ids_as_sent_is_replayed_by_the_same_body(
+    db, salon, resource_ids_as_sent
+):
+    """Recorded before an empty resource_ids was dropped (found in review), or before resource_ids were sorted:
+    its hash has the start in UTC and the list as it was sent. The same body again (its start with an offset)
+    must get the job."""
+    resource_ids = (
+        [] if resource_ids_as_sent == "empty" else [str(salon.stylists[0].id), str(salon.chairs[0].id)]
+    )
+    if resource_ids_as_sent == "unsorted":
+        resource_ids.sort(reverse=True)
+    sent = {**payload(salon), "resource_ids": resource_ids}
+    recorded, _ = submit(salon, payload(salon, clock="11:00"), key=f"order-{resource_ids_as_sent}")
     as_stored = {**sent, "start": salon.at(DAY, "10:00").astimezone(UTC).isoformat()}
     db.execute(
         update(IntakeJob)
         .where(IntakeJob.id == recorded.job_id)
         .values(payload=as_stored, request_hash=intake.request_hash("booking", as_stored))
     )
-    again, created = submit(salon, sent, key="order-with-empty-list")
-    assert (again.job_id, created) == (recorded.job_id, False)
-
-
-def test_a_job_recorded_before_resource_ids_were_sorted_is_replayed_by_the_same_body(db, salon):
-    """Its hash has the start in UTC and the resources in the order they were sent."""
-    in_the_order_sent = sorted((str(salon.stylists[0].id), str(salon.chairs[0].id)), reverse=True)
-    sent = {**payload(salon), "resource_ids": in_the_order_sent}
-    recorded, _ = submit(salon, payload(salon, clock="11:00"), key="order-unsorted")
-    as_stored = {**sent, "start": salon.at(DAY, "10:00").astimezone(UTC).isoformat()}
-    db.execute(
-        update(IntakeJob)
-        .where(IntakeJob.id == recorded.job_id)
-        .values(payload=as_stored, request_hash=intake.request_hash("booking", as_stored))
-    )
-    again, created = submit(salon, sent, key="order-unsorted")
+    again, created = submit(salon, sent, key=f"order-{resource_ids_as_sent}")
     assert (again.job_id, created) == (recorded.job_id, False)
 
 
