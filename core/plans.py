@@ -96,10 +96,7 @@ def booked_by_month(
 
     The months' bounds are Python's (zoneinfo), as the booking's: PostgreSQL's timezone() reads some IANA
     names (CET, EET, MET, WET) as fixed-offset abbreviations, without their summer time."""
-    starts = [month_start(first, zone)]
-    final = month_start(last, zone)
-    while starts[-1] < final:
-        starts.append(next_month_start(starts[-1]))
+    starts = _month_starts(zone, first, last)
     rows = uow.session.execute(
         _BOOKED_BY_MONTH,
         {
@@ -125,4 +122,15 @@ def full_months(
     """The local months from `first`'s to `last`'s (by their first day) that hold `limit` appointments
     already, `besides` one: nothing more can be booked in them."""
     booked = booked_by_month(uow, tenant_id, zone, first, last, besides)
-    return {month for month, count in booked.items() if count >= limit}
+    # Every month of the range, not only those holding appointments: a plan allowing none fills them all.
+    months = (start.date() for start in _month_starts(zone, first, last))
+    return {month for month in months if booked.get(month, 0) >= limit}
+
+
+def _month_starts(zone: ZoneInfo, first: datetime | date, last: datetime | date) -> list[datetime]:
+    """The local midnights that begin the months from `first`'s to `last`'s."""
+    starts = [month_start(first, zone)]
+    final = month_start(last, zone)
+    while starts[-1] < final:
+        starts.append(next_month_start(starts[-1]))
+    return starts
