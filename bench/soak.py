@@ -222,6 +222,9 @@ def _client_loop(
             except httpx.HTTPError as exc:
                 with traffic.lock:
                     traffic.broken.append(f"no answer: {exc!r}")
+            except Exception as exc:  # an answer not shaped as documented (no JSON, a field missing)
+                with traffic.lock:
+                    traffic.broken.append(f"unexpected answer: {exc!r}")
 
 
 # --- the stack's processes ---------------------------------------------------------------------------------
@@ -336,63 +339,69 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    engine = create_engine(make_url(settings.database_url).set(database="postgres"), pool_size=1)
-    traffic = Traffic()
-    samples: list[tuple[float, dict[str, float]]] = []
-    most_connections, idle_in_transaction = 0, 0
-    stopped_cleanly = False
+    # The database and the Redis keys go whatever happens: `up` failing to start, Ctrl-C, a failed check.
     try:
-        deadline = time.monotonic() + STARTED_WITHIN
-        while "VoiceAppoint is running" not in log_path.read_text():
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"`up` did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        key = (data_dir / DEMO_KEY_FILE).read_text().strip()
-        base_url = f"http://127.0.0.1:{api_port}"
-        services = [str(service_id) for service_id in seed.DEMO_SERVICE_IDS.values()]
-
-        began = time.monotonic()
-        until = began + args.minutes * 60
-        interval = args.clients / args.rate
-        clients = [
-            threading.Thread(target=_client_loop, args=(base_url, key, services, traffic, interval, until))
-            for _ in range(args.clients)
-        ]
-        for client in clients:
-            client.start()
-        while any(client.is_alive() for client in clients):
-            samples.append((time.monotonic() - began, memory_of_stack(up.pid)))
-            connections, idle = _connections(engine, database)
-            most_connections, idle_in_transaction = (
-                max(most_connections, connections),
-                max(idle_in_transaction, idle),
-            )
-            with traffic.lock:
-                sent = sum(len(latencies) for latencies in traffic.latencies.values())
-            print(
-                f"  {time.monotonic() - began:6.0f} s: {sent} requests, {connections} connections", flush=True
-            )
-            for client in clients:
-                client.join(timeout=args.sample_seconds / len(clients))
-        samples.append((time.monotonic() - began, memory_of_stack(up.pid)))
-        seconds = time.monotonic() - began
-
-        jobs_end = time.monotonic() + JOBS_END_WITHIN
-        while (jobs := _jobs(database_url))["unfinished"] and time.monotonic() < jobs_end:
-            time.sleep(1)
-    finally:
-        up.send_signal(signal.SIGTERM)
+        engine = create_engine(make_url(settings.database_url).set(database="postgres"), pool_size=1)
+        traffic = Traffic()
+        samples: list[tuple[float, dict[str, float]]] = []
+        most_connections, idle_in_transaction = 0, 0
+        stopped_cleanly = False
         try:
-            stopped_cleanly = up.wait(timeout=60) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        engine.dispose()
-    overlaps = overlapping_allocations(database_url)
-    problems_in_log = [line for line in log_path.read_text().splitlines() if LOG_PROBLEM.search(line)]
-    if not os.environ.get("VOICEAPPOINT_KEEP_BENCH_DB"):
-        drop_database(database_url)
-    delete_keys_with_prefix(settings.redis_url, redis_prefix)
+            deadline = time.monotonic() + STARTED_WITHIN
+            while "VoiceAppoint is running" not in log_path.read_text():
+                if up.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"`up` did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            key = (data_dir / DEMO_KEY_FILE).read_text().strip()
+            base_url = f"http://127.0.0.1:{api_port}"
+            services = [str(service_id) for service_id in seed.DEMO_SERVICE_IDS.values()]
+
+            began = time.monotonic()
+            until = began + args.minutes * 60
+            interval = args.clients / args.rate
+            clients = [
+                threading.Thread(
+                    target=_client_loop, args=(base_url, key, services, traffic, interval, until), daemon=True
+                )
+                for _ in range(args.clients)
+            ]
+            for client in clients:
+                client.start()
+            while any(client.is_alive() for client in clients):
+                samples.append((time.monotonic() - began, memory_of_stack(up.pid)))
+                connections, idle = _connections(engine, database)
+                most_connections, idle_in_transaction = (
+                    max(most_connections, connections),
+                    max(idle_in_transaction, idle),
+                )
+                with traffic.lock:
+                    sent = sum(len(latencies) for latencies in traffic.latencies.values())
+                print(
+                    f"  {time.monotonic() - began:6.0f} s: {sent} requests, {connections} connections",
+                    flush=True,
+                )
+                for client in clients:
+                    client.join(timeout=args.sample_seconds / len(clients))
+            samples.append((time.monotonic() - began, memory_of_stack(up.pid)))
+            seconds = time.monotonic() - began
+
+            jobs_end = time.monotonic() + JOBS_END_WITHIN
+            while (jobs := _jobs(database_url))["unfinished"] and time.monotonic() < jobs_end:
+                time.sleep(1)
+        finally:
+            up.send_signal(signal.SIGTERM)
+            try:
+                stopped_cleanly = up.wait(timeout=60) == 0
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+            engine.dispose()
+        overlaps = overlapping_allocations(database_url)
+        problems_in_log = [line for line in log_path.read_text().splitlines() if LOG_PROBLEM.search(line)]
+    finally:
+        if not os.environ.get("VOICEAPPOINT_KEEP_BENCH_DB"):
+            drop_database(database_url)
+        delete_keys_with_prefix(settings.redis_url, redis_prefix)
 
     broken = list(traffic.broken)
     if jobs["unfinished"]:

@@ -126,7 +126,10 @@ def run_intake_jobs(factory: sessionmaker[Session], job_ids: list[str]) -> list[
 
 
 def overlapping_allocations(database_url: str) -> int:
-    """Pairs of active allocations of one capacity-1 resource at overlapping times: double bookings."""
+    """Pairs of active allocations of one capacity-1 resource at overlapping times: double bookings.
+
+    By the resource's capacity, not the allocations' `exclusive` flag: pairs of `exclusive` rows are what the
+    exclusion constraint already refuses, so a count of them is 0 whatever went wrong (a flag written false)."""
     engine = create_engine(database_url, pool_size=1)
     try:
         with engine.connect() as connection:
@@ -134,7 +137,8 @@ def overlapping_allocations(database_url: str) -> int:
                 text(
                     "SELECT count(*) FROM appointment_resources a JOIN appointment_resources b"
                     " ON a.resource_id = b.resource_id AND a.id < b.id AND a.allocated_during && b.allocated_during"
-                    " WHERE a.active AND b.active AND a.exclusive AND b.exclusive"
+                    " JOIN resources r ON r.id = a.resource_id"
+                    " WHERE a.active AND b.active AND COALESCE(r.capacity, 1) = 1"
                 )
             ).scalar_one()
     finally:
