@@ -88,9 +88,10 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
 
 
 def _drop_connections_to_a_standby(context: Any) -> None:
-    """A write refused as read-only outside a reader: the connection reached the old primary, now a standby,
-    and would pass pool_pre_ping and refuse every write for good. Dropped as a lost connection is, with the
-    rest of the pool, so that the retry connects anew and finds the new primary."""
+    """A write refused as read-only: the connection may have reached the old primary, now a standby, and
+    would pass pool_pre_ping and refuse every write for good. Dropped as a lost connection is, with the rest of
+    the pool, so that the retry connects anew and finds the new primary. (A reader's own refusal, a bug, drops
+    the pool too: rare, and it costs only new connections.)"""
     if refused_as_read_only(context.sqlalchemy_exception):
         context.is_disconnect = True
 
