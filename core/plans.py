@@ -92,11 +92,15 @@ def booked_by_month(
     besides: uuid.UUID | None = None,
 ) -> dict[date, int]:
     """The appointments that count against the plan in each local month from `first`'s to `last`'s, by the
-    month's first day, `besides` one (the appointment being booked or moved).
+    month's first day (every month of the range, 0 for one without any), `besides` one (the appointment being
+    booked or moved).
 
     The months' bounds are Python's (zoneinfo), as the booking's: PostgreSQL's timezone() reads some IANA
     names (CET, EET, MET, WET) as fixed-offset abbreviations, without their summer time."""
-    starts = _month_starts(zone, first, last)
+    starts = [month_start(first, zone)]
+    final = month_start(last, zone)
+    while starts[-1] < final:
+        starts.append(next_month_start(starts[-1]))
     rows = uow.session.execute(
         _BOOKED_BY_MONTH,
         {
@@ -107,7 +111,8 @@ def booked_by_month(
             "besides": besides,
         },
     )
-    return {starts[bucket - 1].date(): count for bucket, count in rows}
+    counts = dict(rows.all())  # by bucket: a month without appointments has no row
+    return {start.date(): counts.get(bucket, 0) for bucket, start in enumerate(starts, start=1)}
 
 
 def full_months(
@@ -122,15 +127,5 @@ def full_months(
     """The local months from `first`'s to `last`'s (by their first day) that hold `limit` appointments
     already, `besides` one: nothing more can be booked in them."""
     booked = booked_by_month(uow, tenant_id, zone, first, last, besides)
-    # Every month of the range, not only those holding appointments: a plan allowing none fills them all.
-    months = (start.date() for start in _month_starts(zone, first, last))
-    return {month for month in months if booked.get(month, 0) >= limit}
-
-
-def _month_starts(zone: ZoneInfo, first: datetime | date, last: datetime | date) -> list[datetime]:
-    """The local midnights that begin the months from `first`'s to `last`'s."""
-    starts = [month_start(first, zone)]
-    final = month_start(last, zone)
-    while starts[-1] < final:
-        starts.append(next_month_start(starts[-1]))
-    return starts
+    # Every month of the range, those without appointments too: a plan allowing none fills them all.
+    return {month for month, count in booked.items() if count >= limit}
