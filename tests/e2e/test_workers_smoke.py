@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from beat_schedule import BEAT_SCHEDULE
 from core import logging as log
+from ops.services import delete_keys_with_prefix
 from tests.e2e.processes import ProcessEnvironment, client_app, eventually
 from workers.celery_app import QUEUE_NAMES, WORKER_MAX_MEMORY_KIB
 
@@ -137,8 +138,7 @@ def test_keys_live_under_this_runs_prefix_and_other_prefixes_are_not_served(
         assert stranger.state == "PENDING"
     finally:
         other.close()
-        for key in raw.scan_iter(match=f"{other_prefix}*"):
-            raw.delete(key)
+        delete_keys_with_prefix(process_environment.redis_url, other_prefix)
         raw.close()
 
 
