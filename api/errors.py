@@ -182,8 +182,6 @@ def install(app: FastAPI) -> None:
             error.status_code, code, code.replace("_", " ").capitalize(), str(error.detail), error.headers
         )
 
-    @app.exception_handler(OperationalError)  # the two of DATABASE_UNAVAILABLE (one type per handler)
-    @app.exception_handler(PoolTimeout)
     async def on_database_unavailable(request: Request, error: Exception) -> JSONResponse:
         log.error("database unavailable on %s %s: %s", request.method, request.url.path, error)
         return problem(
@@ -193,6 +191,9 @@ def install(app: FastAPI) -> None:
             "The service is briefly unavailable; please retry.",
             headers={"Retry-After": "1"},
         )
+
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, on_database_unavailable)
 
     @app.exception_handler(InternalError)
     async def on_internal_database_error(request: Request, error: InternalError) -> JSONResponse:
