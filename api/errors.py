@@ -13,13 +13,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import Problem
-from core.db import refused_as_read_only
+from core.db import may_pass, refused_as_read_only
 from core.errors import DomainError, Unauthorized
 
 log = logging.getLogger(__name__)
 
 # What a request meets while the database restarts, or its pool is exhausted: a 503 to retry (and, during a
-# failover, a write refused as read-only: see on_internal_database_error).
+# failover, a write refused as read-only: see on_internal_database_error). Of the OperationalErrors, only those
+# core.db.may_pass says a later try may not meet.
 DATABASE_UNAVAILABLE = (OperationalError, PoolTimeout)
 PROBLEM_TYPE_BASE = "https://docs.voiceappoint.app/errors/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -183,6 +184,8 @@ def install(app: FastAPI) -> None:
         )
 
     async def on_database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, OperationalError) and not may_pass(error):
+            raise error  # a retry would meet it again (a program limit exceeded): unexpected, as below
         log.error("database unavailable on %s %s: %s", request.method, request.url.path, error)
         return problem(
             503,

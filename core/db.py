@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -194,6 +195,24 @@ def refused_as_read_only(error: BaseException) -> bool:
     transaction refusing a write is a bug: see UnitOfWork.__exit__), the old primary during a failover: a
     passing outage, and the engine drops the connection (see _drop_connections_to_a_standby)."""
     return isinstance(getattr(error, "orig", None), psycopg.errors.ReadOnlySqlTransaction)
+
+
+# The SQLSTATEs, by class or code, of the errors psycopg reports as OperationalError that a later try may not
+# meet: a connection lost or refused (08; 28 while a restart or a credentials change is under way), a transaction
+# rolled back by a deadlock or a serialization failure (40), resources running short (53), a lock or an object
+# busy (55P03, 55006), a statement timeout, a cancel or a shutdown (57). The others (a program limit exceeded,
+# a trigger or routine that broke its protocol, a misused savepoint) fail the same way each time they run.
+_PASSING_SQLSTATES = ("08", "28", "40", "53", "55P03", "55006", "57")
+
+
+def may_pass(error: sqlalchemy.exc.OperationalError) -> bool:
+    """Whether trying again later may succeed: the database (or the way to it) is briefly unavailable. An
+    error raised before any server answered (no SQLSTATE: the connection could not be made or was lost) or on a
+    connection SQLAlchemy has since dropped may pass too."""
+    if error.connection_invalidated:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(_PASSING_SQLSTATES)
 
 
 def get_engine() -> Engine:

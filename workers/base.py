@@ -1,11 +1,12 @@
 """The base class of every task: late acknowledgement, time limits, and retries for transient errors only.
 
 What is transient: the database or Redis being unreachable, a connection dropped mid-transaction (or
-dropped by core.db for refusing writes during a failover, 25006), a deadlock or serialization failure
-(psycopg reports those as OperationalError too), the soft time limit (a lock wait or a slow database under
-load, like a statement timeout), and any `TransientError` a task raises (provider 5xx/429 wrappers will
-derive from it or be added to TRANSIENT_ERRORS). A DomainError is a final outcome: the task records it on its job and is never retried,
-and neither is anything else (a bug does not get better by running it again).
+dropped by core.db for refusing writes during a failover, 25006), a deadlock, a serialization failure, a
+statement timeout and the other database errors that core.db.may_pass says a later try may not meet, the
+soft time limit (a lock wait or a slow database under load), and any `TransientError` a task raises
+(provider 5xx/429 wrappers will derive from it or be added to TRANSIENT_ERRORS). A DomainError is a final
+outcome: the task records it on its job and is never retried, and neither is anything else (a bug, or a
+database error such as a program limit exceeded, does not get better by running it again).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
 
+from core.db import may_pass
 from core.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # Over the soft time limit, a task is usually waiting on a lock or a slow database under load: the
     # same reason a statement timeout (an OperationalError, below) is retried.
     SoftTimeLimitExceeded,
-    sa_exc.OperationalError,
     sa_exc.InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -64,6 +65,8 @@ BROKER_UNREACHABLE: tuple[type[BaseException], ...] = (
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, DomainError):
         return False
+    if isinstance(error, sa_exc.OperationalError):
+        return may_pass(error)
     if isinstance(error, TRANSIENT_ERRORS):
         return True
     if isinstance(error, sa_exc.PendingRollbackError) and error.__context__ is not None:

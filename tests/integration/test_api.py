@@ -1020,6 +1020,17 @@ def test_an_unexpected_database_error_is_a_500_with_the_request_id_in_the_answer
     assert [line.get("request_id") for line in error_lines] == ["req-500-internal"], lines
 
 
+def test_a_database_error_that_a_retry_would_meet_again_is_a_500_not_a_503(client, salon, monkeypatch):
+    # PostgreSQL reports a program limit exceeded (54000) as an OperationalError, as it does a lost connection;
+    # a 503 would tell the client to retry a request that fails the same way each time.
+    def exceeds_a_limit(uow):
+        uow.session.execute(text("SELECT repeat('x', 1073741824)"))  # requested length too large
+        return []
+
+    monkeypatch.setattr(catalog_routes.catalog, "list_services", exceeds_a_limit)
+    assert_problem(client.get("/v1/services"), 500, "internal_error")
+
+
 def test_a_write_in_a_read_only_unit_of_work_is_a_bug_not_an_unavailable_database(client, salon, monkeypatch):
     # (review) A reader refused a write (25006) by its own read-only transaction, the guard core.db describes,
     # is a bug in our code: it must be a 500 with its traceback logged, not a 503 telling the client to retry.

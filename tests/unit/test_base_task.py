@@ -9,6 +9,7 @@ from collections.abc import Callable
 from unittest import mock
 
 import kombu.exceptions
+import psycopg
 import pytest
 import redis.exceptions
 from celery import Celery
@@ -29,8 +30,16 @@ def database_gone() -> Exception:
     return sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
 
 
+def database_error(sqlstate_error: type[psycopg.Error]) -> Exception:
+    """The OperationalError SQLAlchemy raises for an error the server answered with this SQLSTATE."""
+    return sa_exc.OperationalError("SELECT 1", {}, sqlstate_error("as the server said"))
+
+
 ERRORS: dict[str, Callable[[], Exception]] = {
     "operational": database_gone,
+    "deadlock": lambda: database_error(psycopg.errors.DeadlockDetected),
+    "statement_timeout": lambda: database_error(psycopg.errors.QueryCanceled),
+    "program_limit": lambda: database_error(psycopg.errors.ProgramLimitExceeded),
     "interface": lambda: sa_exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")),
     "invalidated": lambda: sa_exc.DBAPIError(
         "SELECT 1", {}, Exception("terminating connection"), connection_invalidated=True
@@ -66,7 +75,17 @@ def fresh_attempts():
 
 @pytest.mark.parametrize(
     "error",
-    ["operational", "interface", "invalidated", "redis", "broker_send", "transient", "soft_time_limit"],
+    [
+        "operational",
+        "deadlock",
+        "statement_timeout",
+        "interface",
+        "invalidated",
+        "redis",
+        "broker_send",
+        "transient",
+        "soft_time_limit",
+    ],
 )
 def test_a_transient_error_is_retried_until_the_task_succeeds(error):
     result = fails_then_succeeds.apply(args=(error, 2))
@@ -76,7 +95,7 @@ def test_a_transient_error_is_retried_until_the_task_succeeds(error):
     assert attempts == [0, 1, 2]
 
 
-@pytest.mark.parametrize("error", ["slot_taken", "not_found", "integrity", "bug"])
+@pytest.mark.parametrize("error", ["slot_taken", "not_found", "integrity", "program_limit", "bug"])
 def test_a_domain_error_or_a_bug_is_not_retried(error):
     result = fails_then_succeeds.apply(args=(error, 1))
 
@@ -136,6 +155,29 @@ def test_what_counts_as_transient():
     assert not is_transient(sa_exc.DBAPIError("SELECT 1", {}, Exception("syntax error")))
     assert not is_transient(ERRORS["integrity"]())
     assert not is_transient(ERRORS["slot_taken"]())
+
+
+@pytest.mark.parametrize(
+    ("sqlstate_error", "transient"),
+    [
+        (psycopg.errors.ConnectionFailure, True),  # 08006
+        (psycopg.errors.InvalidPassword, True),  # 28P01, while the credentials change
+        (psycopg.errors.SerializationFailure, True),  # 40001
+        (psycopg.errors.TooManyConnections, True),  # 53300
+        (psycopg.errors.LockNotAvailable, True),  # 55P03, lock_timeout
+        (psycopg.errors.AdminShutdown, True),  # 57P01
+        (psycopg.errors.ProgramLimitExceeded, False),  # 54000: the same statement exceeds it again
+        (psycopg.errors.StatementTooComplex, False),  # 54001
+        (psycopg.errors.CantChangeRuntimeParam, False),  # 55P02
+        (psycopg.errors.InvalidSavepointSpecification, False),  # 3B001: a bug
+        (psycopg.errors.TriggerProtocolViolated, False),  # 39P01
+    ],
+)
+def test_a_database_error_is_retried_only_if_a_later_try_may_not_meet_it(sqlstate_error, transient):
+    assert is_transient(database_error(sqlstate_error)) is transient
+    # Whatever the server said, a connection SQLAlchemy dropped is a lost connection.
+    dropped = sa_exc.OperationalError("SELECT 1", {}, sqlstate_error("x"), connection_invalidated=True)
+    assert is_transient(dropped)
 
 
 def _raised_while_handling(first: BaseException, then: BaseException) -> BaseException:
