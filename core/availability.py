@@ -259,6 +259,10 @@ def nearest_slots(
 _UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
 _UNTIL_UTC_PART = re.compile(r";UNTIL=\d{8}T\d{6}Z|UNTIL=\d{8}T\d{6}Z;?", re.IGNORECASE)
 _DATE_TIME = re.compile(r"(\d{8}T\d{6})(Z?)", re.IGNORECASE)  # dateutil takes any case too
+_DATE = re.compile(r"\d{8}")
+# RFC 5545 wants a timed block's UNTIL to be a date-time; one written as a date means through that day, which
+# dateutil would read as its midnight, ending the block a day early.
+_UNTIL_DATE = re.compile(r"UNTIL=(\d{8})(?![\dT])", re.IGNORECASE)
 # The properties that carry date-times besides the RRULE's UNTIL (calendar exports write them in UTC).
 _DATE_PROPERTIES = ("DTSTART", "EXDATE", "RDATE")
 
@@ -294,7 +298,7 @@ def _occurrence_starts(
     start: datetime, length: timedelta, rule: str, tz: ZoneInfo, window_start: datetime, window_end: datetime
 ) -> list[datetime]:
     first_local = start.astimezone(tz).replace(tzinfo=None)
-    rule, until, excluded, added = _instants_apart(rule, tz)
+    rule, until, excluded, excluded_days, added = _instants_apart(rule, tz)
     rule = _on_local_wall_clock(rule, tz)
     parts = _rrule_parts(rule)
     if not parts.get("INTERVAL", "1").isdigit() or int(parts.get("INTERVAL", "1")) < 1:
@@ -309,17 +313,23 @@ def _occurrence_starts(
         starts.add(local.replace(tzinfo=tz).astimezone(UTC))
     if until is not None:
         starts = {moment for moment in starts if moment <= until or moment == start}
+    starts = {moment for moment in starts if moment.astimezone(tz).date() not in excluded_days}
     # RFC 5545: an EXDATE may remove the first occurrence too.
     return sorted((starts | added) - excluded)
 
 
-def _instants_apart(rule: str, tz: ZoneInfo) -> tuple[str, datetime | None, set[datetime], set[datetime]]:
-    """The rule without what it names as instants: a UTC UNTIL, and the date-times of its EXDATE and RDATE
-    lines (a floating one on the tenant's clock, at the first pass of a repeated hour, as occurrences are),
-    returned in UTC: (rule, until, excluded, added). dateutil walks the tenant's naive wall clock, on which
-    a UTC time in the second pass of a repeated autumn hour reads as the first (an UNTIL there cut that
-    night's occurrence), and it never removes the first occurrence. Dates (VALUE=DATE) stay in the rule."""
+def _instants_apart(
+    rule: str, tz: ZoneInfo
+) -> tuple[str, datetime | None, set[datetime], set[date], set[datetime]]:
+    """The rule without what it names as instants and days: a UTC UNTIL, the date-times of its EXDATE and
+    RDATE lines (a floating one on the tenant's clock, at the first pass of a repeated hour, as occurrences
+    are), returned in UTC, and the dates of its EXDATE lines: (rule, until, excluded, excluded_days, added).
+    dateutil walks the tenant's naive wall clock, on which a UTC time in the second pass of a repeated autumn
+    hour reads as the first (an UNTIL there cut that night's occurrence), and it never removes the first
+    occurrence. An EXDATE date (VALUE=DATE) removes the occurrences that begin on that local day (dateutil
+    would remove only one at its midnight); an RDATE date stays in the rule."""
     excluded: set[datetime] = set()
+    excluded_days: set[date] = set()
     added: set[datetime] = set()
     lines = []
     for line in rule.strip().splitlines():
@@ -332,6 +342,9 @@ def _instants_apart(rule: str, tz: ZoneInfo) -> tuple[str, datetime | None, set[
         dates = []
         for value in values.split(","):
             match = _DATE_TIME.fullmatch(value.strip())
+            if match is None and name.upper() == "EXDATE" and _DATE.fullmatch(value.strip()):
+                excluded_days.add(datetime.strptime(value.strip(), "%Y%m%d").date())
+                continue
             if match is None:
                 dates.append(value)
                 continue
@@ -346,12 +359,13 @@ def _instants_apart(rule: str, tz: ZoneInfo) -> tuple[str, datetime | None, set[
     if found := _UNTIL_UTC.search(rule):
         until = datetime.strptime(found[1].upper(), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
         rule = _UNTIL_UTC_PART.sub("", rule, count=1)
-    return rule, until, excluded, added
+    return rule, until, excluded, excluded_days, added
 
 
 def _on_local_wall_clock(rule: str, tz: ZoneInfo) -> str:
     """The rule with every date-time on the tenant's naive wall clock, as it is expanded: UTC values
-    (`…Z`) and values with a TZID are converted; floating ones already are."""
+    (`…Z`) and values with a TZID are converted; floating ones already are. An UNTIL written as a date
+    becomes the last second of that local day."""
     lines = []
     for line in rule.strip().splitlines():
         head, colon, values = line.strip().partition(":")
@@ -362,7 +376,8 @@ def _on_local_wall_clock(rule: str, tz: ZoneInfo) -> str:
             values = ",".join(_local_value(value, zone, tz) for value in values.split(","))
             line = ";".join([name, *params]) + ":" + values
         lines.append(line)
-    return _UNTIL_UTC.sub(lambda match: "UNTIL=" + _local_value(match[0][6:], None, tz), "\n".join(lines))
+    rule = _UNTIL_UTC.sub(lambda match: "UNTIL=" + _local_value(match[0][6:], None, tz), "\n".join(lines))
+    return _UNTIL_DATE.sub(lambda match: f"UNTIL={match[1]}T235959", rule)
 
 
 def _named_zone(params: list[str]) -> ZoneInfo | None:

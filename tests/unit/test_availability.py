@@ -655,6 +655,45 @@ def test_an_until_falling_on_an_occurrence_keeps_that_occurrence():
 
 @pytest.mark.parametrize(
     "rule",
+    ["FREQ=DAILY;UNTIL=20270303", "RRULE:FREQ=DAILY;UNTIL=20270303;INTERVAL=1", "freq=daily;until=20270303"],
+)
+def test_an_until_written_as_a_date_keeps_the_occurrences_of_that_day(rule):
+    # RFC 5545 wants a date-time UNTIL on a timed rule; written as a date it means through that day. dateutil
+    # read it as that day's midnight, and the block's last lunch was offered for booking.
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 1, 13), at(MADRID, 2027, 3, 1, 14))
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 10, 0))
+    lunches = expand_block(*first, rule, tz, *window)
+    assert [s.astimezone(tz).day for s, _ in lunches] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("exdate", "days_left"),
+    [
+        ("EXDATE;VALUE=DATE:20270302", [1, 1, 3, 3, 4, 4]),
+        ("EXDATE;VALUE=DATE:20270301,20270303", [2, 2, 4, 4]),  # the first occurrence's day too
+        ("exdate;value=date:20270304\nEXDATE:20270302T090000", [1, 1, 2, 3, 3]),  # beside a date-time
+    ],
+)
+def test_an_exdate_written_as_a_date_removes_the_occurrences_of_that_day(exdate, days_left):
+    # dateutil removed only an occurrence at that day's midnight: the break cancelled for the day still blocked it.
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 1, 9), at(MADRID, 2027, 3, 1, 10))
+    window = (at(MADRID, 2027, 3, 1, 0), at(MADRID, 2027, 3, 5, 0))
+    breaks = expand_block(*first, f"RRULE:FREQ=DAILY;BYHOUR=9,16\n{exdate}", tz, *window)
+    assert [s.astimezone(tz).day for s, _ in breaks] == days_left
+
+
+def test_an_exdate_date_on_the_spring_forward_day_removes_that_days_occurrence():
+    tz = ZoneInfo(MADRID)
+    first = (at(MADRID, 2027, 3, 27, 13), at(MADRID, 2027, 3, 27, 14))
+    window = (at(MADRID, 2027, 3, 27, 0), at(MADRID, 2027, 3, 30, 0))
+    lunches = expand_block(*first, "RRULE:FREQ=DAILY\nEXDATE;VALUE=DATE:20270328", tz, *window)
+    assert [s.astimezone(tz).strftime("%d %H:%M") for s, _ in lunches] == ["27 13:00", "29 13:00"]
+
+
+@pytest.mark.parametrize(
+    "rule",
     [
         "FREQ=WEEKLY;BYDAY=MO,WE",
         "FREQ=DAILY;INTERVAL=3",
