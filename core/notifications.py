@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+import phonenumbers
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time
 from jinja2 import StrictUndefined, Template
@@ -86,9 +87,29 @@ def _channels_for(client: Client) -> list[str]:
         channels.append("email")
     # The column's default is {"email": true, "sms": false}: a client we can only reach by phone still gets
     # the SMS under it. One who turned down email as well as SMS gets nothing.
-    if client.phone and (preferences.get("sms") or (not channels and preferences.get("email", True))):
+    if (
+        client.phone
+        and _takes_sms(client.phone)
+        and (preferences.get("sms") or (not channels and preferences.get("email", True)))
+    ):
         channels.append("sms")
     return channels
+
+
+# Twilio refuses an SMS to a landline (21635) except in the countries where it attempts delivery to one.
+_LANDLINE_SMS_ATTEMPTED = frozenset({"US", "CA", "GB"})
+
+
+def _takes_sms(phone: str) -> bool:
+    """Whether an SMS to this number can be sent: not to a number that is a fixed line only (a Spanish 9xx;
+    numbers that may be either, as every US one, are given the benefit of the doubt)."""
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return True  # stored E.164 always parses; whatever else was stored is not ours to judge here
+    if phonenumbers.number_type(number) != phonenumbers.PhoneNumberType.FIXED_LINE:
+        return True
+    return phonenumbers.region_code_for_number(number) in _LANDLINE_SMS_ATTEMPTED
 
 
 _TEMPLATES = select(NotificationTemplate).where(
@@ -102,16 +123,18 @@ _TEMPLATES = select(NotificationTemplate).where(
 def _templates(
     uow: UnitOfWork, tenant: Tenant, notification_type: str, channels: list[str], locale: Locale
 ) -> dict[str, list[NotificationTemplate]]:
-    """The templates of each channel, best first: the tenant's own before the system ones, the client's
-    language (its exact locale, `es_ES`, then the bare language, `es`, then another region of it, `es_MX`)
-    before English (`en`, then any region of it). Channels without any template are left out."""
+    """The templates of each channel, best first: those in the client's language or in English before any
+    other, then the tenant's own before the system ones, then the client's language (its exact locale,
+    `es_ES`, then the bare language, `es`, then another region of it, `es_MX`) before English (`en`, then any
+    region of it). A business's template in a third language comes only after every one of those: a client
+    whose language has no template gets the English one. Channels without any template are left out."""
     candidates = uow.session.scalars(
         _TEMPLATES, {"type": notification_type, "channels": channels, "tenant_id": tenant.id}
     ).all()
 
     exact, language = str(locale).lower(), locale.language.lower()
 
-    def rank(template: NotificationTemplate) -> tuple[int, int, str]:
+    def rank(template: NotificationTemplate) -> tuple[bool, int, int, str]:
         written = (template.locale or "").replace("-", "_").lower()
         written_language = written.partition("_")[0]
         preferred = (
@@ -123,7 +146,8 @@ def _templates(
         )
         closeness = next((place for place, matches in enumerate(preferred) if matches), len(preferred))
         # The locale last: among equals the choice is the same on every booking.
-        return (0 if template.tenant_id is not None else 1, closeness, template.locale or "")
+        readable = closeness < len(preferred)
+        return (not readable, 0 if template.tenant_id is not None else 1, closeness, template.locale or "")
 
     ranked: dict[str, list[NotificationTemplate]] = {}
     for template in sorted(candidates, key=rank):
@@ -143,7 +167,9 @@ def _rendered(
             subject = (
                 _storable(render(template.subject_template, context)) if template.subject_template else None
             )
-            return template, subject, _storable(render(template.body_template, context))
+            body = _storable(render(template.body_template, context))
+            _sendable(template.channel, subject, body)
+            return template, subject, body
         except Exception as error:  # whatever a business's template raises (undefined, syntax, 1/0, sandbox)
             log.error("notification template %s (%s) does not render: %s", template.id, template.name, error)
     return None
@@ -156,6 +182,23 @@ def _storable(text: str) -> str:
     if "\x00" in text or not text.isascii() and _unencodable(text):
         raise ValueError("the text has a NUL character or a lone surrogate, which cannot be stored")
     return text
+
+
+# Twilio takes a Body of up to 1600 characters (21617) and none that is empty (21602).
+SMS_MAX_CHARACTERS = 1600
+
+
+def _sendable(channel: str, subject: str | None, body: str) -> None:
+    """Raises if the provider would refuse the message: SendGrid requires a subject and a non-empty content
+    ("The subject is required", "The content value must be a string at least one character in length"),
+    Twilio a body of 1 to 1600 characters. Such a message would stay pending for ever, while the next
+    template in line would have been sent."""
+    if not body.strip():
+        raise ValueError("the body is empty")
+    if channel == "email" and not (subject and subject.strip()):
+        raise ValueError("an email needs a subject")
+    if channel == "sms" and len(body) > SMS_MAX_CHARACTERS:
+        raise ValueError(f"an SMS body is at most {SMS_MAX_CHARACTERS} characters, this one has {len(body)}")
 
 
 def _unencodable(text: str) -> bool:
@@ -179,7 +222,9 @@ def render(source: str, context: dict) -> str:
 # babel writes some spaces as no-break ones (English times: "2:00\u202fPM"). GSM 03.38, the SMS alphabet,
 # has none of them, and one character outside it sends the whole SMS as UCS-2: 70 characters a segment
 # instead of 160, so a confirmation that fits one SMS would cost two.
-_GSM_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2009": " "})
+# babel's Catalan and Asturian dates write their elided article with a typographic apostrophe ("d’abril"),
+# outside GSM too: it is written as the plain one.
+_GSM_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u2019": "'"})
 
 _COLUMNS = (
     "id", "tenant_id", "template_id", "appointment_id", "notification_type", "recipient_type", "recipient_id",
@@ -219,6 +264,14 @@ def queue_for_appointment(
             contexts[writing] = appointment_context(tenant, client, service, appointment, writing)
         return contexts[writing]
 
+    for channel in channels:
+        if channel not in templates:
+            log.error(
+                "no %s template renders for %s of appointment %s (there is none)",
+                channel,
+                notification_type,
+                appointment.id,
+            )
     chosen = {}
     for channel, ranked in templates.items():
         rendered = _rendered(ranked, context_in, locale)
