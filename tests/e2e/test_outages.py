@@ -1,35 +1,91 @@
 """Outages under real processes: a Redis that restarts (keeping nothing, as a production Redis without
-persistence does) and a database connection that dies mid-booking. No accepted job may be lost, none may
-book twice, and the workers must carry on by themselves (docs/operations.md, section 4).
+persistence does), a database connection that dies mid-booking, and a PostgreSQL that crashes and restarts
+under running bookings. No accepted job may be lost, none may book twice, and the workers and the API must
+carry on by themselves (docs/operations.md, section 4).
 
-Redis here is a private server of the test's own (the machine's shared one is never stopped)."""
+A server that is stopped here is a private one of the test's own (the machine's shared ones never are)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from alembic import command
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
 from core import intake
-from core.db import UnitOfWork
+from core.db import UnitOfWork, make_engine
 from core.models import Appointment, IntakeJob
-from ops.services import _redis_server_binary
+from ops.database import alembic_config, create_database_if_missing
+from ops.services import _import_pgserver, _redis_server_binary, delete_keys_with_prefix
 from tests import factories
 from tests.e2e.processes import ProcessHarness, client_app, free_port
-from tests.scenarios import build_salon
+from tests.scenarios import build_salon, committed_salon
 
 SWEEP_AFTER_SECONDS = 10  # instead of a minute, so that a lost message is sent again within the test
+
+
+class PrivatePostgres:
+    """A PostgreSQL of the test's own (pgserver, as `voiceappoint` starts when none answers), on a socket."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs, when XDG_RUNTIME_DIR is unset
+            self.server = _import_pgserver().PostgresServer(directory, cleanup_mode=None)
+        socket_dir = self.server.get_postmaster_info().socket_dir
+        self.url = URL.create(
+            "postgresql+psycopg",
+            username="postgres",
+            database="voiceappoint",
+            query={"host": str(socket_dir)},
+        ).render_as_string(hide_password=False)
+
+    def crash_and_restart(self) -> None:
+        """An immediate shutdown (every backend killed, no checkpoint: what a crash leaves), then a start,
+        which recovers from the write-ahead log."""
+        self.stop(signal.SIGQUIT)
+        self.server._postmaster_info = None  # pgserver starts the server again only if it knows none
+        self.server.ensure_postgres_running()
+
+    def stop(self, how: signal.Signals = signal.SIGINT) -> None:
+        pid = self.server.get_postmaster_info().pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, how)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the private PostgreSQL did not stop")
+
+
+@pytest.fixture
+def private_postgres(tmp_path):
+    server = PrivatePostgres(tmp_path / "postgres")
+    try:
+        create_database_if_missing(server.url)
+        command.upgrade(alembic_config(server.url), "head")
+        yield server
+    finally:
+        server.stop()
 
 
 class PrivateRedis:
@@ -272,3 +328,58 @@ def test_a_database_connection_dying_inside_the_allocation_is_retried_and_books_
         ended.error,
         worker.log_tail(40),
     )
+
+
+def test_bookings_running_when_postgresql_crashes_are_all_booked_once_and_the_api_carries_on(
+    private_postgres, process_environment, redis_prefix
+):
+    """Every connection of the workers and the API dies at once, mid-transaction, and the server is away
+    while it recovers: the bookings caught in it are retried by their workers and booked once."""
+    # The test's own sessions (setting up, checking) see every tenant's rows, as committed_engine's do.
+    engine = make_engine(private_postgres.url, connect_args={"options": "-c app.system=on"})
+    salon = committed_salon(engine, stylists=1, chairs=1, duration_minutes=15, with_api_key=True)
+    # A prefix of its own: the run's session workers (on the shared database) must not take these jobs.
+    environment = dataclasses.replace(
+        process_environment, database_url=private_postgres.url, redis_prefix=f"{redis_prefix}pg-crash:"
+    )
+    try:
+        with ProcessHarness(environment, client=client_app(environment)) as harness:
+            worker = harness.start_worker(queues=["bookings"], concurrency=2, name="pg-crash")
+            api = harness.start_api()
+            headers = {"Authorization": f"Bearer {salon.api_key}"}
+            # The bookings' inserts wait on the chair, so that the crash meets them inside their transactions.
+            holder, until_a_booking_waits = held_in_a_lock_wait(
+                engine,
+                private_postgres.url,
+                "SELECT id FROM resources WHERE id = :id FOR UPDATE",
+                salon.chairs[0].id,
+                "%appointment_resources%",
+            )
+            try:
+                with api.client(headers=headers, timeout=30) as http:
+                    accepted = [
+                        http.post("/v1/bookings", json=body(salon, start, f"+3461750{n:04d}"))
+                        for n, start in enumerate(starts(salon, 6))
+                    ]
+                assert [response.status_code for response in accepted] == [202] * 6
+                until_a_booking_waits(worker)
+                private_postgres.crash_and_restart()
+                holder.invalidate()  # the crash ended its transaction: there is nothing to roll back
+            finally:
+                holder.close()
+
+            job_ids = [response.json()["job_id"] for response in accepted]
+            jobs = jobs_once_ended(engine, job_ids, timeout=90)
+            assert {job.status for job in jobs.values()} == {"succeeded"}, worker.log_tail(60)
+            assert max(job.attempts for job in jobs.values()) > 1  # the crash did meet running bookings
+            assert appointments(engine, salon) == 6
+            # The API's pool found the restarted server by itself.
+            with api.client(headers=headers, timeout=30) as http:
+                later = http.post(
+                    "/v1/bookings?wait=20", json=body(salon, starts(salon, 7)[6], "+34617509999")
+                )
+            assert later.status_code == 201, later.text
+            assert worker.is_running() and api.is_healthy()
+    finally:
+        engine.dispose()
+        delete_keys_with_prefix(environment.redis_url, environment.redis_prefix)
