@@ -2,9 +2,19 @@
 
 from functools import lru_cache
 from typing import Literal, Self
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/voiceappoint"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -96,6 +106,21 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: str = "admin"
 
+    @field_validator("database_url")
+    @classmethod
+    def _a_psycopg_url(cls, value: str) -> str:
+        # Checked at start rather than on the first connection: a malformed URL made the API answer 500 to
+        # every request and the workers drop every job they took.
+        return psycopg_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, value: str) -> str:
+        # A malformed URL stopped the workers, Beat and Flower with a traceback and made the API answer 500
+        # to every booking (before its job was recorded).
+        redis_url_parts(value)
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level_in_capitals(cls, value: object) -> object:
@@ -141,3 +166,67 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def psycopg_url(value: str) -> str:
+    """DATABASE_URL with the psycopg 3 driver (`postgresql://` and `postgres://`, what most tools print, mean
+    it here, not SQLAlchemy's default psycopg2, which is not installed). ValueError if it is not a PostgreSQL
+    URL we can use, saying why."""
+    try:
+        url = make_url(value)
+        url.port  # noqa: B018 - parsing the port is what raises on 'host:abc'
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "is not a valid URL; expected postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DATABASE"
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(f"must be a PostgreSQL URL (postgresql+psycopg://...), not '{url.drivername}://...'")
+    if driver not in ("", "psycopg"):
+        raise ValueError(f"uses the driver '{driver}'; this project uses psycopg 3: postgresql+psycopg://...")
+    if not url.database:
+        raise ValueError("names no database; expected postgresql+psycopg://USER@HOST:PORT/DATABASE")
+    # The rest as written: a rendered URL would percent-encode a socket directory's slashes.
+    return "postgresql+psycopg" + value[value.index("://") :]
+
+
+def redis_url_parts(value: str) -> SplitResult:
+    """REDIS_URL's parts; ValueError if it is not a Redis URL we can use, saying why."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError("is not a valid URL; expected redis://HOST:PORT/DB") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        shown = f"'{parts.scheme}://...'" if parts.scheme else "not a URL"
+        raise ValueError(f"must be a Redis URL (redis://HOST:PORT/DB), {shown}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("names no host; expected redis://HOST:PORT/DB")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("names no socket; expected unix:///path/to/redis.sock")
+    return parts
+
+
+def variable_of(location: tuple) -> str:
+    """The environment variable behind a settings field (what the operator has to fix)."""
+    field = str(location[0])
+    if field.lower() in ("database_url", "redis_url"):
+        return field.upper()
+    return f"VOICEAPPOINT_{field.upper()}"
+
+
+def _reason(message: str) -> str:
+    # A validator's ValueError reaches pydantic's message as "Value error, <its text>".
+    return message.removeprefix("Value error, ")
+
+
+def describe(error: ValidationError) -> str:
+    """A refused configuration in one line, naming each variable (never its value: hide_input_in_errors)."""
+    # A rule over several settings (production secrets) has no location; its message names them.
+    problems = "; ".join(
+        f"{variable_of(problem['loc'])}: {_reason(problem['msg'])}"
+        if problem["loc"]
+        else _reason(problem["msg"])
+        for problem in error.errors()
+    )
+    return " ".join(f"bad configuration: {problems}".split())

@@ -68,6 +68,9 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# billiard.util.LOGGER_NAME (the name multiprocessing uses too).
+POOL_LOGGER = "multiprocessing"
+
 # Extras that repeat the message in another form (uvicorn's ANSI-coloured copy).
 _REDUNDANT_EXTRAS = frozenset({"color_message"})
 
@@ -172,4 +175,13 @@ def configure(level: str | int | None = None, json: bool | None = None, stream: 
         server_logger = logging.getLogger(name)
         server_logger.handlers.clear()
         server_logger.propagate = True
+    # The worker's pool (billiard) logs to "multiprocessing", which it makes not propagate: without a handler of
+    # its own, its ERROR `Process 'ForkPoolWorker-1' pid:… exited with 'signal 9 (SIGKILL)'` (an OOM kill, a
+    # crash) reached stderr through Python's last-resort handler, as a bare line in the JSON stream.
+    pool_logger = logging.getLogger(POOL_LOGGER)
+    pool_logger.handlers.clear()
+    pool_logger.addHandler(handler)
+    pool_logger.propagate = False
+    # Its INFO is a line per pool process started ("child process … calling self.run()"): noise but in DEBUG.
+    pool_logger.setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
     logging.captureWarnings(True)

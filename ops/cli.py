@@ -68,12 +68,9 @@ def main() -> None:
     except (ServiceError, CommandError) as exc:
         _fail(str(exc))
     except ValidationError as exc:
-        # A rule over several settings (production secrets) has no location; its message names them.
-        problems = "; ".join(
-            f"{_variable(error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
-            for error in exc.errors()
-        )
-        _fail(f"bad configuration: {problems}")
+        from core.config import describe
+
+        _fail(describe(exc))
     except DBAPIError as exc:
         # Operational (no server), programming (no table) or data errors (`SET ROLE` to a role that does
         # not exist yet): an operator's fix, told in one line.
@@ -82,14 +79,6 @@ def main() -> None:
         missing = not isinstance(exc, OperationalError) and "does not exist" in detail
         hint = " (has `voiceappoint migrate` run?)" if missing else ""
         _fail(f"database error: {detail}{hint}")
-
-
-def _variable(location: tuple) -> str:
-    """The environment variable behind a settings field (what the operator has to fix)."""
-    field = str(location[0])
-    if field.lower() in ("database_url", "redis_url"):
-        return field.upper()
-    return f"VOICEAPPOINT_{field.upper()}"
 
 
 def _fail(message: str) -> None:

@@ -27,12 +27,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import psycopg
 import redis
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+
+from core.config import psycopg_url, redis_url_parts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".data"
@@ -173,26 +174,9 @@ def _tcp_answers(host: str, port: int, what: str) -> bool:
 def parse_postgres_url(url: str) -> URL:
     """The URL as SQLAlchemy reads it, with the psycopg driver; ServiceError if it is not one we can use."""
     try:
-        parsed = make_url(url)
-        parsed.port  # noqa: B018 - parsing the port is what raises on 'host:abc'
-    except (ArgumentError, ValueError):
-        raise ServiceError(
-            "DATABASE_URL is not a valid URL; expected postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DATABASE"
-        ) from None
-    backend, _, driver = parsed.drivername.partition("+")
-    if backend not in ("postgresql", "postgres"):
-        raise ServiceError(
-            f"DATABASE_URL must be a PostgreSQL URL (postgresql+psycopg://...), not '{parsed.drivername}://...'"
-        )
-    if driver not in ("", "psycopg"):
-        raise ServiceError(
-            f"DATABASE_URL uses the driver '{driver}'; this project uses psycopg 3: postgresql+psycopg://..."
-        )
-    if not parsed.database:
-        raise ServiceError(
-            "DATABASE_URL names no database; expected postgresql+psycopg://USER@HOST:PORT/DATABASE"
-        )
-    return parsed.set(drivername="postgresql+psycopg")
+        return make_url(psycopg_url(url))
+    except ValueError as error:
+        raise ServiceError(f"DATABASE_URL {error}") from None
 
 
 def _libpq_conninfo(url: URL, database: str = "postgres") -> str:
@@ -345,20 +329,11 @@ def stop_postgres(data_dir: Path | str = DEFAULT_DATA_DIR) -> str:
 # --- Redis -----------------------------------------------------------------------------------------
 
 
-def _parse_redis_url(url: str):
+def _parse_redis_url(url: str) -> SplitResult:
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ServiceError("REDIS_URL is not a valid URL; expected redis://HOST:PORT/DB") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        shown = f"'{parts.scheme}://...'" if parts.scheme else "not a URL"
-        raise ServiceError(f"REDIS_URL must be a Redis URL (redis://HOST:PORT/DB), {shown}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ServiceError("REDIS_URL names no host; expected redis://HOST:PORT/DB")
-    if parts.scheme == "unix" and not parts.path:
-        raise ServiceError("REDIS_URL names no socket; expected unix:///path/to/redis.sock")
-    return parts
+        return redis_url_parts(url)
+    except ValueError as error:
+        raise ServiceError(f"REDIS_URL {error}") from None
 
 
 def _redis_db(parts) -> int:

@@ -18,14 +18,16 @@ Queues (one route per family, so operators can run a worker per queue):
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 
 from beat_schedule import BEAT_SCHEDULE
-from core.config import Settings, get_settings
+from core.config import Settings, describe, get_settings
 from core.intake import EnqueueFailed
 from workers import signals  # noqa: F401  (connects logging, per-process DB engines, log context)
 
@@ -144,7 +146,16 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = True)
 
         @celery.on_configure.connect(weak=False)
         def _configure_from_settings(sender: Celery, **_: Any) -> None:
-            sender.config_from_object(celery_config(get_settings()))
+            try:
+                settings = get_settings()
+            except ValidationError as error:
+                # Celery catches (and, before logging is set up, silently drops) a receiver's Exception and
+                # goes on with its defaults: a `celery -A workers.celery_app worker` started with a bad
+                # setting ran against amqp://guest@localhost:5672 with results and events off, looking
+                # healthy. SystemExit is no Exception: it stops the process, with one line, as `voiceappoint`.
+                print(f"voiceappoint: error: {describe(error)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            sender.config_from_object(celery_config(settings))
 
     return celery
 

@@ -208,6 +208,46 @@ def test_in_production_a_login_that_could_leave_the_policies_gets_no_connection(
     assert "only a member of 'voiceappoint_app'" in str(refused.value)
 
 
+@pytest.fixture
+def owner_login_without_the_role(database_url):
+    """A login that owns a table of the schema and may not `SET ROLE` to the application role: what the tables'
+    owner is on PostgreSQL 16 or newer when it created the role itself with CREATEROLE (its automatic
+    membership has no SET, and revision 013 then grants nothing)."""
+    from sqlalchemy.engine import make_url
+
+    login = f"va_owner_{uuid.uuid4().hex[:10]}"
+    superuser = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with superuser.connect() as connection:
+        connection.execute(text(f'CREATE ROLE "{login}" LOGIN'))
+        connection.execute(text(f'CREATE TABLE "{login}_table" (id int)'))
+        connection.execute(text(f'ALTER TABLE "{login}_table" OWNER TO "{login}"'))
+    try:
+        yield login, make_url(database_url).set(username=login, password=None).render_as_string(False)
+    finally:
+        with superuser.connect() as connection:
+            connection.execute(text(f'DROP TABLE "{login}_table"'))
+            connection.execute(text(f'DROP ROLE "{login}"'))
+        superuser.dispose()
+
+
+def test_in_production_an_owner_that_may_not_take_the_role_is_refused_as_documented(
+    owner_login_without_the_role, production
+):
+    # Before: `SET ROLE` failed first (InsufficientPrivilege, a ProgrammingError), so the API answered 500 and
+    # a worker dropped the job's message, instead of 503 database_unavailable and a retry saying why.
+    from sqlalchemy.exc import OperationalError
+
+    login, url = owner_login_without_the_role
+    engine = make_engine(url)
+    try:
+        with pytest.raises(OperationalError) as refused, engine.connect():
+            pass
+    finally:
+        engine.dispose()
+    assert f"login '{login}' owns the tables" in str(refused.value)
+    assert is_transient(refused.value)
+
+
 def test_in_production_a_login_that_is_only_a_member_of_the_application_role_works(
     member_login, production, salon
 ):

@@ -40,7 +40,7 @@ def _voiceappoint(*args: str, **env: str) -> subprocess.CompletedProcess:
         ),
         ({"VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES": "often"}, "VOICEAPPOINT_DEFAULT_SLOT_STEP_MINUTES"),
         # A rule over several settings: its message names them, and no made-up VOICEAPPOINT_SETTINGS.
-        ({"VOICEAPPOINT_ENV": "production"}, "bad configuration: Value error, in production set"),
+        ({"VOICEAPPOINT_ENV": "production"}, "bad configuration: in production set"),
         (
             {
                 "VOICEAPPOINT_ENV": "production",
