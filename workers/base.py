@@ -112,6 +112,10 @@ class JobTask(Task):
     # limit kills the process. Both only apply under the prefork pool. Slower tasks set their own.
     soft_time_limit = 30
     time_limit = 40
+    # Each failure is logged once, by on_failure below: a bug as an ERROR with its traceback, a domain error as
+    # an INFO. Celery's trace would log it again ("raised unexpected", an ERROR with the same traceback); for
+    # the exceptions in `throws` it writes an INFO line without the traceback instead.
+    throws = (Exception,)
 
     # Retry policy, applied by __call__ below to transient errors only. Celery's own `autoretry_for`
     # matches on exception classes alone and cannot tell a dropped connection from a constraint violation.

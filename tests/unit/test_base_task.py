@@ -223,6 +223,19 @@ def test_a_failure_is_logged_with_its_task_id(caplog):
     assert "slot_taken" in by_task["task-slot-1"].getMessage()
 
 
+def test_a_failure_is_logged_as_one_error_and_a_domain_error_as_none(caplog):
+    # Celery's trace logged each failure again, an ERROR with the same traceback ("raised unexpected"), and a
+    # domain error (job_not_found) too, as an ERROR with a traceback beside the task's INFO.
+    with caplog.at_level(logging.INFO):
+        fails_then_succeeds.apply(args=("bug", 1))
+        fails_then_succeeds.apply(args=("not_found", 1))
+
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [(record.name, record.exc_info is not None) for record in errors] == [("workers.base", True)]
+    traced = [record for record in caplog.records if record.name == "celery.app.trace"]
+    assert len(traced) == 2 and all(record.exc_info is None for record in traced)
+
+
 def test_in_production_a_failure_is_one_json_line_with_the_task_id():
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
