@@ -2,7 +2,8 @@
 
     celery -A workers.celery_app worker -Q realtime,bookings,webhooks,notifications,scheduled
     celery -A workers.celery_app beat
-    celery -A workers.celery_app flower
+
+(Flower through `voiceappoint flower` only: it passes the basic auth, which plain `celery flower` would not.)
 
 Creating the app connects to nothing: the broker is only contacted when a task is sent or a worker starts.
 
