@@ -8,73 +8,32 @@ A server that is stopped here is a private one of the test's own (the machine's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import time
-import warnings
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from alembic import command
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from core import intake
 from core.db import UnitOfWork, make_engine
 from core.models import Appointment, IntakeJob
 from ops.database import alembic_config, create_database_if_missing
-from ops.services import _import_pgserver, _redis_server_binary, delete_keys_with_prefix
+from ops.services import _redis_server_binary, delete_keys_with_prefix
 from tests import factories
 from tests.e2e.processes import ProcessHarness, client_app, free_port
+from tests.private_postgres import PrivatePostgres
 from tests.scenarios import build_salon, committed_salon
 
 SWEEP_AFTER_SECONDS = 10  # instead of a minute, so that a lost message is sent again within the test
-
-
-class PrivatePostgres:
-    """A PostgreSQL of the test's own (pgserver, as `voiceappoint` starts when none answers), on a socket."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs, when XDG_RUNTIME_DIR is unset
-            self.server = _import_pgserver().PostgresServer(directory, cleanup_mode=None)
-        socket_dir = self.server.get_postmaster_info().socket_dir
-        self.url = URL.create(
-            "postgresql+psycopg",
-            username="postgres",
-            database="voiceappoint",
-            query={"host": str(socket_dir)},
-        ).render_as_string(hide_password=False)
-
-    def crash_and_restart(self) -> None:
-        """An immediate shutdown (every backend killed, no checkpoint: what a crash leaves), then a start,
-        which recovers from the write-ahead log."""
-        self.stop(signal.SIGQUIT)
-        self.server._postmaster_info = None  # pgserver starts the server again only if it knows none
-        self.server.ensure_postgres_running()
-
-    def stop(self, how: signal.Signals = signal.SIGINT) -> None:
-        pid = self.server.get_postmaster_info().pid
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, how)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        raise AssertionError("the private PostgreSQL did not stop")
 
 
 @pytest.fixture

@@ -312,3 +312,32 @@ def test_a_connection_that_refused_a_write_as_read_only_is_not_handed_out_again(
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != standby_pid
     finally:
         engine.dispose()
+
+
+def test_the_owner_that_migrated_may_take_the_application_role_on_postgresql_16_and_later(tmp_path):
+    """docs/operations.md §5's support SQL runs as the migrating user: `SET LOCAL ROLE voiceappoint_app`. From
+    PostgreSQL 16 on, an owner with CREATEROLE (not a superuser, as on managed databases) holds the role it
+    created with ADMIN but without SET, and revision 013, which granted the role only to a non-member, left it
+    so: "permission denied to set role". (A private server: the shared one is PostgreSQL 15.)"""
+    from alembic import command
+
+    from ops.database import alembic_config
+    from tests.private_postgres import PrivatePostgres
+
+    server = PrivatePostgres(tmp_path / "postgres")
+    try:
+        superuser = create_engine(server.url_for("postgres", "postgres"), isolation_level="AUTOCOMMIT")
+        with superuser.connect() as connection:
+            assert int(connection.execute(text("SHOW server_version_num")).scalar_one()) >= 160000
+            connection.execute(text("CREATE ROLE va_owner LOGIN CREATEDB CREATEROLE"))
+            connection.execute(text("CREATE DATABASE voiceappoint OWNER va_owner"))
+        superuser.dispose()
+        owner_url = server.url_for("va_owner", "voiceappoint")
+        command.upgrade(alembic_config(owner_url), "head")
+        owner = create_engine(owner_url)
+        with owner.begin() as connection:
+            connection.execute(text(f"SET LOCAL ROLE {get_settings().db_app_role}"))
+            assert connection.execute(text("SELECT current_user")).scalar_one() == get_settings().db_app_role
+        owner.dispose()
+    finally:
+        server.stop()

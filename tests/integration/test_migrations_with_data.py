@@ -295,9 +295,9 @@ def test_upgrade_from_an_installed_revision_keeps_every_row(start):
             )
 
 
-# The last revision (what an operator undoes first), the oldest installed one, and all the way down: its path
-# runs every downgrade and upgrade the others do.
-@pytest.mark.parametrize("target", ["026", "020", "012"])
+# The last revision undone (what an operator undoes first), the oldest installed one, and all the way down: its
+# path runs every downgrade and upgrade the others do.
+@pytest.mark.parametrize("target", ["-1", "020", "012"])
 def test_round_trip_from_head_keeps_every_row(target):
     with scratch_database("rt") as url:
         config = alembic_config(url)
@@ -307,7 +307,7 @@ def test_round_trip_from_head_keeps_every_row(target):
         command.downgrade(config, target)
         command.upgrade(config, "head")
         after = snapshot(url, ())
-        if target < "022":
+        if target in ("020", "012"):
             # 022's downgrade writes 24:00 for an end of 24:00:00 (the same midnight): an UPDATE of the
             # service (its updated_at and version move), which the audit trigger logs.
             for state in (before, after):
