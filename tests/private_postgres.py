@@ -4,7 +4,9 @@ server answers: PostgreSQL 18 on a socket in the test's directory, its superuser
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,12 +16,26 @@ from ops.services import _import_pgserver, _stop_pid
 
 
 class PrivatePostgres:
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True)
+    """Started on creation; `with PrivatePostgres() as server:` stops it and removes its files at the end."""
+
+    def __init__(self) -> None:
+        # Outside pytest's tmp_path, whose base folder pytest resets to mode 0700 whenever an xdist worker starts
+        # using it: run as root, pgserver runs PostgreSQL as the user `pgserver`, which must traverse every
+        # parent of the data folder (its initdb failed with "Permission denied" on pg_control).
+        self.directory = Path(tempfile.mkdtemp(prefix="va-test-postgres-"))
+        data = self.directory / "data"
+        data.mkdir()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs, when XDG_RUNTIME_DIR is unset
-            self.server = _import_pgserver().PostgresServer(directory, cleanup_mode=None)
+            self.server = _import_pgserver().PostgresServer(data, cleanup_mode=None)
         self.url = self.url_for("postgres", "voiceappoint")
+
+    def __enter__(self) -> PrivatePostgres:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def url_for(self, user: str, database: str) -> str:
         socket_dir = self.server.get_postmaster_info().socket_dir

@@ -37,14 +37,11 @@ SWEEP_AFTER_SECONDS = 10  # instead of a minute, so that a lost message is sent 
 
 
 @pytest.fixture
-def private_postgres(tmp_path):
-    server = PrivatePostgres(tmp_path / "postgres")
-    try:
+def private_postgres():
+    with PrivatePostgres() as server:
         create_database_if_missing(server.url)
         command.upgrade(alembic_config(server.url), "head")
         yield server
-    finally:
-        server.stop()
 
 
 class PrivateRedis:

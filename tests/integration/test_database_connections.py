@@ -314,7 +314,7 @@ def test_a_connection_that_refused_a_write_as_read_only_is_not_handed_out_again(
         engine.dispose()
 
 
-def test_the_owner_that_migrated_may_take_the_application_role_on_postgresql_16_and_later(tmp_path):
+def test_the_owner_that_migrated_may_take_the_application_role_on_postgresql_16_and_later():
     """docs/operations.md §5's support SQL runs as the migrating user: `SET LOCAL ROLE voiceappoint_app`. From
     PostgreSQL 16 on, an owner with CREATEROLE (not a superuser, as on managed databases) holds the role it
     created with ADMIN but without SET, and revision 013, which granted the role only to a non-member, left it
@@ -324,8 +324,7 @@ def test_the_owner_that_migrated_may_take_the_application_role_on_postgresql_16_
     from ops.database import alembic_config
     from tests.private_postgres import PrivatePostgres
 
-    server = PrivatePostgres(tmp_path / "postgres")
-    try:
+    with PrivatePostgres() as server:
         superuser = create_engine(server.url_for("postgres", "postgres"), isolation_level="AUTOCOMMIT")
         with superuser.connect() as connection:
             assert int(connection.execute(text("SHOW server_version_num")).scalar_one()) >= 160000
@@ -339,5 +338,3 @@ def test_the_owner_that_migrated_may_take_the_application_role_on_postgresql_16_
             connection.execute(text(f"SET LOCAL ROLE {get_settings().db_app_role}"))
             assert connection.execute(text("SELECT current_user")).scalar_one() == get_settings().db_app_role
         owner.dispose()
-    finally:
-        server.stop()
