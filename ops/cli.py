@@ -550,9 +550,15 @@ def _check_port_free(host: str, port: int, option: str) -> None:
             raise CommandError(f"{host}:{port} is already in use; pick another port with {option}") from None
 
 
-def _wait_for_port(host: str, port: int, supervisor: Supervisor, timeout: float = 60.0) -> bool:
+def _wait_for_port(
+    host: str,
+    port: int,
+    supervisor: Supervisor,
+    timeout: float = 60.0,
+    stopping: Callable[[], bool] = lambda: False,
+) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and supervisor.first_exited() is None:
+    while time.monotonic() < deadline and supervisor.first_exited() is None and not stopping():
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return True
         time.sleep(0.2)
@@ -581,15 +587,34 @@ def _http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _banner(api_url: str, flower_url: str, api_key: str | None, started: datetime) -> str:
+def _demo_booking_start(now: datetime) -> datetime | None:
+    """The demo's first free haircut in the next two weeks, if any: the demo's database outlives runs, and the
+    banner's booking of a fixed time was taken by the run before (`slot_taken`)."""
+    from core import availability, seed
+    from core.db import UnitOfWork
+
+    today = now.astimezone(ZoneInfo(seed.DEMO_TIMEZONE)).date()
+    with UnitOfWork(seed.DEMO_TENANT_ID, read_only=True) as uow:
+        found = availability.find_slots(
+            uow, seed.DEMO_SERVICE_IDS["haircut"], today, today + timedelta(days=13), now
+        )
+    return found.slots[0].start if found.slots else None
+
+
+def _banner(
+    api_url: str, flower_url: str, api_key: str | None, started: datetime, booking_start: datetime | None
+) -> str:
     from core import seed
 
     settings = _settings()
     zone = ZoneInfo(seed.DEMO_TIMEZONE)
-    day = _next_weekday(datetime.now(zone).date())
+    if booking_start is None:  # nothing free: the booking's answer will offer alternatives
+        day = _next_weekday(datetime.now(zone).date())
+        booking_start = datetime.combine(day, datetime.min.time().replace(hour=10), zone)
+    day = booking_start.astimezone(zone).date()
+    start = booking_start.astimezone(zone).isoformat()
     # A key of this run's own: a key names one request for good, and the demo's database outlives runs.
     idempotency_key = f"demo-{started:%Y%m%dT%H%M%S}"
-    start = datetime.combine(day, datetime.min.time().replace(hour=10), zone).isoformat()
     key = api_key or "<run: voiceappoint apikey create --tenant bella-hair-salon>"
     auth = f'-H "Authorization: Bearer {key}"'
     booking = (
@@ -646,6 +671,7 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
             except CommandError as exc:
                 click.echo(f"no demo API key: {exc}", err=True)
                 api_key = None
+            booking_start = _demo_booking_start(datetime.now(UTC))
             # The children open their own; one idle for the whole run would be a connection nobody counts.
             _close_database_connections()
             if stop_requested:
@@ -654,9 +680,15 @@ def up(host: str, port: int, flower_port: int, concurrency: int) -> None:
             supervisor.start("worker", _worker_argv(QUEUES, concurrency))
             supervisor.start("beat", _beat_argv())
             supervisor.start("flower", _flower_argv(host, flower_port), _flower_env())
-            if _wait_for_port(host, port, supervisor):
+            if _wait_for_port(host, port, supervisor, stopping=lambda: bool(stop_requested)):
                 click.echo(
-                    _banner(_http_url(host, port), _http_url(host, flower_port), api_key, datetime.now(UTC))
+                    _banner(
+                        _http_url(host, port),
+                        _http_url(host, flower_port),
+                        api_key,
+                        datetime.now(UTC),
+                        booking_start,
+                    )
                 )
             while not stop_requested:
                 exited = supervisor.first_exited()
@@ -688,6 +720,31 @@ def _pytest_args(user_args: tuple[str, ...]) -> list[str]:
     return args + list(user_args)
 
 
+def _run_step(name: str, argv: list[str]) -> int:
+    """Run one step and return its exit status.
+
+    A Ctrl-C in the terminal reaches the step too (same process group), and pytest then tears its session down:
+    it drops the run's databases and Redis keys. subprocess.call would kill it 0.25 s later and leave them on the
+    server, so the first Ctrl-C waits for the step to end by itself; a second one kills it.
+    """
+    process = subprocess.Popen(argv, cwd=REPO_ROOT)
+    interrupted = False
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                process.kill()
+                process.wait()
+                raise
+            interrupted = True
+            click.echo(f"waiting for {name} to clean up (Ctrl-C again to kill it)", err=True)
+    if interrupted:
+        raise KeyboardInterrupt
+    return code
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 def test(pytest_args: tuple[str, ...]) -> None:
@@ -709,7 +766,7 @@ def test(pytest_args: tuple[str, ...]) -> None:
             failed = []
             for name, argv in steps:
                 click.echo(f"==> {name}", err=True)
-                code = subprocess.call(argv, cwd=REPO_ROOT)
+                code = _run_step(name, argv)
                 if name == "pytest" and code == 5:
                     click.echo("pytest collected no tests: that counts as a failure", err=True)
                 if code != 0:

@@ -214,10 +214,19 @@ def _postgres_answers(url: URL) -> bool:
     except psycopg.OperationalError as exc:
         if not url.host and not host:
             return False  # the default socket directory holds no server
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ServiceError(
-            f"PostgreSQL at {where} answered but refused the connection: {first_line}"
-        ) from None
+        # libpq's message: one line per host tried, each maybe followed by tab-indented hints ("This probably
+        # means the server terminated abnormally / before or while processing the request."); the last
+        # unindented line is the last host's error itself.
+        lines = [line for line in str(exc).splitlines() if line.strip() and not line[0].isspace()]
+        detail = lines[-1].strip() if lines else type(exc).__name__
+        if not any(f"{severity}:" in str(exc) for severity in ("FATAL", "ERROR", "PANIC")):
+            # No PostgreSQL error came back (a refusal says `FATAL: ...`): the port is open but what listens
+            # there did not complete a PostgreSQL handshake (another program, or a server too busy to answer).
+            raise ServiceError(
+                f"something listens at {where} but does not answer as PostgreSQL ({detail});"
+                " is DATABASE_URL's port the PostgreSQL one?"
+            ) from None
+        raise ServiceError(f"PostgreSQL at {where} answered but refused the connection: {detail}") from None
 
 
 def _postgres_data(data_dir: Path) -> Path:

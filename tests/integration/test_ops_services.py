@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -202,3 +203,29 @@ def test_a_url_with_a_network_host_in_the_query_is_never_replaced(url, monkeypat
     with contextlib.suppress(ServiceError):  # the unreachable host: refused, not replaced
         ensure_postgres(url, tmp_path / "data")
     assert not started, f"{url} was replaced by a private PostgreSQL"
+
+
+def test_a_port_where_something_else_listens_is_said_so(tmp_path):
+    # An HTTP server on DATABASE_URL's port: libpq's last line was a tab-indented hint ("before or while
+    # processing the request."), shown as if PostgreSQL had "answered but refused the connection".
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_as_http() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(1024)
+                    connection.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer_as_http, daemon=True).start()
+    try:
+        with pytest.raises(ServiceError) as raised:
+            ensure_postgres(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x", tmp_path)
+    finally:
+        listener.close()
+    message = str(raised.value)
+    assert "something listens at" in message and "does not answer as PostgreSQL" in message, message
+    assert "answered but refused" not in message
+    assert not (tmp_path / "postgres").exists()

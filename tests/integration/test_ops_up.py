@@ -1,15 +1,21 @@
-"""`voiceappoint up` keeps one demo API key for as long as it still authenticates."""
+"""`voiceappoint up` keeps one demo API key for as long as it still authenticates, and its banner shows a booking
+that can succeed."""
 
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from core import booking, seed
+from core.booking import BookingRequest
+from core.clients import ClientDetails
+from core.db import UnitOfWork
 from core.models import ApiKey
-from ops.cli import _demo_api_key
+from ops.cli import _demo_api_key, _demo_booking_start
 from tests.factories import make_tenant
 
 
@@ -57,3 +63,18 @@ def test_the_demo_key_is_reused_until_it_no_longer_authenticates(committed_engin
     assert third not in (first, second)
     assert key_file.read_text() == f"{third}\n"
     assert [row.key_prefix for row in _key_rows(committed_engine, tenant)] == [_prefix(third)]
+
+
+def test_the_banners_booking_is_free_however_many_runs_booked_theirs(db):
+    # The banner booked the next weekday at 10:00 on every run, and the demo's database outlives runs: once that
+    # hour's stylists were taken, the booking the banner showed answered slot_taken (found in review).
+    with UnitOfWork(system=True) as uow:  # as `up` seeds
+        seed.seed_all(uow, demo=True)
+        uow.commit()
+    now = datetime.now(UTC)
+    for run in range(4):
+        start = _demo_booking_start(now)
+        details = ClientDetails(first_name="Ana", phone=f"+3460011122{run}")
+        with UnitOfWork(seed.DEMO_TENANT_ID) as uow:
+            booking.book(uow, BookingRequest(seed.DEMO_SERVICE_IDS["haircut"], start, details), now)
+            uow.commit()

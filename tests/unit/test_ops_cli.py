@@ -21,6 +21,7 @@ from ops.cli import (
     _how_it_ended,
     _http_url,
     _pytest_args,
+    _wait_for_port,
 )
 from ops.services import REPO_ROOT
 from tests.commands import run_voiceappoint
@@ -207,6 +208,7 @@ def test_each_run_of_up_shows_a_booking_with_an_idempotency_key_of_its_own():
             "http://127.0.0.1:5555",
             "va_live_x",
             datetime(2026, 12, 1, 9, 0, s, tzinfo=UTC),
+            None,
         )
         for s in (1, 2)
     )
@@ -221,3 +223,46 @@ def test_a_child_killed_by_a_signal_is_said_so():
     assert _how_it_ended(3) == "exited with status 3"
     # (review) A real-time signal has no name in signal.Signals: ValueError, and `up` died with a traceback.
     assert _how_it_ended(-40) == "was killed by signal 40"
+
+
+def test_a_ctrl_c_during_the_tests_lets_pytest_clean_up_before_the_command_ends(tmp_path):
+    # The terminal's Ctrl-C reaches the whole process group. subprocess.call killed the step 0.25 s after it,
+    # and an interrupted pytest never dropped its databases (they stayed on the shared server).
+    cleaned, ready = tmp_path / "cleaned", tmp_path / "ready"
+    step = (
+        "import pathlib, time\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "try:\n    time.sleep(30)\n"
+        f"except KeyboardInterrupt:\n    time.sleep(1); pathlib.Path({str(cleaned)!r}).touch(); raise SystemExit(2)\n"
+    )
+    command = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from ops.cli import _run_step; _run_step('pytest', [sys.executable, '-c', {step!r}])",
+        ],
+        cwd=REPO_ROOT,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(command.pid, signal.SIGINT)
+    _, stderr = command.communicate(timeout=20)
+    assert cleaned.exists(), stderr
+    assert "waiting for pytest to clean up" in stderr
+
+
+def test_a_stop_asked_while_up_waits_for_the_api_ends_the_wait_at_once():
+    supervisor = Supervisor()
+    started = time.monotonic()
+    assert not _wait_for_port("127.0.0.1", _closed_port(), supervisor, timeout=30, stopping=lambda: True)
+    assert time.monotonic() - started < 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
