@@ -313,7 +313,8 @@ def _occurrence_starts(
         starts.add(local.replace(tzinfo=tz).astimezone(UTC))
     if until is not None:
         starts = {moment for moment in starts if moment <= until or moment == start}
-    starts = {moment for moment in starts if moment.astimezone(tz).date() not in excluded_days}
+    if excluded_days:
+        starts = {moment for moment in starts if moment.astimezone(tz).date() not in excluded_days}
     # RFC 5545: an EXDATE may remove the first occurrence too.
     return sorted((starts | added) - excluded)
 
