@@ -239,7 +239,10 @@ def test_a_ctrl_c_during_the_tests_lets_pytest_clean_up_before_the_command_ends(
         [
             sys.executable,
             "-c",
-            f"import sys; from ops.cli import _run_step; _run_step('pytest', [sys.executable, '-c', {step!r}])",
+            # A Ctrl-C raises KeyboardInterrupt, as in a terminal: pytest-xdist's workers, whose children these
+            # are, ignore SIGINT, and an ignored signal stays ignored in a child.
+            "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            f"from ops.cli import _run_step; _run_step('pytest', [sys.executable, '-c', {step!r}])",
         ],
         cwd=REPO_ROOT,
         start_new_session=True,  # a process group of its own, as a terminal gives a command
