@@ -451,8 +451,14 @@ def _allocate(
 SHARED_RESOURCE_LOCKS = 0x56410001
 # Held around the insert of capacity-1 allocations only (see `_allocate`).
 EXCLUSIVE_INSERT_LOCKS = 0x56410002
+# Per resource, shared by every writer of its allocations (revision 029's trigger takes it too) and taken
+# exclusively by a change of its capacity, which so waits for the allocations being written.
+CAPACITY_LOCKS = 0x56410004
 _LOCK_SHARED_DAYS = text(
     "SELECT pg_advisory_xact_lock(:namespace, hashtext(key)) FROM unnest(CAST(:keys AS text[])) AS key"
+)
+_LOCK_CAPACITIES = text(
+    "SELECT pg_advisory_xact_lock_shared(:namespace, hashtext(id)) FROM unnest(CAST(:ids AS text[])) AS id"
 )
 
 
@@ -463,7 +469,13 @@ def _lock_shared_resources(
     [start, occupied_until) on them: a lock per resource and UTC day the interval touches (two
     overlapping intervals share the day of any instant they share). A room's bookings on other days do
     not wait for this one. Keys in sorted order (unnest keeps it), so that no two bookings deadlock; a
-    clash of two keys' hashes only makes two bookings wait for each other needlessly."""
+    clash of two keys' hashes only makes two bookings wait for each other needlessly.
+
+    First the resources' capacity locks, which the database's trigger would take at the insert: a capacity
+    change holds its resource's while it takes the locks per day of the allocations it rewrites, so a booking
+    that held a day's lock first could wait for the change while the change waited for it."""
+    ids = [str(resource_id) for resource_id in resource_ids]
+    uow.session.execute(_LOCK_CAPACITIES, {"namespace": CAPACITY_LOCKS, "ids": ids})
     keys = resource_day_keys(resource_ids, start, occupied_until)
     uow.session.execute(_LOCK_SHARED_DAYS, {"namespace": SHARED_RESOURCE_LOCKS, "keys": keys})
 
