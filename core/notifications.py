@@ -264,18 +264,10 @@ def queue_for_appointment(
             contexts[writing] = appointment_context(tenant, client, service, appointment, writing)
         return contexts[writing]
 
-    for channel in channels:
-        if channel not in templates:
-            log.error(
-                "no %s template renders for %s of appointment %s (there is none)",
-                channel,
-                notification_type,
-                appointment.id,
-            )
     chosen = {}
-    for channel, ranked in templates.items():
-        rendered = _rendered(ranked, context_in, locale)
-        if rendered is None:
+    for channel in channels:
+        rendered = _rendered(templates.get(channel, []), context_in, locale)
+        if rendered is None:  # none renders, or the channel has none at all (the system's were never seeded)
             log.error(
                 "no %s template renders for %s of appointment %s", channel, notification_type, appointment.id
             )
