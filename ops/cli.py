@@ -609,10 +609,10 @@ def _banner(
     settings = _settings()
     zone = ZoneInfo(seed.DEMO_TIMEZONE)
     if booking_start is None:  # nothing free: the booking's answer will offer alternatives
-        day = _next_weekday(datetime.now(zone).date())
-        booking_start = datetime.combine(day, datetime.min.time().replace(hour=10), zone)
-    day = booking_start.astimezone(zone).date()
-    start = booking_start.astimezone(zone).isoformat()
+        ten = datetime.min.time().replace(hour=10)
+        booking_start = datetime.combine(_next_weekday(datetime.now(zone).date()), ten, zone)
+    local_start = booking_start.astimezone(zone)
+    day, start = local_start.date(), local_start.isoformat()
     # A key of this run's own: a key names one request for good, and the demo's database outlives runs.
     idempotency_key = f"demo-{started:%Y%m%dT%H%M%S}"
     key = api_key or "<run: voiceappoint apikey create --tenant bella-hair-salon>"
